@@ -1,0 +1,27 @@
+"""HiRED: high-resolution early dropping of visual tokens for LLaVA-Next, on stock transformers.
+
+    import hired
+    results = hired.generate(model, processor, images, prompts, hired.HiREDConfig(budget=0.2))
+
+See README.md. The package needs torch and transformers only.
+"""
+
+from .budget import largest_remainder, split_budget, token_budget
+from .config import NO_DROPPING, HiREDConfig
+from .generation import GenerationResult, generate
+from .prepare import PreparedInputs, prepare_inputs
+from .vision import NoClsTokenError
+
+__all__ = [
+    "HiREDConfig",
+    "NO_DROPPING",
+    "GenerationResult",
+    "PreparedInputs",
+    "NoClsTokenError",
+    "generate",
+    "prepare_inputs",
+    "token_budget",
+    "split_budget",
+    "largest_remainder",
+]
+__version__ = "0.1.0"
