@@ -11,6 +11,7 @@ from .config import NO_DROPPING, HiREDConfig
 from .generation import GenerationResult, generate
 from .prepare import PreparedInputs, prepare_inputs
 from .vision import NoClsTokenError
+from . import tiny  # noqa: E402  (tiny checkpoints for tests and the demo; imports transformers lazily)
 
 __all__ = [
     "HiREDConfig",

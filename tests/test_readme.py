@@ -1,0 +1,18 @@
+"""The README's library examples run as written."""
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_readme_python_examples_run(tmp_path, monkeypatch):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    assert blocks, "the README should show the library in use"
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for block in blocks:  # later blocks build on earlier ones, as a reader would run them
+        exec(compile(block.replace("/tmp/tiny-llava-next", str(tmp_path / "tiny")), "README.md", "exec"), namespace)
+    results = namespace["results"]
+    assert [r.visual_tokens_full for r in results] == [2304, 2304]
+    assert [r.visual_tokens_kept for r in results] == [460, 460]
