@@ -27,7 +27,7 @@ class GenerationResult:
         return len(self.token_ids)
 
 
-def _eos_ids(model) -> set[int]:
+def eos_token_ids(model) -> set[int]:
     eos = model.generation_config.eos_token_id
     if eos is None:
         return set()
@@ -77,7 +77,7 @@ def generate(
     if model.generation_config.pad_token_id is None and processor.tokenizer.pad_token_id is not None:
         generate_kwargs.setdefault("pad_token_id", processor.tokenizer.pad_token_id)
     output = model.generate(**prepared.model_inputs(), **generate_kwargs)
-    eos_ids = _eos_ids(model)
+    eos_ids = eos_token_ids(model)
     results = []
     for i, row in enumerate(output.tolist()):
         token_ids = trim_at_eos(row, eos_ids)

