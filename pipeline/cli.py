@@ -30,6 +30,16 @@ def budget_value(text: str) -> float | int:
     return value
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default unless its help already explains it (or there is none to show)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser(task: str) -> argparse.ArgumentParser:
     what = "captions" if task == "caption" else "answers to visual questions, scored against reference answers"
     parser = argparse.ArgumentParser(
@@ -40,7 +50,7 @@ def build_parser(task: str) -> argparse.ArgumentParser:
             "Reruns of the same command resume: complete shards are skipped. With no --input, runs the "
             "built-in demo (generated pictures, a tiny local model, a local Ray, output under ./demo_output)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     io = parser.add_argument_group("data")
     io.add_argument("--input", help="Parquet shard(s): a file or directory URI (local path, file://, s3://). "

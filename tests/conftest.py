@@ -82,12 +82,14 @@ def ray_local(s3_server):
 
 @pytest.fixture
 def bucket(s3_server, request):
-    """A fresh bucket per test: s3://<name>."""
+    """A fresh place on S3 per test: s3://hired-tests/<test name>. (One bucket for the session:
+    SeaweedFS gives every bucket its own volumes, and a bucket per test runs out of them.)"""
     import s3fs
 
-    name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
+    name = "".join(c if c.isalnum() else "-" for c in request.node.name.lower()).strip("-")
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
-    if fs.exists(name):
-        fs.rm(name, recursive=True)
-    fs.mkdir(name)
-    return f"s3://{name}"
+    if not fs.exists("hired-tests"):
+        fs.mkdir("hired-tests")
+    if fs.exists(f"hired-tests/{name}"):
+        fs.rm(f"hired-tests/{name}", recursive=True)
+    return f"s3://hired-tests/{name}"

@@ -83,6 +83,8 @@ def start_s3(root: Path) -> S3Server:
         f"-master.port={ports['master']}", f"-master.port.grpc={grpc['master']}",
         f"-volume.port={ports['volume']}", f"-volume.port.grpc={grpc['volume']}",
         f"-filer.port={ports['filer']}", f"-filer.port.grpc={grpc['filer']}",
+        # Small volumes, and room for many: the defaults (30 GB volumes, 8 slots) run out fast.
+        "-volume.max=100", "-master.volumeSizeLimitMB=64",
     ]
     log = open(root / "weed.log", "wb")
     process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -1,0 +1,136 @@
+"""The job entry points as users run them: from the shell, under `ray job submit`, killed and rerun."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from .data import encoded, write_shard
+from .servers import free_port, wait_for_http
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def job_env(extra=None):
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1")
+    env.update(extra or {})
+    return env
+
+
+def caption_cmd(*args):
+    return [sys.executable, str(REPO / "jobs" / "caption.py"), *args]
+
+
+def small_shards(root: Path, shards: int, rows: int) -> Path:
+    for s in range(shards):
+        write_shard(str(root / f"shard-{s:02d}.parquet"),
+                    [{"id": f"{s}-{i}", "image": encoded(60 + 7 * i, 90, seed=s * rows + i)} for i in range(rows)])
+    return root
+
+
+def outputs(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.glob("*.parquet"))
+
+
+def test_input_errors_come_before_any_model_loads(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = subprocess.run(
+        caption_cmd("--input", str(tmp_path / "empty"), "--output", str(tmp_path / "out"), "--model", "/nonexistent/model"),
+        capture_output=True, text=True, env=job_env(), timeout=120,
+    )
+    assert result.returncode == 2
+    assert "error: input" in result.stderr and "holds no .parquet shards" in result.stderr
+    assert "Traceback" not in result.stderr
+    bad_budget = subprocess.run(caption_cmd("--budget", "1.5x"), capture_output=True, text=True, timeout=60)
+    assert bad_budget.returncode == 2 and "budget must be a number" in bad_budget.stderr
+    fractional_count = subprocess.run(caption_cmd("--budget", "2.5"), capture_output=True, text=True, timeout=60)
+    assert fractional_count.returncode == 2 and "must be whole" in fractional_count.stderr
+
+
+def test_resume_after_the_driver_is_killed(tmp_path, tiny_next_path):
+    """Kill the job after some shards are written; the rerun finishes with one row per id."""
+    inputs = small_shards(tmp_path / "in", shards=8, rows=2)
+    out = tmp_path / "out"
+    cmd = caption_cmd("--input", str(inputs), "--output", str(out), "--model", str(tiny_next_path),
+                      "--num-gpus", "0", "--batch-size", "1", "--max-new-tokens", "2", "--run-id", "first")
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=job_env(),
+                             start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while len(outputs(out)) < 2:
+            assert first.poll() is None, "the job ended before it could be interrupted"
+            assert time.monotonic() < deadline, "no shard was written in time"
+            time.sleep(0.2)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the driver and the Ray it started
+        first.wait(timeout=60)
+    survivors = outputs(out)
+    assert 2 <= len(survivors) < 8, "the kill came too late to test resuming"
+    for path in survivors:  # what a crash leaves behind is whole
+        assert pq.read_metadata(path).num_rows == 2
+
+    second = subprocess.run(cmd[:-1] + ["second"], capture_output=True, text=True, env=job_env(), timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    final = outputs(out)
+    assert len(final) == 8
+    ids = [i for path in final for i in pq.read_table(path).column("id").to_pylist()]
+    assert sorted(ids) == sorted(f"{s}-{i}" for s in range(8) for i in range(2))  # exactly once each
+    runs = {path.name: set(pq.read_table(path).column("run_id").to_pylist()) for path in final}
+    assert all(runs[p.name] == {"first"} for p in survivors)  # complete shards were not redone
+    summary = json.loads((out / "_summary.json").read_text())
+    assert summary["shards"]["already_complete"] == len(survivors)
+    assert summary["shards"]["written_this_run"] == 8 - len(survivors)
+    assert summary["items"] == 16 and summary["errors"] == 0
+    assert not list(out.glob(".*.tmp")), "temporary files left behind"
+
+
+@pytest.fixture
+def ray_head(tmp_path, s3_server):
+    """A Ray head on loopback, in its own process group, stopped by killing that group. Started after
+    the S3 server so that, like a configured cluster, its workers have the storage settings."""
+    temp = Path("/tmp") / f"rh{os.getpid()}{free_port()}"  # Ray wants a short socket path
+    ports = {"gcs": free_port(), "dashboard": free_port(), "client": free_port(), "agent": free_port()}
+    args = ["ray", "start", "--head", "--block", f"--temp-dir={temp}", f"--port={ports['gcs']}",
+            "--dashboard-host=127.0.0.1", f"--dashboard-port={ports['dashboard']}",
+            f"--ray-client-server-port={ports['client']}", f"--dashboard-agent-listen-port={ports['agent']}",
+            "--num-cpus=8", "--include-dashboard=true", "--disable-usage-stats"]
+    log = open(tmp_path / "ray-head.log", "wb")
+    head = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=job_env(), start_new_session=True)
+    address = f"http://127.0.0.1:{ports['dashboard']}"
+    try:
+        wait_for_http(f"{address}/api/version", timeout=120, ok=lambda status: status == 200)
+        yield address
+    finally:
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait(timeout=60)
+        subprocess.run(["rm", "-rf", str(temp)], check=False)
+
+
+def test_ray_job_submit(ray_head, tmp_path, tiny_next_path, s3_server, bucket):
+    """The nightly command: `ray job submit --working-dir . -- python jobs/caption.py ...` against a real head,
+    reading from and writing to the S3 server with the standard AWS settings."""
+    import s3fs
+
+    for s in range(2):
+        write_shard(f"{bucket}/in/{s}.parquet",
+                    [{"id": f"{s}-{i}", "image": encoded(80, 120, seed=i)} for i in range(3)])
+    submit = ["ray", "job", "submit", "--address", ray_head, "--working-dir", str(REPO),
+              "--submission-id", f"caption-{tmp_path.name}", "--",
+              "python", "jobs/caption.py", "--input", f"{bucket}/in", "--output", f"{bucket}/out",
+              "--model", str(tiny_next_path), "--num-gpus", "0", "--max-new-tokens", "3"]
+    result = subprocess.run(submit, capture_output=True, text=True, env=job_env(), timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "succeeded" in result.stdout + result.stderr
+    assert "items 6  ok 6  errors 0" in result.stdout
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    for s in range(2):
+        with fs.open(f"{bucket}/out/{s}.parquet".removeprefix("s3://"), "rb") as f:
+            assert pq.read_table(f).column("id").to_pylist() == [f"{s}-{i}" for i in range(3)]
+    # The secret key never shows up in what the job printed.
+    assert s3_server.env["AWS_SECRET_ACCESS_KEY"] not in result.stdout + result.stderr
