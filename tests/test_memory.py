@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers import (
     CLIPVisionConfig,
     LlamaConfig,
@@ -19,15 +21,18 @@ from hired import HiREDConfig
 from pipeline import memory
 from pipeline.memory import (
     GiB,
+    AdaptiveBatchSize,
     ItemBytes,
     Margin,
     MemoryModel,
     adjust_after_probe,
     apply_memory_cap,
     free_device_bytes,
+    is_out_of_memory,
     max_batch_size,
     parameter_count,
     plan_batch_size,
+    run_with_oom_backoff,
     weights_bytes,
 )
 
@@ -435,6 +440,8 @@ def test_bad_inputs_are_refused():
         Margin(fraction=1.0)
     with pytest.raises(ValueError):
         plan_batch_size(GiB, 0)
+    with pytest.raises(ValueError):
+        AdaptiveBatchSize(0)
 
 
 def test_probe_that_measures_more_lowers_the_batch():
@@ -512,3 +519,155 @@ def test_memory_cap_sets_the_fraction_and_returns_what_is_left_under_it(fake_cud
 def test_release_empties_the_cache_on_cuda(fake_cuda):
     memory.release_device_memory()
     assert fake_cuda["empty_cache"] == 1
+
+
+# ---------------------------------------------------------------------------
+# OOM back-off
+# ---------------------------------------------------------------------------
+
+
+def cuda_oom(size: int) -> torch.OutOfMemoryError:
+    return torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {size} MiB")
+
+
+class FakeGpu:
+    """``run_batch`` that runs out of memory above ``capacity`` items or on a poisoned item."""
+
+    def __init__(self, capacity: int = 10**9, poisoned=()):
+        self.capacity, self.poisoned = capacity, set(poisoned)
+        self.calls: list[list] = []
+        self.completed: list = []
+        self.frees = 0
+
+    def run_batch(self, batch: list) -> list:
+        self.calls.append(list(batch))
+        if len(batch) > self.capacity or self.poisoned & set(batch):
+            raise cuda_oom(len(batch))
+        self.completed.extend(batch)
+        return [f"ok {item}" for item in batch]
+
+    def free_memory(self):
+        self.frees += 1
+
+
+def error_result(item, reason):
+    return f"error {item}: {reason}"
+
+
+def test_is_out_of_memory():
+    assert is_out_of_memory(cuda_oom(1))
+    assert is_out_of_memory(RuntimeError("CUDA error: out of memory"))
+    assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not is_out_of_memory(ValueError("out of memory"))
+
+
+def test_batches_that_fit_run_once_each():
+    gpu = FakeGpu()
+    results = run_with_oom_backoff(range(10), gpu.run_batch, 4, error_result, free_memory=gpu.free_memory)
+    assert results == [f"ok {i}" for i in range(10)]
+    assert [len(c) for c in gpu.calls] == [4, 4, 2]
+    assert gpu.frees == 0
+
+
+def test_oom_splits_batches_and_lowers_the_batch_size():
+    gpu = FakeGpu(capacity=3)
+    state = AdaptiveBatchSize(8)
+    results = run_with_oom_backoff(range(20), gpu.run_batch, state, error_result, free_memory=gpu.free_memory)
+    assert results == [f"ok {i}" for i in range(20)]  # every item, once, in order
+    assert sorted(gpu.completed) == list(range(20))
+    # 8 fails, 4 fails, 2 + 2 run: later batches use 2.
+    assert [len(c) for c in gpu.calls[:5]] == [8, 4, 2, 2, 4]
+    assert state.batch_size == 2
+    assert len(gpu.calls) == 7 + 6 and all(len(c) == 2 for c in gpu.calls[7:])
+    assert state.out_of_memory_errors == gpu.frees == 3  # 8, then both 4s
+    assert state.failed_items == 0
+    assert state.history == ["batch size 8 -> 2: out of memory on a batch of 8"]
+
+
+def test_a_poisoned_item_becomes_an_error_and_the_rest_run():
+    gpu = FakeGpu(poisoned={13})
+    state = AdaptiveBatchSize(8)
+    results = run_with_oom_backoff(range(20), gpu.run_batch, state, error_result, free_memory=gpu.free_memory)
+    assert len(results) == 20
+    assert results[13].startswith("error 13: out of memory with the item alone in its batch (OutOfMemoryError: CUDA")
+    assert [r for i, r in enumerate(results) if i != 13] == [f"ok {i}" for i in range(20) if i != 13]
+    assert sorted(gpu.completed) == [i for i in range(20) if i != 13]
+    assert state.failed_items == 1
+    # 8..15 failed; its first half (4 items) ran, so later batches use 4, not 1.
+    assert state.batch_size == 4
+    assert [len(c) for c in gpu.calls[-1:]] == [4]
+
+
+def test_an_int_batch_size_works_without_a_state_object():
+    gpu = FakeGpu(capacity=1)
+    results = run_with_oom_backoff(["a", "b", "c"], gpu.run_batch, 3, error_result, free_memory=gpu.free_memory)
+    assert results == ["ok a", "ok b", "ok c"]
+
+
+def test_runtime_error_out_of_memory_is_backed_off_too():
+    calls = []
+
+    def run_batch(batch):
+        calls.append(len(batch))
+        if len(batch) > 1:
+            raise RuntimeError("CUDA error: out of memory")
+        return batch
+
+    assert run_with_oom_backoff([1, 2], run_batch, 2, error_result, free_memory=lambda: None) == [1, 2]
+    assert calls == [2, 1, 1]
+
+
+def test_other_errors_propagate():
+    def run_batch(batch):
+        raise ValueError("cannot decode image")
+
+    with pytest.raises(ValueError, match="cannot decode"):
+        run_with_oom_backoff([1, 2, 3], run_batch, 2, error_result, free_memory=lambda: None)
+
+    def shape_bug(batch):
+        if len(batch) > 1:
+            raise cuda_oom(1)
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    with pytest.raises(RuntimeError, match="mat1"):
+        run_with_oom_backoff([1, 2], shape_bug, 2, error_result, free_memory=lambda: None)
+
+
+def test_a_run_batch_that_loses_items_is_refused():
+    with pytest.raises(ValueError, match="2 results for 3 items"):
+        run_with_oom_backoff([1, 2, 3], lambda batch: batch[:2], 3, error_result, free_memory=lambda: None)
+
+
+def test_no_items_no_calls():
+    gpu = FakeGpu()
+    assert run_with_oom_backoff([], gpu.run_batch, 4, error_result) == []
+    assert gpu.calls == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 12), max_size=40),
+    capacity=st.integers(1, 30),
+    batch_size=st.integers(1, 16),
+)
+def test_every_item_accounted_for_once_in_order(sizes, capacity, batch_size):
+    """Items of different sizes on a device of ``capacity``: an item larger than the device fails alone."""
+    completed = []
+
+    def run_batch(batch):
+        if sum(size for _, size in batch) > capacity:
+            raise cuda_oom(capacity)
+        completed.extend(index for index, _ in batch)
+        return [("ok", index) for index, _ in batch]
+
+    items = list(enumerate(sizes))
+    state = AdaptiveBatchSize(batch_size)
+    def make_error(item, reason):
+        return ("error", item[0])
+
+    results = run_with_oom_backoff(items, run_batch, state, make_error, free_memory=lambda: None)
+    expected = [("error" if size > capacity else "ok", index) for index, size in items]
+    assert results == expected
+    assert sorted(completed) == [index for index, size in items if size <= capacity]
+    assert 1 <= state.batch_size <= batch_size
+    assert state.failed_items == sum(size > capacity for size in sizes)
