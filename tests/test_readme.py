@@ -16,3 +16,6 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
     results = namespace["results"]
     assert [r.visual_tokens_full for r in results] == [2304, 2304]
     assert [r.visual_tokens_kept for r in results] == [460, 460]
+    # The batch-sizing example: one caption per pair, in order, HiRED-20% applied.
+    assert [c.visual_tokens_kept for c in namespace["captions"]] == [460, 460]
+    assert namespace["plan"].batch_size >= 1
