@@ -2,7 +2,6 @@
 and the final layer's keys that the merge compares."""
 
 import numpy as np
-import pytest
 import torch
 
 from hired.prumerge import iqr_outliers, merge_dropped, prumerge_plus_tokens
