@@ -3,11 +3,13 @@
     import hired
     results = hired.generate(model, processor, images, prompts, hired.HiREDConfig(budget=0.2))
 
+Other strategies for comparison at the same budget: ``HiREDConfig(strategy="uniform" | "random" | "prumerge+")``.
+
 See README.md. The package needs torch and transformers only.
 """
 
 from .budget import largest_remainder, split_budget, token_budget
-from .config import NO_DROPPING, HiREDConfig
+from .config import NO_DROPPING, STRATEGIES, HiREDConfig
 from .generation import GenerationResult, generate
 from .prepare import PreparedInputs, prepare_inputs
 from .vision import NoClsTokenError
@@ -16,6 +18,7 @@ from . import tiny  # noqa: E402  (tiny checkpoints for tests and the demo; impo
 __all__ = [
     "HiREDConfig",
     "NO_DROPPING",
+    "STRATEGIES",
     "GenerationResult",
     "PreparedInputs",
     "NoClsTokenError",

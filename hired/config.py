@@ -9,6 +9,7 @@ from .budget import token_budget
 
 NEWLINE_MODES = ("none", "kept_rows", "all")
 HEAD_REDUCTIONS = ("sum", "max")
+STRATEGIES = ("hired", "uniform", "random", "prumerge+")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,25 @@ class HiREDConfig:
       are not grid tokens and do not count towards the budget. ``"kept_rows"``
       keeps one after each row that kept any token; ``"all"`` keeps the stock
       newline tokens (with ``budget=1.0`` this reproduces the stock model).
+    * ``strategy="hired"``: how tokens are chosen. Every strategy keeps exactly
+      the same budget B per image, never a padding token, in the stock order, so
+      they can be compared at equal cost. ``"hired"`` is the paper's method
+      (split by ``alpha`` and initial-layer attention, select by final-layer
+      attention). The others are baselines for comparison; they split B over the
+      partitions in proportion to each one's valid token count (``alpha`` and
+      ``initial_layer`` are not used) and choose inside each partition:
+
+      - ``"uniform"``: an evenly spread 2-D pattern of tokens, no attention at
+        all (the simplest content-blind baseline; deterministic).
+      - ``"random"``: a random subset, drawn from a generator seeded by ``seed``,
+        the partition and its pixels: the same image gets the same tokens in any
+        batch, a different seed gives different ones.
+      - ``"prumerge+"``: PruMerge+ (Shang et al. 2024, arXiv 2403.15388) at a
+        fixed budget: the IQR outliers of ``final_layer``'s CLS attention first,
+        the rest spread evenly; then every dropped token is merged into its most
+        similar kept token (cosine similarity of ``final_layer``'s keys), kept
+        features becoming CLS-attention-weighted averages.
+    * ``seed=0``: the seed of ``strategy="random"``; ignored by the others.
     """
 
     budget: float | int = 0.2
@@ -46,6 +66,8 @@ class HiREDConfig:
     final_layer: int | None = None
     head_reduction: Literal["sum", "max"] = "sum"
     newlines: Literal["none", "kept_rows", "all"] = "none"
+    strategy: Literal["hired", "uniform", "random", "prumerge+"] = "hired"
+    seed: int = 0
 
     def __post_init__(self) -> None:
         budget = self.budget
@@ -61,6 +83,10 @@ class HiREDConfig:
             raise ValueError(f"head_reduction must be one of {HEAD_REDUCTIONS}, got {self.head_reduction!r}")
         if self.newlines not in NEWLINE_MODES:
             raise ValueError(f"newlines must be one of {NEWLINE_MODES}, got {self.newlines!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
         for name in ("initial_layer", "final_layer"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):

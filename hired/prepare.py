@@ -6,6 +6,11 @@ number per image, so we rebuild each sequence with the pruned count of
 placeholders, left-pad the batch again, and hand the LLM ``inputs_embeds`` with
 the kept visual features (and newline embeddings) scattered into the
 placeholders. Any transformers ``generate`` then runs unchanged.
+
+Which tokens are kept is the strategy's business (``hired.strategies``): it
+returns kept indices per partition and, if it merges tokens (PruMerge+), their
+new vision features, which replace the originals before the projector. The
+rest of the path is the same for every strategy.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ import torch
 
 from .config import NO_DROPPING, HiREDConfig
 from .models import NEWLINE, Partitions, adapter_for
-from .strategy import keep_all, select_hired
+from .strategies import ImageSignals, Selection, select_tokens, vision_needs
+from .strategy import keep_all
 from .vision import encode
 
 
@@ -86,6 +92,11 @@ def _replace_image_run(ids: torch.Tensor, image_token_id: int, expected: int, co
     return torch.cat([ids[:start], placeholders, ids[end:]])
 
 
+def _rows(attention: dict[int, torch.Tensor], layer: int, span: slice) -> torch.Tensor | None:
+    """One image's CLS attention rows at ``layer`` (on the CPU, where selection runs), if computed."""
+    return attention[layer][span].cpu() if layer in attention else None
+
+
 @torch.no_grad()
 def prepare_inputs(model, inputs: Mapping, config: HiREDConfig | None = None) -> PreparedInputs:
     """HiRED-pruned inputs for ``model.generate`` from a processor's output.
@@ -114,11 +125,11 @@ def prepare_inputs(model, inputs: Mapping, config: HiREDConfig | None = None) ->
     initial = tower.layer_index(config.initial_layer, "initial_layer")
     final = tower.layer_index(default_final if config.final_layer is None else config.final_layer, "final_layer")
     dropping = any(b < p.grid_tokens for b, p in zip(budgets, parts))
-    attention_layers = sorted({initial, final}) if dropping else []
+    attention_layers, key_layers = vision_needs(config.strategy, initial, final) if dropping else ([], [])
 
     device, vision_dtype = model.device, next(tower.module.parameters()).dtype
     pixel_batch = torch.cat(pixels).to(device=device, dtype=vision_dtype)
-    vision = encode(tower, pixel_batch, feature_layers, attention_layers, config.head_reduction)
+    vision = encode(tower, pixel_batch, feature_layers, attention_layers, config.head_reduction, key_layers)
 
     image_token_id = model.config.image_token_id
     embed = model.get_input_embeddings()
@@ -128,13 +139,20 @@ def prepare_inputs(model, inputs: Mapping, config: HiREDConfig | None = None) ->
         span = slice(offset, offset + p.num_partitions)
         offset += p.num_partitions
         if budgets[i] == p.grid_tokens:
-            kept = keep_all(p)
+            selection = Selection(keep_all(p))
         else:
-            kept = select_hired(
-                p, vision.cls_attention[initial][span].cpu(), vision.cls_attention[final][span].cpu(), config
+            signals = ImageSignals(
+                pixel_values=pixels[i],
+                features=vision.features[span],
+                initial_attention=_rows(vision.cls_attention, initial, span),
+                final_attention=_rows(vision.cls_attention, final, span),
+                final_keys=vision.keys[final][span] if final in vision.keys else None,
             )
+            selection = select_tokens(p, signals, config)
+        kept = selection.kept
         order = adapter.token_order(p, kept, config.newlines).to(device)
-        features = vision.features[span].flatten(0, 1)  # (P*T, D_vision)
+        # Merged features (PruMerge+) replace the kept tokens' own before the projector, as in PruMerge.
+        features = selection.apply(vision.features[span]).flatten(0, 1)  # (P*T, D_vision)
         is_newline = order == NEWLINE
         tokens = adapter.projector(features[order.clamp(min=0)])
         if is_newline.any():

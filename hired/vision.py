@@ -7,12 +7,16 @@ attention path and build ``(heads, 577, 577)`` per layer). Instead forward hooks
 capture the query of the CLS token and the keys at the chosen layers, and the
 CLS row is computed from them afterwards: ``(heads, 577)`` per partition. The
 tower itself keeps running with SDPA or flash attention.
+
+Strategies that compare tokens (PruMerge+ merges by key similarity) can ask for
+a layer's keys as well; they are returned only when asked for, so HiRED holds
+no more than the two CLS rows once encoding is done.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -84,6 +88,8 @@ def cls_attention(query: torch.Tensor, keys: torch.Tensor, num_heads: int, reduc
 class VisionOutput:
     features: torch.Tensor  # (P, T - 1, D_vision * n_feature_layers): feature-layer states, CLS dropped
     cls_attention: dict[int, torch.Tensor]  # layer -> (P, T - 1) CLS attention over patch tokens
+    # layer -> (P, T - 1, D_vision) projected keys of the patch tokens, only for the layers asked for
+    keys: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 @contextmanager
@@ -112,12 +118,15 @@ def encode(
     feature_layers: list[int],
     attention_layers: list[int],
     head_reduction: str = "sum",
+    key_layers: list[int] | tuple[int, ...] = (),
 ) -> VisionOutput:
     """Encode ``pixel_values`` ``(P, 3, H, W)``.
 
     ``feature_layers`` index the tower's hidden states as transformers does
-    (0 = embeddings, -1 = last layer's output); ``attention_layers`` index its
-    encoder layers. Only these hidden states and the CLS attention rows are kept.
+    (0 = embeddings, -1 = last layer's output); ``attention_layers`` and
+    ``key_layers`` index its encoder layers. Only these hidden states, the CLS
+    attention rows and the keys of ``key_layers`` (the ``k_proj`` outputs already
+    captured for the attention, CLS dropped: a view, not a copy) are kept.
     """
     num_states = tower.num_layers + 1
     states = [layer % num_states for layer in feature_layers]
@@ -128,6 +137,8 @@ def encode(
     for layer in attention_layers:
         attn = tower.layers[layer].self_attn
         projections[f"q{layer}"], projections[f"k{layer}"] = attn.q_proj, attn.k_proj
+    for layer in key_layers:
+        projections[f"k{layer}"] = tower.layers[layer].self_attn.k_proj
 
     captured: dict[str, torch.Tensor] = {}
     with _capture(state_inputs, captured, pre=True), _capture(state_outputs, captured), _capture(projections, captured):
@@ -138,4 +149,5 @@ def encode(
         layer: cls_attention(captured[f"q{layer}"][:, 0], captured[f"k{layer}"], tower.num_heads, head_reduction)
         for layer in attention_layers
     }
-    return VisionOutput(features=features, cls_attention=attention)
+    keys = {layer: captured[f"k{layer}"][:, 1:] for layer in key_layers}
+    return VisionOutput(features=features, cls_attention=attention, keys=keys)
