@@ -11,7 +11,7 @@ See README.md. The package needs torch and transformers only.
 from .budget import largest_remainder, split_budget, token_budget
 from .config import NO_DROPPING, STRATEGIES, HiREDConfig
 from .generation import GenerationResult, generate
-from .prepare import PreparedInputs, prepare_inputs
+from .prepare import ItemLengths, PreparedInputs, expected_lengths, prepare_inputs
 from .vision import NoClsTokenError
 from . import tiny  # noqa: E402  (tiny checkpoints for tests and the demo; imports transformers lazily)
 
@@ -24,6 +24,8 @@ __all__ = [
     "NoClsTokenError",
     "generate",
     "prepare_inputs",
+    "expected_lengths",
+    "ItemLengths",
     "token_budget",
     "split_budget",
     "largest_remainder",

@@ -97,6 +97,31 @@ def _rows(attention: dict[int, torch.Tensor], layer: int, span: slice) -> torch.
     return attention[layer][span].cpu() if layer in attention else None
 
 
+@dataclass(frozen=True)
+class ItemLengths:
+    """An item's token counts under a config, known before its picture reaches the GPU."""
+
+    partitions: int  # views the vision tower encodes
+    visual_tokens_full: int  # N
+    visual_tokens_kept: int  # B
+    visual_tokens_llm: int  # B plus newline tokens (for newlines="kept_rows", at most one a row)
+    prompt_tokens: int  # the LLM's input length
+
+
+def expected_lengths(model, image_size: tuple[int, int], num_input_ids: int, config: HiREDConfig | None) -> ItemLengths:
+    """What :func:`prepare_inputs` will make of one item whose processor output has
+    ``num_input_ids`` tokens (placeholders included): HiRED fixes every count in advance,
+    which is what lets the pipeline size batches by calculation."""
+    adapter = adapter_for(model)
+    config = config or NO_DROPPING
+    parts = adapter.partitions(image_size)
+    kept = config.tokens_to_keep(parts.grid_tokens)
+    stock_newlines = adapter.stock_image_tokens(parts) - parts.grid_tokens
+    visual = kept + (0 if config.newlines == "none" else stock_newlines)
+    text = num_input_ids - adapter.stock_image_tokens(parts)
+    return ItemLengths(parts.num_partitions, parts.grid_tokens, kept, visual, text + visual)
+
+
 @torch.no_grad()
 def prepare_inputs(model, inputs: Mapping, config: HiREDConfig | None = None) -> PreparedInputs:
     """HiRED-pruned inputs for ``model.generate`` from a processor's output.

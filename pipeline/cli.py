@@ -78,7 +78,11 @@ def build_parser(task: str) -> argparse.ArgumentParser:
     run = parser.add_argument_group("resources")
     run.add_argument("--num-gpus", type=int, default=None,
                      help="GPU actors (one per GPU); default: every GPU in the cluster; 0 runs on CPU")
-    run.add_argument("--batch-size", type=int, default=8, help="items generated together per actor call")
+    run.add_argument("--batch-size", type=int, default=None,
+                     help="items generated together; default: as many as fit in GPU memory, computed per batch "
+                     "from each item's token count (HiRED fixes it in advance); 4 on CPU")
+    run.add_argument("--gpu-memory-gb", type=float, default=None,
+                     help="use at most this much of each GPU, e.g. 22 to size batches like an A10G on a larger card")
     run.add_argument("--preprocess-workers", type=int, default=None,
                      help="CPU actors decoding and preprocessing; default: the cluster's CPUs less one, at most 8")
     run.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS,
@@ -107,6 +111,7 @@ def settings_from_args(args, task: str):
         config=config,
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
+        gpu_memory_gb=args.gpu_memory_gb,
         num_gpus=args.num_gpus,
         preprocess_workers=args.preprocess_workers,
         dtype=args.dtype,
@@ -122,8 +127,10 @@ def main(task: str, argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("hired.pipeline")
-    if args.batch_size < 1 or args.max_new_tokens < 1:
+    if (args.batch_size is not None and args.batch_size < 1) or args.max_new_tokens < 1:
         parser.error("--batch-size and --max-new-tokens must be at least 1")
+    if args.gpu_memory_gb is not None and args.gpu_memory_gb <= 0:
+        parser.error("--gpu-memory-gb must be positive")
 
     demo = args.input is None
     if demo:

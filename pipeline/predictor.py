@@ -3,6 +3,17 @@
 ``Predictor`` is a plain callable class. Ray Data runs one per GPU actor
 (``map_batches(Predictor, compute=ActorPoolStrategy(...), num_gpus=1)``); tests,
 benchmarks and notebooks call it directly on a dict of columns.
+
+Batch sizes come from calculation, not luck. HiRED fixes each item's visual-token
+count before the GPU sees it, so every item's prompt length, and with it its KV
+cache, prefill and vision memory, is known in advance (``hired.expected_lengths``,
+``pipeline.memory``). Each call sorts its rows longest first and cuts them into
+micro-batches that fit the free device memory at the length of their longest
+member (the batch is left-padded to it). After each micro-batch the measured
+peak corrects the estimate upwards if the model under-counted (the first one is
+the probe). Should a micro-batch still run out of memory, ``run_with_oom_backoff``
+splits it and lowers the size for later ones; an item that fails alone becomes an
+error row. On a CPU there is no memory figure: a fixed batch size applies.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ import torch
 import hired
 from hired.generation import eos_token_ids, trim_at_eos
 
+from .memory import AdaptiveBatchSize, Margin, MemoryModel, apply_memory_cap, free_device_bytes, run_with_oom_backoff
 from .preprocess import MODEL_INPUTS, PASSTHROUGH, column, decode_inputs, object_array
 
 log = logging.getLogger("hired.pipeline")
@@ -26,6 +38,7 @@ RESULT_COLUMNS = (
     "decode_ms", "tokens_per_s", "batch_size", "peak_gpu_mem_bytes", "device", "model", "strategy",
     "budget", "alpha", "run_id",
 )
+CPU_BATCH_SIZE = 4  # no device memory to size by: small batches keep latency per item sane
 
 
 class FirstTokenTimer:
@@ -72,6 +85,15 @@ class BatchTiming:
     peak_gpu_mem_bytes: int | None
 
 
+@dataclass
+class ItemResult:
+    token_ids: list[int] | None = None
+    error: str | None = None
+    lengths: dict | None = None  # visual_tokens_full/kept, prompt_tokens
+    timing: BatchTiming | None = None
+    batch_size: int | None = None
+
+
 class Predictor:
     """Loads the model once; each call generates for a batch of preprocessed rows."""
 
@@ -83,11 +105,17 @@ class Predictor:
         device: str = "auto",
         dtype: str = "auto",
         run_id: str = "",
+        batch_size: int | None = None,
+        gpu_memory_gb: float | None = None,
+        margin: Margin = Margin(),
     ):
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+            apply_memory_cap(gpu_memory_gb, self.device)  # a big GPU acting as a commodity card
         started = time.perf_counter()
         self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=self.dtype).to(self.device).eval()
         self.processor = AutoProcessor.from_pretrained(model)
@@ -105,10 +133,77 @@ class Predictor:
             f"HiRED {config}" if config else "no token dropping",
         )
 
-    # -- one batch of good rows -----------------------------------------------------------
+        self.memory = MemoryModel(self.model.config, self.dtype, model=self.model)
+        self.margin = margin
+        self.gpu_memory_gb = gpu_memory_gb
+        self.fixed_batch_size = batch_size
+        self.correction = 1.0  # measured / predicted memory per item, when the model under-counts
+        self.free_bytes = None if self.device.type != "cuda" else free_device_bytes(self.device, gpu_memory_gb)
+        self.sizing = self.free_bytes is not None and batch_size is None
+        # The most items per micro-batch; OOM back-off lowers it. When sizing by memory it is only a
+        # ceiling (the memory decides), else the fixed or CPU batch size.
+        self.sizes = AdaptiveBatchSize(256 if self.sizing else batch_size or CPU_BATCH_SIZE)
+        if self.sizing:
+            worst = self.memory.worst_case_item_bytes(config, text_tokens=96, max_new_tokens=max_new_tokens)
+            fits = self._usable_bytes() // worst.total_bytes
+            log.info(
+                "batch sizing: %.2f GiB free after weights, %.2f GiB usable after the margin; the costliest item "
+                "(%s) fits %d to a batch, shorter ones more", self.free_bytes / 2**30,
+                self._usable_bytes() / 2**30, worst.describe(), fits,
+            )
+            if fits == 0:
+                log.warning("the largest images may not fit even alone: they would become out-of-memory error rows")
+        else:
+            log.info("batch size %d (%s)", self.sizes.batch_size, "fixed by the caller" if batch_size else "CPU default")
+
+    # -- memory -------------------------------------------------------------------------
+    def _usable_bytes(self) -> int:
+        return max(0, self.free_bytes - self.margin.reserve_bytes(self.free_bytes))
+
+    def _batch_bytes(self, lengths: list[hired.ItemLengths]) -> int:
+        """Predicted memory of these items as one batch: each padded to the longest prompt,
+        each costed with the most partitions and visual tokens among them (an upper bound)."""
+        per_item = self.memory.item_bytes(
+            prompt_tokens=max(x.prompt_tokens for x in lengths),
+            max_new_tokens=self.max_new_tokens,
+            partitions=max(x.partitions for x in lengths),
+            visual_tokens_llm=max(x.visual_tokens_llm for x in lengths),
+        )
+        return int(len(lengths) * per_item.total_bytes * self.correction)
+
+    def micro_batches(self, lengths: list[hired.ItemLengths]) -> list[list[int]]:
+        """Indices of the items, longest prompt first, cut into batches that fit.
+
+        A left-padded batch costs its size times its longest member, which comes
+        first, so each batch takes as many items as fit at that length (at most the
+        current cap, which OOM back-off may have lowered)."""
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i].prompt_tokens)
+        batches, start = [], 0
+        while start < len(order):
+            size = min(self.sizes.batch_size, len(order) - start)
+            if self.sizing:
+                while size > 1 and self._batch_bytes([lengths[i] for i in order[start : start + size]]) > self._usable_bytes():
+                    size -= 1
+            batches.append(order[start : start + size])
+            start += size
+        return batches
+
+    def _learn_from_peak(self, lengths: list[hired.ItemLengths], peak_bytes: int, baseline_bytes: int) -> None:
+        """Correct the estimate upwards when a batch used more than predicted (never downwards:
+        a batch that stopped early at EOS did not grow its KV cache to full length)."""
+        predicted = self._batch_bytes(lengths)
+        measured = peak_bytes - baseline_bytes
+        if measured > predicted:
+            self.correction *= measured / predicted
+            log.warning(
+                "a batch of %d used %.2f GiB, %.0f%% over the %.2f GiB predicted: estimates raised by that much",
+                len(lengths), measured / 2**30, 100 * (measured / predicted - 1), predicted / 2**30,
+            )
+
+    # -- one micro-batch ------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, items: list[dict]) -> tuple[list[list[int]], hired.PreparedInputs, BatchTiming]:
-        """Generate for preprocessed items (``input_ids``, ``pixel_values``, ``image_sizes``)."""
+        """Generate for preprocessed items (``input_ids``, ``pixel_values``, ``image_sizes``) as one batch."""
         inputs = {
             "input_ids": [torch.as_tensor(np.asarray(it["input_ids"]), dtype=torch.long) for it in items],
             "pixel_values": [torch.as_tensor(np.asarray(it["pixel_values"])) for it in items],
@@ -138,6 +233,25 @@ class Predictor:
         )
         return [trim_at_eos(row, self.eos_ids) for row in output.tolist()], prepared, timing
 
+    def _run(self, chunk: list[tuple[dict, hired.ItemLengths]]) -> list[ItemResult]:
+        baseline = torch.cuda.memory_allocated(self.device) if self.device.type == "cuda" else 0
+        token_ids, prepared, timing = self.generate([item for item, _ in chunk])
+        if self.sizing:
+            self._learn_from_peak([lengths for _, lengths in chunk], timing.peak_gpu_mem_bytes, baseline)
+        return [
+            ItemResult(
+                token_ids=token_ids[k],
+                lengths={
+                    "visual_tokens_full": prepared.visual_tokens_full[k],
+                    "visual_tokens_kept": prepared.visual_tokens_kept[k],
+                    "prompt_tokens": prepared.prompt_tokens[k],
+                },
+                timing=timing,
+                batch_size=len(chunk),
+            )
+            for k in range(len(chunk))
+        ]
+
     # -- Ray Data entry point -------------------------------------------------------------
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["id"])
@@ -148,30 +262,44 @@ class Predictor:
             if out["error"][i] is None and inputs[i] is None:
                 out["error"][i] = "internal: the row reached generation without model inputs"
         good = [i for i in range(n) if out["error"][i] is None]
-        if good:
-            items = [decode_inputs(inputs[i]) for i in good]
-            token_ids, prepared, timing = self.generate(items)
-            for k, i in enumerate(good):
-                self._fill(out, i, token_ids[k], prepared, k, timing, len(good))
+        items = [decode_inputs(inputs[i]) for i in good]
+        lengths = [
+            hired.expected_lengths(self.model, tuple(it["image_sizes"].tolist()), len(it["input_ids"]), self.config)
+            for it in items
+        ]
+        for micro in self.micro_batches(lengths):
+            chunk = [(items[k], lengths[k]) for k in micro]
+            results = run_with_oom_backoff(
+                chunk, self._run, self.sizes, make_error=lambda item, reason: ItemResult(error=reason)
+            )
+            for k, result in zip(micro, results):
+                self._fill(out, good[k], result)
+        if self.sizes.history:
+            for line in self.sizes.history:
+                log.warning("OOM back-off: %s", line)
+            self.sizes.history.clear()
         config = self.config
         for i in range(n):
             out["device"][i] = str(self.device)
             out["model"][i] = self.model_name
             out["run_id"][i] = self.run_id
-            out["strategy"][i] = "hired" if config else "none"
+            out["strategy"][i] = config.strategy if config else "none"
             out["budget"][i] = float(config.budget) if config else None
             out["alpha"][i] = float(config.alpha) if config else None
         return {k: object_array(v) for k, v in out.items()}
 
-    def _fill(self, out, i, token_ids, prepared, k, timing: BatchTiming, batch_size: int) -> None:
+    def _fill(self, out, i: int, result: ItemResult) -> None:
+        if result.error is not None:
+            out["error"][i] = result.error
+            return
+        timing = result.timing
         total_s = (timing.ttft_ms + timing.decode_ms) / 1e3
-        out["text"][i] = self.processor.decode(token_ids, skip_special_tokens=True).strip()
-        out["visual_tokens_full"][i] = prepared.visual_tokens_full[k]
-        out["visual_tokens_kept"][i] = prepared.visual_tokens_kept[k]
-        out["prompt_tokens"][i] = prepared.prompt_tokens[k]
-        out["generated_tokens"][i] = len(token_ids)
+        out["text"][i] = self.processor.decode(result.token_ids, skip_special_tokens=True).strip()
+        for key, value in result.lengths.items():
+            out[key][i] = value
+        out["generated_tokens"][i] = len(result.token_ids)
         out["ttft_ms"][i] = timing.ttft_ms
         out["decode_ms"][i] = timing.decode_ms
-        out["tokens_per_s"][i] = len(token_ids) / total_s if total_s > 0 else None
-        out["batch_size"][i] = batch_size
+        out["tokens_per_s"][i] = len(result.token_ids) / total_s if total_s > 0 else None
+        out["batch_size"][i] = result.batch_size
         out["peak_gpu_mem_bytes"][i] = timing.peak_gpu_mem_bytes

@@ -23,7 +23,7 @@ import hired
 
 from .images import DEFAULT_MAX_PIXELS
 from .preprocess import DEFAULT_CAPTION_PROMPT, Preprocessor, column, missing, read_rows
-from .predictor import Predictor
+from .predictor import CPU_BATCH_SIZE, Predictor
 from .schema import output_schema
 from .shards import (
     FailedShard,
@@ -48,7 +48,8 @@ class JobSettings:
     model: str
     config: hired.HiREDConfig | None = field(default_factory=hired.HiREDConfig)
     max_new_tokens: int = 64
-    batch_size: int = 8
+    batch_size: int | None = None  # items per generation batch; None: sized by GPU memory (CPU: 4)
+    gpu_memory_gb: float | None = None  # cap each GPU at this much, to act as a smaller card
     num_gpus: int | None = None  # GPU actors; None: every GPU in the cluster; 0: CPU
     preprocess_workers: int | None = None
     dtype: str = "auto"
@@ -196,7 +197,7 @@ def build_dataset(pending: list[Shard], settings: JobSettings):
             "pixel_dtype": pixel_dtype,
         },
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
-        batch_size=max(1, min(settings.batch_size, 16)),
+        batch_size=8,
         num_cpus=1,
     )
     dataset = dataset.map_batches(
@@ -208,9 +209,12 @@ def build_dataset(pending: list[Shard], settings: JobSettings):
             "device": device,
             "dtype": settings.dtype,
             "run_id": settings.run_id,
+            "batch_size": settings.batch_size,
+            "gpu_memory_gb": settings.gpu_memory_gb,
         },
         compute=ray.data.ActorPoolStrategy(size=max(gpus, 1)),
-        batch_size=settings.batch_size,
+        # Rows per actor call; the actor cuts them into micro-batches that fit its memory.
+        batch_size=settings.batch_size or (64 if gpus else CPU_BATCH_SIZE),
         num_gpus=1 if gpus else 0,
         # A fraction: the actor's real work is on the GPU, and whole CPUs reserved by idle
         # actors starve the read and preprocessing stages on small nodes.

@@ -1,0 +1,138 @@
+"""Batch sizing in the generation actor: micro-batches by calculation, correction from measured
+peaks, and OOM back-off that loses no item (injected OOM errors; CPU, tiny model)."""
+
+import numpy as np
+import pytest
+import torch
+
+import hired
+from pipeline.memory import Margin
+from pipeline.predictor import Predictor
+from pipeline.preprocess import MODEL_INPUTS, encode_inputs
+
+from .conftest import chat_prompt, noise_image
+
+SIZES = [(480, 640), (1, 400), (300, 900), (64, 64), (1000, 200), (336, 336), (200, 200), (50, 700)]
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_next_path):
+    return Predictor(str(tiny_next_path), hired.HiREDConfig(budget=0.2), max_new_tokens=4)
+
+
+def rows(processor, sizes, texts=None):
+    """A preprocessed batch, as the CPU stage hands it to the generation actor."""
+    texts = texts or ["what is this"] * len(sizes)
+    encoded = []
+    for i, ((h, w), text) in enumerate(zip(sizes, texts)):
+        inputs = processor(images=[noise_image(h, w, seed=i)], text=[chat_prompt(processor, text)], return_tensors="np")
+        encoded.append(encode_inputs({k: v[0] for k, v in inputs.items() if k != "attention_mask"}))
+    n = len(sizes)
+    column = np.empty(n, dtype=object)
+    column[:] = encoded
+    return {"id": np.array([f"i{k}" for k in range(n)], dtype=object), MODEL_INPUTS: column,
+            "error": np.array([None] * n, dtype=object), "row_index": np.arange(n), "source_shard": np.array(["s"] * n, dtype=object)}
+
+
+def lengths_of(predictor, batch):
+    from pipeline.preprocess import decode_inputs
+
+    items = [decode_inputs(b) for b in batch[MODEL_INPUTS]]
+    return [hired.expected_lengths(predictor.model, tuple(it["image_sizes"].tolist()), len(it["input_ids"]),
+                                   predictor.config) for it in items]
+
+
+def test_expected_lengths_match_what_prepare_makes(tiny_next):
+    model, processor = tiny_next
+    for config in (hired.HiREDConfig(budget=0.2), hired.HiREDConfig(budget=0.1, newlines="all"), None):
+        for (h, w) in SIZES:
+            inputs = processor(images=[noise_image(h, w)], text=[chat_prompt(processor, "a b c")], return_tensors="pt")
+            prepared = hired.prepare_inputs(model, inputs, config)
+            expected = hired.expected_lengths(model, (h, w), inputs["input_ids"].shape[1], config)
+            assert expected.prompt_tokens == prepared.prompt_tokens[0]
+            assert expected.visual_tokens_llm == prepared.visual_tokens_llm[0]
+            assert expected.visual_tokens_kept == prepared.visual_tokens_kept[0]
+            assert expected.visual_tokens_full == prepared.visual_tokens_full[0]
+            assert expected.partitions == prepared.partitions[0].num_partitions
+
+
+@pytest.fixture
+def sized(predictor):
+    """The predictor as if on a GPU with a known amount of free memory."""
+    saved = (predictor.sizing, predictor.free_bytes, predictor.margin, predictor.sizes.batch_size, predictor.correction)
+    predictor.sizing, predictor.margin, predictor.correction = True, Margin(fraction=0.0, fixed_bytes=0), 1.0
+    predictor.sizes.batch_size = 256
+    yield predictor
+    predictor.sizing, predictor.free_bytes, predictor.margin, predictor.sizes.batch_size, predictor.correction = saved
+
+
+def test_micro_batches_fit_the_memory_and_are_as_large_as_possible(sized, tiny_next):
+    _, processor = tiny_next
+    batch = rows(processor, SIZES)
+    lengths = lengths_of(sized, batch)
+    one_longest = sized._batch_bytes([max(lengths, key=lambda x: x.prompt_tokens)])
+    sized.free_bytes = int(2.5 * one_longest)
+    micro = sized.micro_batches(lengths)
+    assert sorted(i for m in micro for i in m) == list(range(len(SIZES)))  # every item exactly once
+    flat = [i for m in micro for i in m]
+    assert [lengths[i].prompt_tokens for i in flat] == sorted((x.prompt_tokens for x in lengths), reverse=True)
+    for k, m in enumerate(micro):
+        assert sized._batch_bytes([lengths[i] for i in m]) <= sized.free_bytes
+        if k + 1 < len(micro):  # one more item would not have fitted
+            assert sized._batch_bytes([lengths[i] for i in m + [micro[k + 1][0]]]) > sized.free_bytes
+    assert len(micro[0]) == 2  # the two longest at the longest length: 2 x one_longest <= 2.5 x
+    assert len(micro[-1]) > 2  # short items pack more
+
+
+def test_a_measured_peak_above_the_estimate_shrinks_later_batches(sized, tiny_next):
+    _, processor = tiny_next
+    lengths = lengths_of(sized, rows(processor, SIZES))
+    sized.free_bytes = 4 * sized._batch_bytes([max(lengths, key=lambda x: x.prompt_tokens)])
+    before = [len(m) for m in sized.micro_batches(lengths)]
+    predicted = sized._batch_bytes(lengths[:2])
+    sized._learn_from_peak(lengths[:2], peak_bytes=1000 + 2 * predicted, baseline_bytes=1000)
+    assert sized.correction == pytest.approx(2.0)
+    after = [len(m) for m in sized.micro_batches(lengths)]
+    assert after[0] < before[0] and len(after) > len(before)
+    sized._learn_from_peak(lengths[:2], peak_bytes=1000 + predicted // 10, baseline_bytes=1000)  # never lowered
+    assert sized.correction == pytest.approx(2.0)
+
+
+def test_out_of_memory_loses_no_item(predictor, tiny_next, monkeypatch):
+    _, processor = tiny_next
+    batch = rows(processor, SIZES)
+    poisoned = SIZES.index((1000, 200))
+    real_generate = predictor.generate
+    calls = []
+
+    def generate(items):
+        calls.append(len(items))
+        if len(items) > 2 or any(tuple(it["image_sizes"].tolist()) == (1000, 200) for it in items):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_generate(items)
+
+    monkeypatch.setattr(predictor, "generate", generate)
+    monkeypatch.setattr(predictor.sizes, "batch_size", 4)
+    out = predictor(batch)
+    assert list(out["id"]) == [f"i{k}" for k in range(len(SIZES))]
+    for k in range(len(SIZES)):
+        if k == poisoned:
+            assert out["error"][k].startswith("out of memory with the item alone in its batch")
+            assert "OutOfMemoryError" in out["error"][k] and out["text"][k] is None
+        else:
+            assert out["error"][k] is None and isinstance(out["text"][k], str) and out["batch_size"][k] <= 2
+    assert predictor.sizes.batch_size == 2  # later batches start at the size that ran
+    calls.clear()
+    out = predictor(rows(processor, SIZES[:4]))
+    assert all(e is None for e in out["error"]) and max(calls) == 2
+
+
+def test_non_oom_errors_are_not_swallowed(predictor, tiny_next, monkeypatch):
+    _, processor = tiny_next
+
+    def broken(items):
+        raise ValueError("a bug, not a memory problem")
+
+    monkeypatch.setattr(predictor, "generate", broken)
+    with pytest.raises(ValueError, match="a bug"):
+        predictor(rows(processor, SIZES[:2]))
