@@ -14,7 +14,7 @@ from .preprocess import DEFAULT_CAPTION_PROMPT
 from .shards import InputError
 from .summary import format_summary
 
-DEMO_ROOT = Path("demo_output")
+DEMO_ROOT = Path("demo_output")  # under the working directory
 
 
 def budget_value(text: str) -> float | int:
@@ -138,7 +138,7 @@ def main(task: str, argv: list[str] | None = None) -> int:
 
         args.input, demo_model = prepare_demo(DEMO_ROOT)
         args.model = args.model or demo_model
-        args.output = args.output or str(DEMO_ROOT / task)
+        args.output = args.output or str((DEMO_ROOT / task).resolve())
         log.info("demo: %s -> %s with %s", args.input, args.output, args.model)
     if not args.output or not args.model:
         parser.error("--output and --model are required with --input")

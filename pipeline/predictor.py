@@ -30,6 +30,7 @@ from hired.generation import eos_token_ids, trim_at_eos
 
 from .memory import AdaptiveBatchSize, Margin, MemoryModel, apply_memory_cap, free_device_bytes, run_with_oom_backoff
 from .preprocess import MODEL_INPUTS, PASSTHROUGH, column, decode_inputs, object_array
+from .schema import ANSWERS
 
 log = logging.getLogger("hired.pipeline")
 
@@ -108,21 +109,29 @@ class Predictor:
         batch_size: int | None = None,
         gpu_memory_gb: float | None = None,
         margin: Margin = Margin(),
+        loaded: tuple | None = None,
     ):
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
+        """``model`` is a hub id or path, loaded here; or pass ``loaded=(model, processor)``
+        to use objects already in memory (benchmarks build random full-size models on the GPU)."""
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
             apply_memory_cap(gpu_memory_gb, self.device)  # a big GPU acting as a commodity card
         started = time.perf_counter()
-        self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=self.dtype).to(self.device).eval()
-        self.processor = AutoProcessor.from_pretrained(model)
+        if loaded is None:
+            from transformers import AutoModelForImageTextToText, AutoProcessor
+
+            loaded = (
+                AutoModelForImageTextToText.from_pretrained(model, dtype=self.dtype).to(self.device).eval(),
+                AutoProcessor.from_pretrained(model),
+            )
+        self.model, self.processor = loaded
         self.model_name = model
         self.config = config
         self.max_new_tokens = max_new_tokens
         self.run_id = run_id
+        self.generate_kwargs: dict = {}  # extra model.generate arguments (benchmarks fix the length)
         self.eos_ids = eos_token_ids(self.model)
         self.pad_token_id = self.model.generation_config.pad_token_id
         if self.pad_token_id is None:
@@ -222,6 +231,7 @@ class Predictor:
             do_sample=False,
             pad_token_id=self.pad_token_id,
             streamer=timer,
+            **self.generate_kwargs,
         )
         _synchronize(self.device)
         finished = time.perf_counter()
@@ -255,7 +265,9 @@ class Predictor:
     # -- Ray Data entry point -------------------------------------------------------------
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["id"])
-        out = {c: column(batch, c) for c in PASSTHROUGH}
+        out = {c: column(batch, c) for c in PASSTHROUGH if c in batch or c in PASSTHROUGH[:4]}
+        if ANSWERS in out:
+            out[ANSWERS] = [None if a is None else [str(x) for x in a] for a in out[ANSWERS]]
         out.update({c: [None] * n for c in RESULT_COLUMNS})
         inputs = column(batch, MODEL_INPUTS)
         for i in range(n):

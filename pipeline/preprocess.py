@@ -152,14 +152,18 @@ class Preprocessor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch[ID])
-        out = {c: column(batch, c) for c in PASSTHROUGH}
+        passthrough = PASSTHROUGH if self.task == "vqa" else PASSTHROUGH[:4]  # captions carry no VQA columns
+        out = {c: column(batch, c) for c in passthrough}
+        if self.task == "vqa":  # plain lists of strings: numpy string arrays do not convert back to Arrow
+            out[ANSWERS] = [None if a is None else [str(x) for x in a] for a in out[ANSWERS]]
         images, uris, prompts = column(batch, IMAGE), column(batch, IMAGE_URI), column(batch, PROMPT)
+        questions = column(batch, QUESTION)
         inputs = [None] * n
         for i in range(n):
             if out["error"][i] is not None:
                 continue
             try:
-                item = self.one(images[i], uris[i], prompts[i], out[QUESTION][i])
+                item = self.one(images[i], uris[i], prompts[i], questions[i])
             except BadImage as e:
                 out["error"][i] = str(e)
                 continue

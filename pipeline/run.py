@@ -102,7 +102,9 @@ def score_vqa(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             accuracy[i], exact[i] = None, None
         else:
             accuracy[i], exact[i] = vqa_accuracy(text, references), exact_match(text, references)
-    return {**batch, "vqa_accuracy": accuracy, "exact_match": exact}
+    answer_lists = np.empty(n, dtype=object)
+    answer_lists[:] = [None if a is None else [str(x) for x in a] for a in answers]  # Arrow-convertible
+    return {**batch, "answers": answer_lists, "vqa_accuracy": accuracy, "exact_match": exact}
 
 
 class ShardCollector:

@@ -1,0 +1,441 @@
+"""Side-by-side generation benchmark: stock transformers vs our predictor vs HiRED at 10/20/40%.
+
+    python bench/bench_generation.py --mode cpu          # scaled-down LLaVA-Next, minutes on a laptop CPU
+    python bench/bench_generation.py --mode gpu          # LLaVA-Next-7B architecture, random fp16 weights,
+                                                         # 672x672 images, GPU capped at 24 GiB (--gpu-memory-gb)
+
+What is compared, in one process, on the same images and prompts:
+
+* ``stock``: what a transformers user writes: ``processor(images, prompts)`` then ``model.generate``;
+* ``ours-full``: our pipeline's predictor with every visual token (``config=None``);
+* ``hired-10/20/40``: the predictor with HiRED at those budgets (alpha 0.5).
+
+at batch 1, batch 4 and "auto" (the predictor's memory-based micro-batches over all images).
+Every run generates exactly ``--new-tokens`` tokens (``min_new_tokens`` = ``max_new_tokens``,
+so EOS cannot make one configuration look faster). Times are wall-clock with a device
+synchronisation before each reading, after a warm-up, the median of ``--repeats``:
+
+* TTFT: inputs on the device -> first generated token on the host (vision + HiRED + prefill);
+* latency: inputs on the device -> last token (per batch, i.e. per image at batch 1);
+* throughput: generated tokens / latency; images/s: images / latency;
+* peak memory: ``torch.cuda.max_memory_allocated`` (GPU only).
+
+Also timed: the vision stage alone (stock ``get_image_features`` vs our ``prepare_inputs``),
+which shows HiRED's selection overhead; and the floors: FLOPs per image over the measured
+matmul rate, and for decoding, weight bytes per step over the measured copy bandwidth.
+Preprocessing (the processor on CPU) is excluded from every timing and reported separately.
+
+Results: a table on stdout, ``bench/results/generation-<mode>-<device>.json`` and ``.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import hired  # noqa: E402
+from hired.tiny import CHAT_TEMPLATE, LLAVA_NEXT_PINPOINTS, build_tokenizer  # noqa: E402
+from pipeline.memory import apply_memory_cap  # noqa: E402
+from pipeline.predictor import FirstTokenTimer, Predictor  # noqa: E402
+
+GiB = 2**30
+
+# The full LLaVA-Next-7B (llava-v1.6-vicuna-7b) architecture, and a scaled-down one with the same geometry.
+ARCHITECTURES = {
+    "gpu": dict(vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16),
+                text=dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                          num_key_value_heads=32, vocab_size=32064)),
+    "cpu": dict(vision=dict(hidden_size=192, intermediate_size=768, num_hidden_layers=6, num_attention_heads=6),
+                text=dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=6,
+                          num_key_value_heads=6, vocab_size=32064)),
+}
+CONFIGS = {
+    "stock": "stock",
+    "ours-full": None,
+    "hired-10": hired.HiREDConfig(budget=0.1),
+    "hired-20": hired.HiREDConfig(budget=0.2),
+    "hired-40": hired.HiREDConfig(budget=0.4),
+}
+
+
+def build_model(mode: str, device: torch.device, dtype: torch.dtype):
+    """A random-weight LLaVA-Next of the mode's architecture, built on the device (no download)."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    tokenizer = build_tokenizer()
+    processor = LlavaNextProcessor(
+        image_processor=LlavaNextImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
+                                                   image_grid_pinpoints=LLAVA_NEXT_PINPOINTS),
+        tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE,
+    )
+    arch = ARCHITECTURES[mode]
+    config = LlavaNextConfig(
+        vision_config=CLIPVisionConfig(image_size=336, patch_size=14, projection_dim=768, **arch["vision"]),
+        text_config=LlamaConfig(max_position_embeddings=4096, bos_token_id=1, eos_token_id=2, pad_token_id=3, **arch["text"]),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=LLAVA_NEXT_PINPOINTS,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = LlavaNextForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(previous)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.eval(), processor
+
+
+def pictures(count: int, size: int) -> list:
+    from pipeline.demo_data import draw_scene
+
+    return [draw_scene(size, size, seed=i) for i in range(count)]
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(run, device, repeats: int) -> dict:
+    """Warm up once, then the median of ``repeats`` runs of ``run() -> (ttft_s, total_s, new_tokens, images)``."""
+    run()
+    samples = []
+    peak = None
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        samples.append(run())
+        if device.type == "cuda":
+            peak = max(peak or 0, torch.cuda.max_memory_allocated(device))
+    ttft = statistics.median(s[0] for s in samples)
+    total = statistics.median(s[1] for s in samples)
+    tokens, images = samples[0][2], samples[0][3]
+    return {"ttft_ms": 1e3 * ttft, "latency_ms": 1e3 * total, "tokens_per_s": tokens / total,
+            "images_per_s": images / total, "peak_mem_bytes": peak, "new_tokens": tokens, "images": images}
+
+
+def stock_run(model, processor, images, prompt, new_tokens, device):
+    inputs = processor(images=images, text=[prompt] * len(images), return_tensors="pt", padding=True)
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+
+    def run():
+        timer = FirstTokenTimer()
+        sync(device)
+        start = time.perf_counter()
+        out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, streamer=timer)
+        sync(device)
+        end = time.perf_counter()
+        return timer.first_token_at - start, end - start, (out.shape[1] - inputs["input_ids"].shape[1]) * len(images), len(images)
+
+    return run
+
+
+def ours_run(predictor, items, micro_batches):
+    """Our predictor over ``items`` in the given micro-batches (lists of indices)."""
+
+    def run():
+        ttfts, total, tokens = [], 0.0, 0
+        for micro in micro_batches:
+            token_ids, _, timing = predictor.generate([items[i] for i in micro])
+            ttfts.append(timing.ttft_ms / 1e3)
+            total += (timing.ttft_ms + timing.decode_ms) / 1e3
+            tokens += sum(len(t) for t in token_ids)
+        return statistics.median(ttfts), total, tokens, len(items)
+
+    return run
+
+
+def vision_stage(model, processor, predictor_items, images, prompt, config, device, repeats):
+    """Median time of the vision stage alone: stock get_image_features, or our prepare_inputs."""
+    if config == "stock":
+        inputs = processor(images=images, text=[prompt] * len(images), return_tensors="pt", padding=True)
+        pixel_values = inputs["pixel_values"].to(device, model.dtype)
+        sizes = inputs["image_sizes"].to(device)
+
+        def run():
+            with torch.no_grad():
+                model.model.get_image_features(pixel_values, sizes)
+    else:
+        batch = {
+            "input_ids": [torch.as_tensor(it["input_ids"], dtype=torch.long) for it in predictor_items],
+            "pixel_values": [torch.as_tensor(it["pixel_values"]) for it in predictor_items],
+            "image_sizes": [it["image_sizes"].tolist() for it in predictor_items],
+        }
+
+        def run():
+            hired.prepare_inputs(model, batch, config)
+
+    run()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        run()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+# -- floors --------------------------------------------------------------------------------------------
+def matmul_rate(device, dtype) -> float:
+    """Measured FLOP/s of a large square matmul in ``dtype`` (random data)."""
+    n = 8192 if device.type == "cuda" else 1024
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    sync(device)
+    reps = 10 if device.type == "cuda" else 3
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def copy_bandwidth(device) -> float:
+    """Measured bytes/s of a large device-to-device copy (read + write)."""
+    n = (1 << 30) if device.type == "cuda" else (1 << 26)
+    src = torch.empty(n, dtype=torch.uint8, device=device).random_(0, 255)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    sync(device)
+    reps = 10 if device.type == "cuda" else 3
+    start = time.perf_counter()
+    for _ in range(reps):
+        dst.copy_(src)
+    sync(device)
+    return 2 * n * reps / (time.perf_counter() - start)
+
+
+def flops_per_image(model, visual_tokens_llm: int, partitions: int, text_tokens: int, new_tokens: int) -> dict:
+    """Forward FLOPs for one image: vision tower, prefill and decode (2 FLOPs per multiply-add)."""
+    v, t = model.config.vision_config, model.config.text_config
+    tokens = (v.image_size // v.patch_size) ** 2 + 1
+    per_layer = 2 * tokens * (4 * v.hidden_size**2 + 2 * v.hidden_size * v.intermediate_size) + 4 * tokens**2 * v.hidden_size
+    vision = partitions * (v.num_hidden_layers * per_layer + 2 * tokens * 3 * v.patch_size**2 * v.hidden_size)
+    projector = 2 * visual_tokens_llm * (v.hidden_size * t.hidden_size + t.hidden_size**2)
+    head_dim = t.hidden_size // t.num_attention_heads
+    kv = t.num_key_value_heads * head_dim
+    linear = 2 * t.hidden_size**2 + 2 * t.hidden_size * kv + 3 * t.hidden_size * t.intermediate_size
+    prompt = text_tokens + visual_tokens_llm
+    prefill = t.num_hidden_layers * (2 * prompt * linear + 2 * prompt**2 * t.hidden_size) + 2 * t.hidden_size * t.vocab_size
+    decode = sum(
+        t.num_hidden_layers * (2 * linear + 4 * (prompt + k) * t.hidden_size) + 2 * t.hidden_size * t.vocab_size
+        for k in range(new_tokens)
+    )
+    return {"vision": vision + projector, "prefill": prefill, "decode": decode, "total": vision + projector + prefill + decode}
+
+
+def floors(row: dict, flops: dict, rate: float, bandwidth: float, weights_bytes: int, new_tokens: int) -> dict:
+    """How far a measurement is from what the device could do at best, per image.
+
+    Vision and prefill are matmul-bound: FLOPs / measured matmul rate. Each decoding
+    step must read every weight once whatever the batch, so decoding takes at least
+    max(its FLOPs / rate, steps x weight bytes / bandwidth / images per batch)."""
+    batches = len(row.get("micro_batches", [1]))
+    images = row["images"]
+    compute_s = flops["total"] / rate
+    decode_bytes_s = batches * new_tokens * weights_bytes / bandwidth / images
+    floor_s = (flops["vision"] + flops["prefill"]) / rate + max(flops["decode"] / rate, decode_bytes_s)
+    measured_s = row["latency_ms"] / 1e3 / images  # latency covers all of the run's batches
+    return {
+        "compute_floor_ms_per_image": 1e3 * compute_s,
+        "decode_bandwidth_floor_ms_per_image": 1e3 * decode_bytes_s,
+        "floor_ms_per_image": 1e3 * floor_s,
+        "measured_ms_per_image": 1e3 * measured_s,
+        "measured_over_floor": measured_s / floor_s,
+    }
+
+
+# -- main -------------------------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=["cpu", "gpu"], default="gpu" if torch.cuda.is_available() else "cpu",
+                        help="gpu: the 7B architecture in fp16; cpu: a scaled-down model in fp32")
+    parser.add_argument("--images", type=int, default=None, help="images for the auto-batch run (default: 16 gpu, 8 cpu)")
+    parser.add_argument("--new-tokens", type=int, default=None, help="tokens generated per image (default: 128 gpu, 16 cpu)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats after one warm-up (median)")
+    parser.add_argument("--gpu-memory-gb", type=float, default=24.0, help="cap the GPU at this size (a commodity card)")
+    parser.add_argument("--image-size", type=int, default=672, help="square images of this size (672: a 2x2 grid)")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ", ".join(CONFIGS))
+    parser.add_argument("--batches", default="1,4,auto", help="batch settings to run")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args(argv)
+
+    device = torch.device("cuda" if args.mode == "gpu" else "cpu")
+    dtype = torch.float16 if args.mode == "gpu" else torch.float32
+    n_images = args.images or (16 if args.mode == "gpu" else 8)
+    new_tokens = args.new_tokens or (128 if args.mode == "gpu" else 16)
+    if device.type == "cuda":
+        apply_memory_cap(args.gpu_memory_gb, device)
+        device_name = torch.cuda.get_device_name(device)
+    else:
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+        device_name = platform.processor() or platform.machine()
+    print(f"building the {args.mode} model on {device_name} ...", flush=True)
+    model, processor = build_model(args.mode, device, dtype)
+    weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image in detail."}]}],
+        add_generation_prompt=True,
+    )
+    images = pictures(n_images, args.image_size)
+    started = time.perf_counter()
+    items = []
+    for picture in images:
+        inputs = processor(images=[picture], text=[prompt], return_tensors="np")
+        items.append({"input_ids": inputs["input_ids"][0], "pixel_values": inputs["pixel_values"][0].astype(np.float32),
+                      "image_sizes": inputs["image_sizes"][0]})
+    preprocess_ms = 1e3 * (time.perf_counter() - started) / n_images
+
+    rate, bandwidth = matmul_rate(device, dtype), copy_bandwidth(device)
+    print(f"matmul {rate / 1e12:.2f} TFLOP/s, copy {bandwidth / 1e9:.1f} GB/s, weights {weights_bytes / GiB:.2f} GiB", flush=True)
+
+    results = []
+    batches = args.batches.split(",")
+    for name in args.configs.split(","):
+        config = CONFIGS[name]
+        predictor = None
+        if config != "stock":
+            predictor = Predictor(name, config, max_new_tokens=new_tokens, device=str(device),
+                                  dtype=str(dtype).removeprefix("torch."), loaded=(model, processor),
+                                  gpu_memory_gb=args.gpu_memory_gb if device.type == "cuda" else None)
+            predictor.generate_kwargs = {"min_new_tokens": new_tokens}
+        lengths = hired.expected_lengths(model, (args.image_size, args.image_size), len(items[0]["input_ids"]),
+                                         None if config == "stock" else config)
+        flops = flops_per_image(model, lengths.visual_tokens_llm, lengths.partitions,
+                                lengths.prompt_tokens - lengths.visual_tokens_llm, new_tokens)
+        try:
+            vision_ms = vision_stage(model, processor, items[:4], images[:4], prompt, config, device, args.repeats)
+        except torch.OutOfMemoryError:
+            vision_ms = None
+        for batch in batches:
+            if batch == "auto" and config == "stock":
+                continue  # stock transformers has no batch sizing of its own
+            size = n_images if batch == "auto" else int(batch)
+            row = {"config": name, "batch": batch, "visual_tokens_llm": lengths.visual_tokens_llm,
+                   "prompt_tokens": lengths.prompt_tokens, "vision_stage_ms_4_images": vision_ms,
+                   "flops_per_image": flops}
+            try:
+                if config == "stock":
+                    run = stock_run(model, processor, images[:size], prompt, new_tokens, device)
+                else:
+                    chosen = items[:size]
+                    if batch == "auto":
+                        micro = predictor.micro_batches([lengths] * size) if predictor.sizing else [list(range(size))]
+                    else:
+                        micro = [list(range(size))]
+                    row["micro_batches"] = [len(m) for m in micro]
+                    run = ours_run(predictor, chosen, micro)
+                row.update(measure(run, device, args.repeats))
+            except torch.OutOfMemoryError as e:
+                row.update({"oom": True, "error": str(e).splitlines()[0]})
+                del e
+                torch.cuda.empty_cache()
+            if "latency_ms" in row:
+                row.update(floors(row, flops, rate, bandwidth, weights_bytes, new_tokens))
+            results.append(row)
+            print(_line(row), flush=True)
+
+    report = {
+        "device": device_name, "mode": args.mode, "dtype": str(dtype), "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__, "gpu_memory_cap_gb": args.gpu_memory_gb if device.type == "cuda" else None,
+        "image_size": args.image_size, "new_tokens": new_tokens, "images": n_images, "repeats": args.repeats,
+        "weights_bytes": weights_bytes, "matmul_flops_per_s": rate, "copy_bytes_per_s": bandwidth,
+        "preprocess_ms_per_image_cpu": preprocess_ms, "results": results,
+    }
+    print("\n" + ratio_table(report))
+    args.out.mkdir(parents=True, exist_ok=True)
+    slug = "".join(c if c.isalnum() else "-" for c in device_name.lower()).strip("-")
+    stem = args.out / f"generation-{args.mode}-{slug}"
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    chart(report, stem.with_suffix(".png"))
+    print(f"\nwrote {stem}.json and {stem}.png")
+    return 0
+
+
+def _line(row: dict) -> str:
+    if row.get("oom"):
+        return f"{row['config']:>10} batch {row['batch']:>4}: OUT OF MEMORY"
+    mem = "" if row["peak_mem_bytes"] is None else f", peak {row['peak_mem_bytes'] / GiB:.2f} GiB"
+    return (f"{row['config']:>10} batch {row['batch']:>4}: TTFT {row['ttft_ms']:8.1f} ms, latency {row['latency_ms']:8.1f} ms, "
+            f"{row['tokens_per_s']:7.1f} tok/s, {row['images_per_s']:6.2f} img/s{mem}")
+
+
+def ratio_table(report: dict) -> str:
+    """Each configuration against stock (or ours-full where stock has no such batch), same batch setting."""
+    rows = report["results"]
+    by = {(r["config"], r["batch"]): r for r in rows}
+    lines = [f"{report['device']} ({report['mode']} mode), {report['image_size']}px, {report['new_tokens']} new tokens",
+             f"{'config':>10} {'batch':>5} | {'tok/s':>8} {'x base':>7} | {'TTFT ms':>8} {'x base':>7} | "
+             f"{'latency':>8} {'x base':>7} | {'peak GiB':>8} {'x base':>7} | {'vis tok':>7} | floor x"]
+    for r in rows:
+        base = by.get(("stock", r["batch"])) or by.get(("ours-full", r["batch"]))
+        if r.get("oom"):
+            lines.append(f"{r['config']:>10} {r['batch']:>5} | OUT OF MEMORY")
+            continue
+
+        def ratio(key, row=r, ref=base):
+            if not ref or ref.get("oom") or ref.get(key) in (None, 0) or row.get(key) is None:
+                return "     -"
+            return f"{row[key] / ref[key]:6.2f}x"
+
+        peak = "-" if r["peak_mem_bytes"] is None else f"{r['peak_mem_bytes'] / GiB:8.2f}"
+        lines.append(
+            f"{r['config']:>10} {r['batch']:>5} | {r['tokens_per_s']:8.1f} {ratio('tokens_per_s')} | {r['ttft_ms']:8.1f} "
+            f"{ratio('ttft_ms')} | {r['latency_ms']:8.1f} {ratio('latency_ms')} | {peak:>8} {ratio('peak_mem_bytes')} | "
+            f"{r['visual_tokens_llm']:7d} | {r['measured_over_floor']:6.1f}"
+        )
+    return "\n".join(lines)
+
+
+def chart(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report["results"] if not r.get("oom")]
+    metrics = [("tokens_per_s", "generated tokens/s"), ("ttft_ms", "time to first token (ms)"),
+               ("latency_ms", "latency per batch (ms)"), ("peak_mem_bytes", "peak GPU memory (GiB)")]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4))
+    batches = list(dict.fromkeys(r["batch"] for r in report["results"]))
+    configs = list(dict.fromkeys(r["config"] for r in report["results"]))
+    width = 0.8 / max(1, len(configs))
+    for ax, (key, title) in zip(axes, metrics):
+        for k, config in enumerate(configs):
+            values = []
+            for batch in batches:
+                match = [r for r in rows if r["config"] == config and r["batch"] == batch]
+                value = match[0].get(key) if match else None
+                values.append(0 if value is None else (value / GiB if key == "peak_mem_bytes" else value))
+            ax.bar(np.arange(len(batches)) + k * width, values, width, label=config)
+        ax.set_xticks(np.arange(len(batches)) + width * (len(configs) - 1) / 2, [f"batch {b}" for b in batches])
+        ax.set_title(title)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{report['device']}: {report['mode']} mode, {report['image_size']} px, {report['new_tokens']} new tokens")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
