@@ -17,6 +17,7 @@ import io
 import os
 import random
 from dataclasses import dataclass
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -223,7 +224,9 @@ def _draw_mountains(draw: ImageDraw.ImageDraw, scene: Scene, lay: _Layout, rng: 
     for i in range(1, len(outline) - 1, 2):
         (lx, ly), (px, py), (rx, ry) = outline[i - 1], outline[i], outline[i + 1]
         f = 0.25
-        draw.polygon([(px + (lx - px) * f, py + (ly - py) * f), (px, py), (px + (rx - px) * f, py + (ry - py) * f)], fill=snow)
+        left_edge = (px + (lx - px) * f, py + (ly - py) * f)
+        right_edge = (px + (rx - px) * f, py + (ry - py) * f)
+        draw.polygon([left_edge, (px, py), right_edge], fill=snow)
 
 
 def _draw_hills(draw: ImageDraw.ImageDraw, scene: Scene, lay: _Layout, rng: random.Random, light: float) -> None:
@@ -234,7 +237,9 @@ def _draw_hills(draw: ImageDraw.ImageDraw, scene: Scene, lay: _Layout, rng: rand
         draw.ellipse((cx - rx, lay.horizon - ry, cx + rx, lay.horizon + ry), fill=color)
 
 
-def _draw_house(draw: ImageDraw.ImageDraw, cx: float, lay: _Layout, scene: Scene, rng: random.Random, light: float) -> None:
+def _draw_house(
+    draw: ImageDraw.ImageDraw, cx: float, lay: _Layout, scene: Scene, rng: random.Random, light: float
+) -> None:
     wall_h = lay.unit * rng.uniform(0.8, 1.0)
     half = lay.unit * rng.uniform(0.5, 0.6)
     x0, x1, bottom, top = cx - half, cx + half, lay.baseline, lay.baseline - wall_h
@@ -287,17 +292,16 @@ def _draw_car(draw: ImageDraw.ImageDraw, scene: Scene, lay: _Layout, rng: random
     body = _shade(CAR_COLORS[scene.car_color], light)
     draw.rectangle((x0, body_top, x0 + length, body_bottom), fill=body)
     roof = body_top - length * 0.18
-    draw.polygon(
-        [(x0 + length * 0.2, body_top), (x0 + length * 0.32, roof), (x0 + length * 0.68, roof), (x0 + length * 0.8, body_top)],
-        fill=body,
-    )
+    def along(fraction: float) -> float:
+        return x0 + length * fraction
+
+    draw.polygon([(along(0.2), body_top), (along(0.32), roof), (along(0.68), roof), (along(0.8), body_top)], fill=body)
     glass = _shade((170, 205, 230), light)
     inset = length * 0.03
-    draw.polygon(
-        [(x0 + length * 0.25, body_top), (x0 + length * 0.34, roof + inset), (x0 + length * 0.66, roof + inset), (x0 + length * 0.75, body_top)],
-        fill=glass,
-    )
-    for wx in (x0 + length * 0.22, x0 + length * 0.78):
+    window_top = roof + inset
+    window = [(along(0.25), body_top), (along(0.34), window_top), (along(0.66), window_top), (along(0.75), body_top)]
+    draw.polygon(window, fill=glass)
+    for wx in (along(0.22), along(0.78)):
         draw.ellipse((wx - wheel_r, body_bottom - wheel_r, wx + wheel_r, body_bottom + wheel_r), fill=(20, 20, 20))
 
 
@@ -306,7 +310,8 @@ def _draw_water(draw: ImageDraw.ImageDraw, scene: Scene, lay: _Layout, rng: rand
     band = scene.height - lay.water_top
     for _ in range(8):  # short light ripples
         x, y = rng.uniform(0, scene.width), lay.water_top + rng.uniform(0.15, 0.95) * band
-        draw.line((x, y, x + scene.width * rng.uniform(0.03, 0.08), y), fill=_shade((120, 170, 215), light), width=max(1, band // 40))
+        x_end = x + scene.width * rng.uniform(0.03, 0.08)
+        draw.line((x, y, x_end, y), fill=_shade((120, 170, 215), light), width=max(1, band // 40))
 
 
 def _draw_boat(draw: ImageDraw.ImageDraw, scene: Scene, lay: _Layout, rng: random.Random, light: float) -> None:
@@ -315,11 +320,15 @@ def _draw_boat(draw: ImageDraw.ImageDraw, scene: Scene, lay: _Layout, rng: rando
     x0 = rng.uniform(0.05, 0.95) * (scene.width - length)
     waterline = lay.water_top + band * 0.75
     hull = _shade(rng.choice([(120, 70, 40), (235, 235, 235), (180, 40, 40)]), light)
-    draw.polygon([(x0, waterline - length * 0.14), (x0 + length, waterline - length * 0.14), (x0 + length * 0.82, waterline), (x0 + length * 0.15, waterline)], fill=hull)
-    mast_x, deck = x0 + length * 0.45, waterline - length * 0.14
-    mast_top = deck - length * 0.6
+    deck = waterline - length * 0.14
+    keel = [(x0 + length * 0.82, waterline), (x0 + length * 0.15, waterline)]
+    draw.polygon([(x0, deck), (x0 + length, deck), *keel], fill=hull)
+    mast_x = x0 + length * 0.45
+    # The mast stops short of the shore so the sail never covers the road behind the water.
+    mast_top = max(deck - length * 0.6, lay.water_top + band * 0.08)
     draw.line((mast_x, deck, mast_x, mast_top), fill=_shade((60, 40, 30), light), width=max(1, int(length / 40)))
-    draw.polygon([(mast_x + 2, mast_top), (mast_x + 2, deck - 2), (mast_x + length * 0.4, deck - 2)], fill=_shade((248, 248, 240), light))
+    sail = [(mast_x + 2, mast_top), (mast_x + 2, deck - 2), (mast_x + length * 0.4, deck - 2)]
+    draw.polygon(sail, fill=_shade((248, 248, 240), light))
 
 
 def render_scene(scene: Scene) -> Image.Image:
@@ -349,7 +358,9 @@ def render_scene(scene: Scene) -> Image.Image:
     return image
 
 
-def _draw_houses_and_trees(draw: ImageDraw.ImageDraw, scene: Scene, lay: _Layout, rng: random.Random, light: float) -> None:
+def _draw_houses_and_trees(
+    draw: ImageDraw.ImageDraw, scene: Scene, lay: _Layout, rng: random.Random, light: float
+) -> None:
     # One object per slot along the baseline, so that none hides another and the counts the
     # questions ask about are the counts a viewer sees.
     slots = _object_slots(scene.width, scene.height)
@@ -395,7 +406,7 @@ def scene_questions(scene: Scene) -> list[tuple[str, str, tuple[str, ...]]]:
 
 def human_answers(majority: str, alternatives: tuple[str, ...], rng: random.Random) -> list[str]:
     """Ten answers as annotators give them: mostly the true one, a few others, in any order."""
-    agreeing = rng.randint(6, ANSWERS_PER_QUESTION)
+    agreeing = rng.randint(7, ANSWERS_PER_QUESTION)
     answers = [majority] * agreeing + [rng.choice(alternatives) for _ in range(ANSWERS_PER_QUESTION - agreeing)]
     rng.shuffle(answers)
     return answers
@@ -427,6 +438,12 @@ def truncate_jpeg(data: bytes) -> bytes:
     return data[: len(data) // 2]
 
 
+def demo_scene(index: int, seed: int = 0) -> Scene:
+    """The scene of demo row ``index``: its size cycles through DEMO_SIZES."""
+    width, height = DEMO_SIZES[index % len(DEMO_SIZES)]
+    return plan_scene(width, height, _row_seed(seed, index))
+
+
 def demo_rows(num_rows: int, seed: int = 0, include_corrupt: bool = True) -> list[dict]:
     """The demo rows in memory, ``id``-ordered; see write_demo_shards for the columns.
 
@@ -435,12 +452,10 @@ def demo_rows(num_rows: int, seed: int = 0, include_corrupt: bool = True) -> lis
     corrupt_index = num_rows // 2 if include_corrupt else None
     rows = []
     for index in range(num_rows):
-        row_seed = _row_seed(seed, index)
-        width, height = DEMO_SIZES[index % len(DEMO_SIZES)]
         # Shift the format by one every full round of sizes so each size meets every format.
         image_format = DEMO_FORMATS[(index + index // len(DEMO_SIZES)) % len(DEMO_FORMATS)]
-        scene = plan_scene(width, height, row_seed)
-        question_rng = random.Random(f"questions/{row_seed}")
+        scene = demo_scene(index, seed)
+        question_rng = random.Random(f"questions/{_row_seed(seed, index)}")
         question, majority, alternatives = question_rng.choice(scene_questions(scene))
         image = render_scene(scene)
         if index == corrupt_index:

@@ -100,7 +100,8 @@ _NON_DECIMAL_PERIOD = re.compile(r"(?<!\d)\.|\.(?!\d)")
 # possessive from a plural ("girl's" vs "girls"), the colon because it writes times ("2:50").
 # Periods and digit commas were handled by the two rules above; a comma anywhere else
 # ("yes, there is") falls under this rule.
-_SPACED_PUNCTUATION = re.compile("[" + re.escape(string.punctuation.replace("'", "").replace(":", "").replace(".", "")) + "]")
+_SPACED_MARKS = "".join(mark for mark in string.punctuation if mark not in "'.:")
+_SPACED_PUNCTUATION = re.compile("[" + re.escape(_SPACED_MARKS) + "]")
 
 
 def _strip_punctuation(text: str) -> str:
