@@ -13,7 +13,8 @@ What is compared, in one process, on the same images and prompts:
 at batch 1, batch 4 and "auto" (the predictor's memory-based micro-batches over all images).
 Every run generates exactly ``--new-tokens`` tokens (``min_new_tokens`` = ``max_new_tokens``,
 so EOS cannot make one configuration look faster). Times are wall-clock with a device
-synchronisation before each reading, after a warm-up, the median of ``--repeats``:
+synchronisation before each reading, after a warm-up, the median of ``--repeats``, taken
+round-robin over the configurations so that drift on the machine hits them all alike:
 
 * TTFT: inputs on the device -> first generated token on the host (vision + HiRED + prefill);
 * latency: inputs on the device -> last token (per batch, i.e. per image at batch 1);
@@ -113,22 +114,14 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def measure(run, device, repeats: int) -> dict:
-    """Warm up once, then the median of ``repeats`` runs of ``run() -> (ttft_s, total_s, new_tokens, images)``."""
-    run()
-    samples = []
-    peak = None
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        samples.append(run())
-        if device.type == "cuda":
-            peak = max(peak or 0, torch.cuda.max_memory_allocated(device))
+def summarise(samples: list, peak: int | None) -> dict:
+    """Medians of ``(ttft_s, total_s, new_tokens, images)`` samples."""
     ttft = statistics.median(s[0] for s in samples)
     total = statistics.median(s[1] for s in samples)
     tokens, images = samples[0][2], samples[0][3]
     return {"ttft_ms": 1e3 * ttft, "latency_ms": 1e3 * total, "tokens_per_s": tokens / total,
-            "images_per_s": images / total, "peak_mem_bytes": peak, "new_tokens": tokens, "images": images}
+            "images_per_s": images / total, "peak_mem_bytes": peak, "new_tokens": tokens, "images": images,
+            "samples": len(samples)}
 
 
 def stock_run(model, processor, images, prompt, new_tokens, device):
@@ -309,7 +302,9 @@ def main(argv=None) -> int:
     rate, bandwidth = matmul_rate(device, dtype), copy_bandwidth(device)
     print(f"matmul {rate / 1e12:.2f} TFLOP/s, copy {bandwidth / 1e9:.1f} GB/s, weights {weights_bytes / GiB:.2f} GiB", flush=True)
 
-    results = []
+    # Build every (configuration, batch) run first, then time them round-robin: drift on the
+    # machine (other processes, clocks) then falls on every configuration alike.
+    planned = []  # (row, run)
     batches = args.batches.split(",")
     for name in args.configs.split(","):
         config = CONFIGS[name]
@@ -334,26 +329,41 @@ def main(argv=None) -> int:
             row = {"config": name, "batch": batch, "visual_tokens_llm": lengths.visual_tokens_llm,
                    "prompt_tokens": lengths.prompt_tokens, "vision_stage_ms_4_images": vision_ms,
                    "flops_per_image": flops}
+            if config == "stock":
+                run = stock_run(model, processor, images[:size], prompt, new_tokens, device)
+            else:
+                micro = [list(range(size))]
+                if batch == "auto" and predictor.sizing:
+                    micro = predictor.micro_batches([lengths] * size)
+                row["micro_batches"] = [len(m) for m in micro]
+                run = ours_run(predictor, items[:size], micro)
+            planned.append((row, run))
+
+    samples = {id(row): [] for row, _ in planned}
+    peaks = {id(row): None for row, _ in planned}
+    for round_ in range(args.repeats + 1):  # round 0 is the warm-up
+        for row, run in planned:
+            if row.get("oom"):
+                continue
             try:
-                if config == "stock":
-                    run = stock_run(model, processor, images[:size], prompt, new_tokens, device)
-                else:
-                    chosen = items[:size]
-                    if batch == "auto":
-                        micro = predictor.micro_batches([lengths] * size) if predictor.sizing else [list(range(size))]
-                    else:
-                        micro = [list(range(size))]
-                    row["micro_batches"] = [len(m) for m in micro]
-                    run = ours_run(predictor, chosen, micro)
-                row.update(measure(run, device, args.repeats))
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                sample = run()
+                if device.type == "cuda":
+                    peaks[id(row)] = max(peaks[id(row)] or 0, torch.cuda.max_memory_allocated(device))
+                if round_ > 0:
+                    samples[id(row)].append(sample)
             except torch.OutOfMemoryError as e:
                 row.update({"oom": True, "error": str(e).splitlines()[0]})
                 del e
                 torch.cuda.empty_cache()
-            if "latency_ms" in row:
-                row.update(floors(row, flops, rate, bandwidth, weights_bytes, new_tokens))
-            results.append(row)
-            print(_line(row), flush=True)
+    results = []
+    for row, _ in planned:
+        if not row.get("oom"):
+            row.update(summarise(samples[id(row)], peaks[id(row)]))
+            row.update(floors(row, row["flops_per_image"], rate, bandwidth, weights_bytes, new_tokens))
+        results.append(row)
+        print(_line(row), flush=True)
 
     report = {
         "device": device_name, "mode": args.mode, "dtype": str(dtype), "torch": torch.__version__,
