@@ -143,7 +143,8 @@ def main(task: str, argv: list[str] | None = None) -> int:
     if not args.output or not args.model:
         parser.error("--output and --model are required with --input")
 
-    from .run import init_ray, run_job
+    from .retry import StorageUnavailable
+    from .run import RunAborted, init_ray, run_job
 
     try:
         settings = settings_from_args(args, task)
@@ -153,7 +154,15 @@ def main(task: str, argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except StorageUnavailable as e:
+        print(f"error: {e}; nothing was written, rerun the same command once storage is back", file=sys.stderr)
+        return 4
+    except RunAborted as e:
+        done = e.summary["shards"]["written_this_run"]
+        print(f"error: the run stopped: {e}\n{done} shard(s) were completed and written; rerun the same command "
+              "to finish the rest (complete shards are skipped)", file=sys.stderr)
+        return 4
     print(f"\n{task} run {summary['run_id']} done: output in {summary['output']}")
     print(format_summary(summary))
     print(f"summary: {summary['summary_uri']}")
-    return 3 if summary["failed_shards"] else 0
+    return 3 if summary["failed_shards"] else 0  # exit codes: 2 bad input, 3 failed shards, 4 stopped part-way

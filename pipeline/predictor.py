@@ -28,6 +28,7 @@ import torch
 import hired
 from hired.generation import eos_token_ids, trim_at_eos
 
+from .faults import failpoint
 from .memory import AdaptiveBatchSize, Margin, MemoryModel, apply_memory_cap, free_device_bytes, run_with_oom_backoff
 from .preprocess import MODEL_INPUTS, PASSTHROUGH, column, decode_inputs, object_array
 from .schema import ANSWERS
@@ -142,6 +143,8 @@ class Predictor:
             f"HiRED {config}" if config else "no token dropping",
         )
 
+        text_config = getattr(self.model.config, "text_config", self.model.config)
+        self.context_tokens = int(getattr(text_config, "max_position_embeddings", 1 << 30))
         self.memory = MemoryModel(self.model.config, self.dtype, model=self.model)
         self.margin = margin
         self.gpu_memory_gb = gpu_memory_gb
@@ -218,6 +221,7 @@ class Predictor:
             "pixel_values": [torch.as_tensor(np.asarray(it["pixel_values"])) for it in items],
             "image_sizes": [np.asarray(it["image_sizes"]).tolist() for it in items],
         }
+        failpoint("generate")
         on_gpu = self.device.type == "cuda"
         if on_gpu:
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -262,6 +266,24 @@ class Predictor:
             for k in range(len(chunk))
         ]
 
+    def _run_isolating_failures(self, chunk: list[tuple[dict, hired.ItemLengths]]) -> list[ItemResult]:
+        """Results for a micro-batch; out-of-memory is backed off, and any other failure is
+        pinned on its item(s) by running them one at a time, so one bad item costs one row."""
+        make_error = lambda item, reason: ItemResult(error=reason)  # noqa: E731
+        try:
+            return run_with_oom_backoff(chunk, self._run, self.sizes, make_error=make_error)
+        except Exception as error:
+            log.warning("a batch of %d failed (%s: %s); running its items one by one", len(chunk),
+                        type(error).__name__, error)
+        results = []
+        for pair in chunk:
+            try:
+                results.extend(run_with_oom_backoff([pair], self._run, self.sizes, make_error=make_error))
+            except Exception as error:
+                log.exception("an item failed alone")
+                results.append(ItemResult(error=f"generation failed: {type(error).__name__}: {error}"))
+        return results
+
     # -- Ray Data entry point -------------------------------------------------------------
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["id"])
@@ -273,18 +295,26 @@ class Predictor:
         for i in range(n):
             if out["error"][i] is None and inputs[i] is None:
                 out["error"][i] = "internal: the row reached generation without model inputs"
-        good = [i for i in range(n) if out["error"][i] is None]
-        items = [decode_inputs(inputs[i]) for i in good]
-        lengths = [
-            hired.expected_lengths(self.model, tuple(it["image_sizes"].tolist()), len(it["input_ids"]), self.config)
-            for it in items
-        ]
+        good, items, lengths = [], [], []
+        for i in range(n):
+            if out["error"][i] is not None:
+                continue
+            item = decode_inputs(inputs[i])
+            length = hired.expected_lengths(
+                self.model, tuple(item["image_sizes"].tolist()), len(item["input_ids"]), self.config
+            )
+            if length.prompt_tokens + self.max_new_tokens > self.context_tokens:
+                out["error"][i] = (
+                    f"prompt too long: {length.prompt_tokens} tokens + {self.max_new_tokens} new tokens exceed "
+                    f"the model's context of {self.context_tokens}"
+                )
+                continue
+            good.append(i)
+            items.append(item)
+            lengths.append(length)
         for micro in self.micro_batches(lengths):
             chunk = [(items[k], lengths[k]) for k in micro]
-            results = run_with_oom_backoff(
-                chunk, self._run, self.sizes, make_error=lambda item, reason: ItemResult(error=reason)
-            )
-            for k, result in zip(micro, results):
+            for k, result in zip(micro, self._run_isolating_failures(chunk)):
                 self._fill(out, good[k], result)
         if self.sizes.history:
             for line in self.sizes.history:

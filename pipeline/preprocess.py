@@ -13,6 +13,7 @@ import numpy as np
 
 from .images import DEFAULT_MAX_PIXELS, BadImage, decode_image
 from .schema import ANSWERS, ID, IMAGE, IMAGE_URI, PROMPT, QUESTION
+from .retry import StorageUnavailable, with_retries
 from .shards import filesystem, read_row_group
 
 DEFAULT_CAPTION_PROMPT = "Write a short caption for this image."
@@ -54,12 +55,13 @@ def read_rows(task: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             raise ValueError(f"row group {group} has {table.num_rows} rows, the footer says {count}")
         n = table.num_rows
         rows = {c: _column(table, c, n) for c in (ID, IMAGE, IMAGE_URI, PROMPT, QUESTION, ANSWERS)}
-        errors = [None] * n
+        errors = [None if i is not None else "missing field: id is null" for i in rows[ID]]
+    except StorageUnavailable:
+        raise  # storage is down, the data may be fine: fail the run (a rerun finishes it), no error rows
     except Exception as e:
         n = count
         rows = {c: [None] * n for c in (ID, IMAGE, IMAGE_URI, PROMPT, QUESTION, ANSWERS)}
         errors = [f"unreadable shard: row group {group}: {type(e).__name__}: {e}"] * n
-    rows["id"] = [i if i is not None else f"{uri}#{first + k}" for k, i in enumerate(rows[ID])]
     rows["error"] = errors
     rows["source_shard"] = [uri] * n
     rows["row_index"] = list(range(first, first + n))
@@ -131,10 +133,15 @@ class Preprocessor:
         if image is not None:
             return bytes(image)
         if image_uri:
-            try:
+            def fetch() -> bytes:
                 fs, path = filesystem(str(image_uri))
                 with fs.open(path, "rb") as f:
                     return f.read()
+
+            try:
+                return with_retries(fetch, f"fetching {image_uri}")
+            except StorageUnavailable:
+                raise
             except Exception as e:
                 raise BadImage(f"cannot fetch image_uri {image_uri}: {type(e).__name__}: {e}") from None
         raise BadImage("missing field: neither image nor image_uri is set")
@@ -167,6 +174,8 @@ class Preprocessor:
             except BadImage as e:
                 out["error"][i] = str(e)
                 continue
+            except StorageUnavailable:
+                raise
             except Exception as e:  # the processor itself failed on this row: keep the reason, keep going
                 out["error"][i] = f"preprocessing failed: {type(e).__name__}: {e}"
                 continue

@@ -227,6 +227,25 @@ def build_dataset(pending: list[Shard], settings: JobSettings):
     return dataset
 
 
+class RunAborted(RuntimeError):
+    """The run stopped part-way (storage down, the cluster lost): complete shards are written,
+    a rerun of the same command finishes the rest."""
+
+    def __init__(self, reason: str, summary: dict):
+        super().__init__(reason)
+        self.summary = summary
+
+
+def abort_reason(error: BaseException) -> str:
+    """One readable line from an exception Ray may have wrapped in pages of traceback."""
+    text = str(error)
+    for line in text.splitlines():
+        if "storage unavailable" in line:
+            return line.strip().split("StorageUnavailable: ", 1)[-1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[-1] if lines else ''}"
+
+
 def run_job(settings: JobSettings) -> dict:
     """Run (or resume) a job; returns the summary, also written beside the output."""
     settings.run_id = settings.run_id or new_run_id()
@@ -240,14 +259,19 @@ def run_job(settings: JobSettings) -> dict:
     for shard in pending:
         if shard.num_rows == 0:  # an empty shard is complete as it is
             collector.flush(shard.uri)
+    aborted = None
     if any(s.num_rows for s in pending):
         init_ray()
-        for block in build_dataset([s for s in pending if s.num_rows], settings).iter_batches(
-            batch_size=None, batch_format="pyarrow"
-        ):
-            collector.add(block)
+        try:
+            for block in build_dataset([s for s in pending if s.num_rows], settings).iter_batches(
+                batch_size=None, batch_format="pyarrow"
+            ):
+                collector.add(block)
+        except Exception as error:  # the run cannot go on; keep what is complete and say why
+            aborted = abort_reason(error)
+            log.error("run stopped: %s", aborted)
     unreadable = len(failed)
-    failed += collector.incomplete()
+    failed += [] if aborted else collector.incomplete()
     wall_s = time.perf_counter() - started
 
     summary = summarize(
@@ -271,8 +295,17 @@ def run_job(settings: JobSettings) -> dict:
             "failed_shards": [{"shard": f.uri, "reason": f.reason} for f in failed],
         },
     )
-    summary["summary_uri"] = write_summary(settings.output, summary)
+    if aborted:
+        summary["aborted"] = aborted
+    try:
+        summary["summary_uri"] = write_summary(settings.output, summary)
+    except Exception as error:
+        if not aborted:
+            raise
+        summary["summary_uri"] = f"(not written: {type(error).__name__})"
+    if aborted:
+        raise RunAborted(aborted, summary)
     return summary
 
 
-__all__ = ["JobSettings", "InputError", "run_job", "plan", "build_dataset", "init_ray", "new_run_id"]
+__all__ = ["JobSettings", "InputError", "RunAborted", "run_job", "plan", "build_dataset", "init_ray", "new_run_id"]

@@ -19,6 +19,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .retry import StorageUnavailable, with_retries
 from .schema import ANSWERS, ID, IMAGE, IMAGE_URI, PROMPT, QUESTION
 
 META_SOURCE = b"hired.source_shard"
@@ -58,11 +59,12 @@ def _full_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
 def list_shards(input_uri: str) -> list[str]:
     """The Parquet files under ``input_uri`` (a file, or a directory searched recursively), sorted."""
     fs, path = filesystem(input_uri)
-    if not fs.exists(path):
+    if not with_retries(lambda: fs.exists(path), f"looking for {input_uri}"):
         raise InputError(f"input {input_uri} does not exist")
-    if fs.isfile(path):
+    if with_retries(lambda: fs.isfile(path), f"looking at {input_uri}"):
         return [_full_uri(fs, path)]
-    files = sorted(p for p in fs.find(path) if p.endswith(".parquet") and not posixpath.basename(p).startswith((".", "_")))
+    found = with_retries(lambda: fs.find(path), f"listing {input_uri}")
+    files = sorted(p for p in found if p.endswith(".parquet") and not posixpath.basename(p).startswith((".", "_")))
     if not files:
         raise InputError(f"input {input_uri} holds no .parquet shards")
     return [_full_uri(fs, p) for p in files]
@@ -115,9 +117,10 @@ def inspect_shards(input_uri: str, task: str) -> tuple[list[Shard], list[FailedS
     for uri, name in zip(uris, shard_names(uris, input_uri)):
         fs, path = filesystem(uri)
         try:
-            with fs.open(path, "rb") as f:
-                metadata = pq.ParquetFile(f).metadata
-                schema = metadata.schema.to_arrow_schema()
+            metadata = with_retries(lambda: _footer(fs, path), f"reading the footer of {uri}")
+            schema = metadata.schema.to_arrow_schema()
+        except StorageUnavailable:
+            raise
         except Exception as e:
             failed.append(FailedShard(uri, f"unreadable Parquet file: {type(e).__name__}: {e}"))
             continue
@@ -127,13 +130,22 @@ def inspect_shards(input_uri: str, task: str) -> tuple[list[Shard], list[FailedS
     return shards, failed
 
 
-def read_row_group(uri: str, row_group: int) -> pa.Table:
-    """One row group of a shard, the input columns only."""
-    fs, path = filesystem(uri)
+def _footer(fs, path: str):
     with fs.open(path, "rb") as f:
-        parquet = pq.ParquetFile(f)
-        columns = [c for c in parquet.schema_arrow.names if c in (ID, IMAGE, IMAGE_URI, PROMPT, QUESTION, ANSWERS)]
-        return parquet.read_row_group(row_group, columns=columns)
+        return pq.ParquetFile(f).metadata
+
+
+def read_row_group(uri: str, row_group: int) -> pa.Table:
+    """One row group of a shard, the input columns only (retried while storage is down)."""
+    fs, path = filesystem(uri)
+
+    def read() -> pa.Table:
+        with fs.open(path, "rb") as f:
+            parquet = pq.ParquetFile(f)
+            columns = [c for c in parquet.schema_arrow.names if c in (ID, IMAGE, IMAGE_URI, PROMPT, QUESTION, ANSWERS)]
+            return parquet.read_row_group(row_group, columns=columns)
+
+    return with_retries(read, f"reading row group {row_group} of {uri}")
 
 
 def output_path(output_uri: str, shard: Shard) -> str:
@@ -144,11 +156,13 @@ def completed_output(output_uri: str, shard: Shard, settings: dict) -> bool:
     """Whether the shard's output exists and is whole. An output made with other settings
     (another model or budget) is an error: mixing them would silently corrupt the dataset."""
     fs, path = filesystem(output_path(output_uri, shard))
-    if not fs.exists(path):
+    fs.invalidate_cache(posixpath.dirname(path))  # s3fs caches listings: ask the store itself
+    if not with_retries(lambda: fs.exists(path), f"checking {path}"):
         return False
     try:
-        with fs.open(path, "rb") as f:
-            metadata = pq.ParquetFile(f).metadata
+        metadata = with_retries(lambda: _footer(fs, path), f"reading the footer of {path}")
+    except StorageUnavailable:
+        raise
     except Exception:
         return False  # a damaged output is redone
     meta = metadata.metadata or {}
@@ -176,24 +190,32 @@ def write_output(output_uri: str, shard: Shard, table: pa.Table, settings: dict)
     )
     table = table.replace_schema_metadata(meta)
     parent = posixpath.dirname(final_path)
-    fs.makedirs(parent, exist_ok=True)
-    temporary = posixpath.join(parent, f".{shard.name}.{uuid.uuid4().hex}.tmp")
-    with fs.open(temporary, "wb") as f:
-        pq.write_table(table, f)
-    fs.mv(temporary, final_path)
+
+    def write() -> None:
+        fs.makedirs(parent, exist_ok=True)
+        temporary = posixpath.join(parent, f".{shard.name}.{uuid.uuid4().hex}.tmp")
+        with fs.open(temporary, "wb") as f:
+            pq.write_table(table, f)
+        fs.mv(temporary, final_path)
+
+    with_retries(write, f"writing {final}")
     return _full_uri(fs, final_path)
 
 
 def read_outputs(output_uri: str) -> pa.Table | None:
     """All result rows under ``output_uri`` (for the run summary), or None if there are none."""
     fs, path = filesystem(output_uri)
-    if not fs.exists(path):
+    fs.invalidate_cache(path)
+    if not with_retries(lambda: fs.exists(path), f"checking {output_uri}"):
         return None
-    files = sorted(p for p in fs.ls(path, detail=False) if p.endswith(".parquet") and not posixpath.basename(p).startswith((".", "_")))
-    tables = []
-    for p in files:
+    listed = with_retries(lambda: fs.ls(path, detail=False), f"listing {output_uri}")
+    files = sorted(p for p in listed if p.endswith(".parquet") and not posixpath.basename(p).startswith((".", "_")))
+
+    def read(p: str) -> pa.Table:
         with fs.open(p, "rb") as f:
-            tables.append(pq.read_table(f))
+            return pq.read_table(f)
+
+    tables = [with_retries(lambda p=p: read(p), f"reading {p}") for p in files]
     return pa.concat_tables(tables, promote_options="default") if tables else None
 
 
@@ -201,6 +223,14 @@ def check_output_writable(output_uri: str) -> None:
     """Fail fast on a missing bucket or a read-only location, before any model loads."""
     fs, path = filesystem(output_uri)
     probe = posixpath.join(path, f"._write_check_{uuid.uuid4().hex}")
+    if "s3" in fs.protocol:  # a mistyped bucket is an error, not a bucket to create
+        bucket = path.split("/", 1)[0]
+        try:
+            exists = with_retries(lambda: fs.exists(bucket), f"checking bucket {bucket}")
+        except StorageUnavailable as e:
+            raise InputError(f"cannot reach the output {output_uri}: {e}") from None
+        if not exists:
+            raise InputError(f"the output bucket {bucket} does not exist (or is not visible with these credentials)")
     try:
         fs.makedirs(path, exist_ok=True)
         with fs.open(probe, "wb") as f:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 ACCESS_KEY = "hiredtestkey"
 SECRET_KEY = "hiredtestsecret-d0-not-log-me"
+READER_KEY, READER_SECRET = "hiredreader", "hiredreader-secret-d0-not-log"  # may read and list, not write
 
 
 def free_port() -> int:
@@ -46,6 +47,7 @@ class S3Server:
     endpoint: str
     process: subprocess.Popen
     root: Path
+    args: list[str]
 
     @property
     def env(self) -> dict[str, str]:
@@ -56,6 +58,10 @@ class S3Server:
             "AWS_REGION": "us-east-1",
         }
 
+    @property
+    def reader_env(self) -> dict[str, str]:
+        return dict(self.env, AWS_ACCESS_KEY_ID=READER_KEY, AWS_SECRET_ACCESS_KEY=READER_SECRET)
+
     def stop(self) -> None:
         # SeaweedFS takes its time on SIGTERM; its data dir is throwaway, so kill it outright.
         try:
@@ -63,6 +69,16 @@ class S3Server:
         except ProcessLookupError:
             pass
         self.process.wait(timeout=30)
+
+    def start(self) -> None:
+        """(Re)start on the same ports and data: what was stored survives, like a restarted store."""
+        log = open(self.root / "weed.log", "ab")
+        self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_for_http(self.endpoint, timeout=60)
+        except TimeoutError:
+            self.stop()
+            raise
 
 
 def start_s3(root: Path) -> S3Server:
@@ -74,7 +90,9 @@ def start_s3(root: Path) -> S3Server:
     config = root / "s3.json"
     identity = {"name": "tester", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
                 "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
-    config.write_text(json.dumps({"identities": [identity]}))
+    reader = {"name": "reader", "credentials": [{"accessKey": READER_KEY, "secretKey": READER_SECRET}],
+              "actions": ["Read", "List"]}
+    config.write_text(json.dumps({"identities": [identity, reader]}))
     ports = {name: free_port() for name in ("s3", "master", "volume", "filer")}
     grpc = {name: free_port() for name in ports}
     args = [
@@ -85,13 +103,9 @@ def start_s3(root: Path) -> S3Server:
         f"-filer.port={ports['filer']}", f"-filer.port.grpc={grpc['filer']}",
         # Small volumes, and room for many: the defaults (30 GB volumes, 8 slots) run out fast.
         "-volume.max=100", "-master.volumeSizeLimitMB=64",
+        # No side services on fixed ports (two servers at once would collide), no telemetry calls.
+        "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
     ]
-    log = open(root / "weed.log", "wb")
-    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    server = S3Server(endpoint=f"http://127.0.0.1:{ports['s3']}", process=process, root=root)
-    try:
-        wait_for_http(server.endpoint, timeout=60)
-    except TimeoutError:
-        server.stop()
-        raise
+    server = S3Server(endpoint=f"http://127.0.0.1:{ports['s3']}", process=None, root=root, args=args)
+    server.start()
     return server

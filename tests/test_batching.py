@@ -127,12 +127,26 @@ def test_out_of_memory_loses_no_item(predictor, tiny_next, monkeypatch):
     assert all(e is None for e in out["error"]) and max(calls) == 2
 
 
-def test_non_oom_errors_are_not_swallowed(predictor, tiny_next, monkeypatch):
+def test_other_failures_cost_only_the_failing_item(predictor, tiny_next, monkeypatch):
+    """A failure that is not out-of-memory is pinned on its item by running the batch's items alone."""
     _, processor = tiny_next
+    real_generate = predictor.generate
 
-    def broken(items):
-        raise ValueError("a bug, not a memory problem")
+    def generate(items):
+        if any(tuple(it["image_sizes"].tolist()) == (300, 900) for it in items):
+            raise ValueError("this picture breaks something")
+        return real_generate(items)
 
-    monkeypatch.setattr(predictor, "generate", broken)
-    with pytest.raises(ValueError, match="a bug"):
-        predictor(rows(processor, SIZES[:2]))
+    monkeypatch.setattr(predictor, "generate", generate)
+    out = predictor(rows(processor, SIZES[:4]))
+    assert out["error"][2] == "generation failed: ValueError: this picture breaks something"
+    assert [e is None for e in out["error"]] == [True, True, False, True]
+    assert all(isinstance(t, str) for k, t in enumerate(out["text"]) if k != 2)
+
+
+def test_a_prompt_longer_than_the_context_is_an_error_row(predictor, tiny_next):
+    _, processor = tiny_next
+    long_text = " ".join(["sky"] * 5000)  # the tiny model's context is 4096 positions
+    out = predictor(rows(processor, [(480, 640), (480, 640)], ["what is this", long_text]))
+    assert out["error"][0] is None
+    assert out["error"][1].startswith("prompt too long: ") and "exceed the model's context of 4096" in out["error"][1]
