@@ -86,6 +86,9 @@ def load_output(output_uri: str) -> Output:
         raise ReportError(f"{output_uri} holds result files but no rows: there is nothing to report")
     notes: list[str] = []
     saved = _read_saved_summary(fs, path, notes)
+    if saved and saved.get("items") != table.num_rows:  # e.g. shards added or removed by hand since
+        notes.append(f"_summary.json counts {saved.get('items')} items but the result files hold {table.num_rows}: "
+                     "the files changed after the last run; the counts here are the files'.")
     return Output(uri=output_uri, table=table, saved_summary=saved, notes=notes)
 
 
@@ -161,14 +164,10 @@ def report_facts(output: Output) -> dict:
         facts[plural] = distinct(table, name)
     facts["result_files"] = len(distinct(table, "source_shard"))
     saved = output.saved_summary or {}
-    facts["saved_summary"] = bool(saved)
     facts["last_run_id"] = saved.get("run_id")
     facts["this_run"] = saved.get("this_run")
     facts["shards"] = saved.get("shards")
     facts["failed_shards"] = saved.get("failed_shards") if saved else None
-    if saved and saved.get("items") != facts["items"]:
-        output.notes.append(f"_summary.json counts {saved.get('items')} items but the result files hold "
-                            f"{facts['items']}: the files changed after the last run; the counts here are the files'.")
     return facts
 
 
@@ -278,10 +277,10 @@ def chart_timeline(table: pa.Table) -> bytes | None:
         axes.plot(errors, np.zeros(errors.size), "|", color="C3", markersize=12, label="error rows")
     shards = table.column("source_shard").to_pylist() if "source_shard" in table.column_names else []
     starts = [i for i in range(1, len(shards)) if shards[i] != shards[i - 1]]
-    if len(starts) <= MAX_SHARD_LINES:
-        for start in starts:
-            axes.axvline(start - 0.5, color="grey", lw=0.6, ls="--")
-    axes.set_xlabel("row in output order (shard files sorted, rows in input order; dashed: shard boundaries)")
+    boundaries = "; dashed: shard boundaries" if starts and len(starts) <= MAX_SHARD_LINES else ""
+    for start in starts if boundaries else []:
+        axes.axvline(start - 0.5, color="grey", lw=0.6, ls="--")
+    axes.set_xlabel(f"row in output order (shard files sorted, rows in input order{boundaries})")
     axes.set_ylabel("ms of generation per item")
     axes.set_ylim(bottom=0)
     axes.grid(alpha=0.3)
