@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .shards import filesystem, read_outputs
-from .summary import error_reason, summarize
+from .summary import summarize
 
 DEFAULT_REPORT = "report.html"
 DEFAULT_ERROR_ROWS = 50
