@@ -260,42 +260,56 @@ def chart_timeline(table: pa.Table) -> bytes | None:
     position = np.arange(table.num_rows)
     seconds = generation_seconds_per_item(table)
     figure, axes = _new_figure(height=3.8)
-    runs = table.column("run_id").to_pylist() if "run_id" in table.column_names else [None] * table.num_rows
-    ok_runs = np.array([r for r, good in zip(runs, ok) if good], dtype=object)
-    ok_position = position[ok]
-    run_names = distinct(table, "run_id")
-    shown = _even_subset(ok_position.size)
-    for index, run in enumerate(run_names[:8] if len(run_names) > 1 else [None]):
-        mine = shown if run is None else shown[ok_runs[shown] == run]
-        label = "items (share of batch time)" if run is None else f"run {_short(run, 32)}"
-        axes.scatter(ok_position[mine], seconds[mine] * 1000, s=8, alpha=0.6, color=f"C{index}", label=label)
-    if len(run_names) > 8:
-        others = shown[~np.isin(ok_runs[shown], run_names[:8])]
-        axes.scatter(ok_position[others], seconds[others] * 1000, s=8, alpha=0.6, color="grey", label="other runs")
+    _plot_item_costs(axes, table, ok, seconds)
     errors = position[~ok]
     if errors.size:
         axes.plot(errors, np.zeros(errors.size), "|", color="C3", markersize=12, label="error rows")
-    shards = table.column("source_shard").to_pylist() if "source_shard" in table.column_names else []
-    starts = [i for i in range(1, len(shards)) if shards[i] != shards[i - 1]]
-    boundaries = "; dashed: shard boundaries" if starts and len(starts) <= MAX_SHARD_LINES else ""
-    for start in starts if boundaries else []:
-        axes.axvline(start - 0.5, color="grey", lw=0.6, ls="--")
+    boundaries = _mark_shard_boundaries(axes, table)
     axes.set_xlabel(f"row in output order (shard files sorted, rows in input order{boundaries})")
     axes.set_ylabel("ms of generation per item")
     axes.set_ylim(bottom=0)
+    axes.set_xlim(-0.5, table.num_rows - 0.5)
     axes.grid(alpha=0.3)
     total = axes.twinx()
-    cumulative = np.cumsum(np.nan_to_num(seconds))
-    total.step(ok_position, cumulative, where="post", color="black", lw=1.2, label="cumulative generation time")
+    total.step(position[ok], np.cumsum(np.nan_to_num(seconds)), where="post", color="black", lw=1.2,
+               label="cumulative generation time")
     total.set_ylabel("cumulative generation time (s)")
     total.set_ylim(bottom=0)
-    handles = axes.get_legend_handles_labels()
-    more = total.get_legend_handles_labels()
+    handles, labels = (a + b for a, b in zip(axes.get_legend_handles_labels(), total.get_legend_handles_labels()))
     # Above the plot: inside it would cover points or the cumulative line, wherever it went.
-    axes.legend(handles[0] + more[0], handles[1] + more[1], loc="lower left", bbox_to_anchor=(0, 1.01), ncols=4,
-                fontsize="small", frameon=False)
-    axes.set_xlim(-0.5, table.num_rows - 0.5)
+    axes.legend(handles, labels, loc="lower left", bbox_to_anchor=(0, 1.01), ncols=4, fontsize="small", frameon=False)
     return _png(figure)
+
+
+def _plot_item_costs(axes, table: pa.Table, ok: np.ndarray, seconds: np.ndarray, most_runs: int = 8) -> None:
+    """The ok items' shares of batch time, one colour per run when several runs wrote the output."""
+    ok_position = np.flatnonzero(ok)
+    shown = _even_subset(ok_position.size)
+    run_names = distinct(table, "run_id")
+    if len(run_names) <= 1:
+        axes.scatter(ok_position[shown], seconds[shown] * 1000, s=8, alpha=0.6, label="items (share of batch time)")
+        return
+    ok_runs = np.asarray(table.column("run_id").filter(pa.array(ok)).to_pylist(), dtype=object)
+    for index, run in enumerate(run_names[:most_runs]):
+        mine = shown[ok_runs[shown] == run]
+        axes.scatter(ok_position[mine], seconds[mine] * 1000, s=8, alpha=0.6, color=f"C{index}",
+                     label=f"run {_short(run, 32)}")
+    others = shown[~np.isin(ok_runs[shown], run_names[:most_runs])]
+    if others.size:
+        axes.scatter(ok_position[others], seconds[others] * 1000, s=8, alpha=0.6, color="grey", label="other runs")
+
+
+def _mark_shard_boundaries(axes, table: pa.Table) -> str:
+    """Dashed lines where one shard's rows end, if few enough to read; the axis label's mention of them."""
+    if "source_shard" not in table.column_names:
+        return ""
+    shards = table.column("source_shard").to_pylist()
+    starts = [i for i in range(1, len(shards)) if shards[i] != shards[i - 1]]
+    if not starts or len(starts) > MAX_SHARD_LINES:
+        return ""
+    for start in starts:
+        axes.axvline(start - 0.5, color="grey", lw=0.6, ls="--")
+    return "; dashed: shard boundaries"
 
 
 def chart_errors_by_reason(errors_by_reason: dict) -> bytes | None:

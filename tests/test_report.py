@@ -75,12 +75,15 @@ def save_summary(output_uri: str, rows: list[dict], task: str = "caption", **ext
     return summary
 
 
-def caption_output(tmp_path: Path, *, gpu: bool = True, errors: dict[int, str] | None = None, count: int = 30) -> tuple[str, list]:
+def caption_output(tmp_path: Path, *, gpu: bool = True, errors: dict[int, str] | None = None, count: int = 30,
+                   second_run: str = "run-1") -> tuple[str, list]:
+    """Two shards of results; the second written by ``second_run`` (another id: a resumed output)."""
     errors = {5: "undecodable image: truncated", 17: "missing field: no image", 23: "undecodable image: empty"} \
         if errors is None else errors
-    rows = [result_row(i, shard="/in/a.parquet" if i < count // 2 else "/in/b.parquet", gpu=gpu, error=errors.get(i))
-            for i in range(count)]
-    uri = write_result_shards(tmp_path / "out", {"a": rows[: count // 2], "b": rows[count // 2:]})
+    first = count // 2
+    rows = [result_row(i, shard="/in/a.parquet" if i < first else "/in/b.parquet", gpu=gpu, error=errors.get(i),
+                       run_id="run-1" if i < first else second_run) for i in range(count)]
+    uri = write_result_shards(tmp_path / "out", {"a": rows[:first], "b": rows[first:]})
     return uri, rows
 
 
@@ -121,10 +124,11 @@ def assert_plausible_chart(picture: Image.Image) -> None:
 
 
 def test_caption_report_states_the_counts_and_draws_every_chart(tmp_path):
-    uri, rows = caption_output(tmp_path)
+    uri, rows = caption_output(tmp_path, second_run="run-2")
     save_summary(uri, rows)
     page = render(uri, tmp_path)
 
+    assert "<th>runs that wrote rows</th><td>2: run-1, run-2</td>" in page
     assert (span(page, "items"), span(page, "ok"), span(page, "errors")) == ("30", "27", "3")
     assert span(page, "duplicate-ids") == "0" and span(page, "failed-shards") == "0"
     ok = [r for r in rows if r["error"] is None]
