@@ -1,0 +1,622 @@
+"""A one-file HTML report of a pipeline output: ``python -m pipeline.report OUTPUT_URI -o report.html``.
+
+The counts come from the result rows themselves (through ``pipeline.summary.summarize``, so they
+agree with the job's own summary); what only the job knew (its wall time, failed shards, shard
+counts) comes from ``_summary.json`` when it is there. Charts are PNGs drawn with matplotlib's Agg
+renderer and embedded as base64, so the page needs nothing but itself: it can be mailed, archived
+next to the output, or opened from object storage.
+
+Every string that comes from the data (ids, captions, error reasons, shard URIs) is HTML-escaped,
+and the page carries a Content-Security-Policy that forbids scripts and remote loads anyway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime
+import html
+import io
+import json
+import posixpath
+import sys
+import warnings
+from dataclasses import dataclass, field
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .shards import filesystem, read_outputs
+from .summary import summarize
+
+DEFAULT_REPORT = "report.html"
+DEFAULT_ERROR_ROWS = 50
+DEFAULT_SAMPLE_ROWS = 10
+MAX_PLOTTED_POINTS = 20_000  # beyond this a scatter is a blot and slow to draw: plot an even subset
+MAX_SHARD_LINES = 60  # shard boundaries drawn on the timeline; more would hide the data
+MAX_REASON_BARS = 20
+TEXT_PREVIEW_CHARS = 300
+
+# The columns summarize() reads: selecting them first keeps captions and VQA references out of
+# the Python objects it builds, which is what would cost memory on a large output.
+SUMMARY_COLUMNS = ("id", "error", "visual_tokens_kept", "visual_tokens_full", "generated_tokens", "ttft_ms",
+                   "tokens_per_s", "peak_gpu_mem_bytes", "vqa_accuracy", "exact_match")
+
+
+class ReportError(Exception):
+    """The output cannot be reported on (missing, empty, unreadable): a message for the user, exit 2."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading an output
+
+
+@dataclass
+class Output:
+    uri: str
+    table: pa.Table  # every result row, in output order (shard files sorted, rows in input order)
+    saved_summary: dict | None  # _summary.json as the last run wrote it, if present and readable
+    notes: list[str] = field(default_factory=list)  # things the reader should know about the inputs
+
+    @property
+    def is_vqa(self) -> bool:
+        return "vqa_accuracy" in self.table.column_names
+
+
+def load_output(output_uri: str) -> Output:
+    """The result rows and saved summary under ``output_uri``; :class:`ReportError` if there are none."""
+    try:
+        fs, path = filesystem(output_uri)
+        exists = fs.exists(path)
+    except Exception as e:  # a malformed URI, an unknown protocol, missing credentials
+        raise ReportError(f"cannot open {output_uri}: {type(e).__name__}: {e}") from None
+    if not exists:
+        raise ReportError(f"{output_uri} does not exist")
+    if not fs.isdir(path):
+        raise ReportError(f"{output_uri} is not a directory: give the job's --output location")
+    try:
+        table = read_outputs(output_uri)
+    except Exception as e:  # a damaged result file: say which error, not a traceback
+        raise ReportError(f"cannot read the result files under {output_uri}: {type(e).__name__}: {e}") from None
+    if table is None:
+        raise ReportError(f"{output_uri} holds no result files (*.parquet): is it a pipeline output?")
+    if table.num_rows == 0:
+        raise ReportError(f"{output_uri} holds result files but no rows: there is nothing to report")
+    notes: list[str] = []
+    saved = _read_saved_summary(fs, path, notes)
+    if saved and saved.get("items") != table.num_rows:  # e.g. shards added or removed by hand since
+        notes.append(f"_summary.json counts {saved.get('items')} items but the result files hold {table.num_rows}: "
+                     "the files changed after the last run; the counts here are the files'.")
+    return Output(uri=output_uri, table=table, saved_summary=saved, notes=notes)
+
+
+def _read_saved_summary(fs, path: str, notes: list[str]) -> dict | None:
+    summary_path = posixpath.join(path, "_summary.json")
+    if not fs.exists(summary_path):
+        notes.append("No _summary.json: counts are computed from the rows; this run's wall time and "
+                     "failed shards (recorded only by the job) are unknown.")
+        return None
+    try:
+        with fs.open(summary_path, "r") as f:
+            saved = json.load(f)
+    except Exception as e:  # a half-written or hand-edited file should not stop the report
+        notes.append(f"_summary.json could not be read ({type(e).__name__}: {e}); counts are computed from the rows.")
+        return None
+    if not isinstance(saved, dict):
+        notes.append("_summary.json is not a JSON object; ignored.")
+        return None
+    return saved
+
+
+# ---------------------------------------------------------------------------------------------
+# What the report states
+
+
+def column(table: pa.Table, name: str, rows: pa.Array | None = None) -> np.ndarray:
+    """A numeric column as float64 (nulls as NaN), optionally only the rows where ``rows`` is true."""
+    if name not in table.column_names:
+        return np.full(table.num_rows if rows is None else int(pc.sum(rows).as_py() or 0), np.nan)
+    values = table.column(name)
+    if rows is not None:
+        values = values.filter(rows)
+    return values.cast(pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+def ok_rows(table: pa.Table) -> pa.Array:
+    return pc.is_null(table.column("error")).combine_chunks()
+
+
+def generation_seconds_per_item(table: pa.Table) -> np.ndarray:
+    """Each ok item's share of its batch's time (ttft + decode, which are per batch) in seconds.
+
+    Summed over items this is the total time spent in generation, each batch counted once,
+    whatever its size; a row without a batch size counts as a batch of its own."""
+    ok = ok_rows(table)
+    batch_ms = column(table, "ttft_ms", ok) + column(table, "decode_ms", ok)
+    batch_size = column(table, "batch_size", ok)
+    batch_size = np.where(np.isnan(batch_size) | (batch_size < 1), 1.0, batch_size)
+    return batch_ms / batch_size / 1000.0
+
+
+def distinct(table: pa.Table, name: str) -> list:
+    if name not in table.column_names:
+        return []
+    return sorted((v for v in pc.unique(table.column(name)).to_pylist() if v is not None), key=str)
+
+
+def report_facts(output: Output) -> dict:
+    """Everything the summary section states, in one dict (also handy from Python)."""
+    table = output.table
+    present = [c for c in SUMMARY_COLUMNS if c in table.column_names]
+    facts = summarize(table.select(present), processed_rows=0, processed_generated_tokens=0, wall_s=0.0, extra={})
+    facts.pop("this_run")  # what summarize() can say about a run is only known to the job
+    seconds = generation_seconds_per_item(table)
+    generation_s = float(np.nansum(seconds)) if seconds.size else 0.0
+    generated = float(np.nansum(column(table, "generated_tokens", ok_rows(table))))
+    facts["generation_s"] = generation_s
+    facts["items_per_generation_s"] = facts["ok"] / generation_s if generation_s > 0 else None
+    facts["tokens_per_generation_s"] = generated / generation_s if generation_s > 0 else None
+    facts["task"] = "vqa" if output.is_vqa else "caption"
+    for name, plural in (("model", "models"), ("device", "devices"), ("strategy", "strategies"),
+                         ("budget", "budgets"), ("alpha", "alphas"), ("run_id", "run_ids")):
+        facts[plural] = distinct(table, name)
+    facts["result_files"] = len(distinct(table, "source_shard"))
+    saved = output.saved_summary or {}
+    facts["last_run_id"] = saved.get("run_id")
+    facts["this_run"] = saved.get("this_run")
+    facts["shards"] = saved.get("shards")
+    facts["failed_shards"] = saved.get("failed_shards") if saved else None
+    return facts
+
+
+# ---------------------------------------------------------------------------------------------
+# Charts: PNG bytes, or None when there is nothing to draw
+
+
+def _new_figure(width: float = 8.0, height: float = 3.6):
+    # Figure without pyplot: no global backend state, the Agg canvas is attached on savefig.
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    return figure, figure.add_subplot()
+
+
+def _whole_numbers(axis) -> None:
+    """Counts of items on an axis: no 0.5-item ticks when the counts are small."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing")  # ids in scripts DejaVu lacks
+        figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _plain_text():
+    """Data strings drawn in charts are text, never mathtext (an error reason holding two '$')."""
+    import matplotlib
+
+    return matplotlib.rc_context({"text.parse_math": False})
+
+
+def _short(text: str, limit: int = 48) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _even_subset(count: int, limit: int = MAX_PLOTTED_POINTS) -> np.ndarray:
+    return np.arange(count) if count <= limit else np.linspace(0, count - 1, limit).round().astype(int)
+
+
+def chart_visual_tokens(table: pa.Table) -> bytes | None:
+    ok = ok_rows(table)
+    full, kept = column(table, "visual_tokens_full", ok), column(table, "visual_tokens_kept", ok)
+    known = ~(np.isnan(full) | np.isnan(kept))
+    full, kept = full[known], kept[known]
+    if not full.size:
+        return None
+    figure, axes = _new_figure()
+    shown = _even_subset(full.size)
+    axes.scatter(full[shown], kept[shown], s=10, alpha=0.6, label="items", zorder=3)
+    span = np.linspace(0, full.max() * 1.05, 200)
+    axes.plot(span, span, ls=":", color="grey", label="all tokens (stock model)")
+    budgets = [b for b in distinct(table, "budget") if isinstance(b, (int, float))]
+    for budget in budgets:
+        if budget <= 1:  # a fraction keeps floor(budget * N); a count keeps min(budget, N)
+            axes.plot(span, np.floor(budget * span), color="C3", label=f"budget {budget:g}: floor({budget:g} N)")
+        else:
+            axes.plot(span, np.minimum(budget, span), color="C3", label=f"budget {budget:g} tokens")
+    axes.set_xlabel("visual tokens of the stock model (N)")
+    axes.set_ylabel("visual tokens kept")
+    axes.set_xlim(0, span[-1])
+    axes.set_ylim(0, max(kept.max(), 1) * 1.1 if budgets else span[-1])
+    axes.legend(loc="upper left", fontsize="small")
+    axes.grid(alpha=0.3)
+    return _png(figure)
+
+
+def chart_histogram(values: np.ndarray, xlabel: str, *, bins=30, color: str = "C0") -> bytes | None:
+    values = values[~np.isnan(values)]
+    if not values.size:
+        return None
+    figure, axes = _new_figure(height=3.2)
+    axes.hist(values, bins=bins, color=color, edgecolor="white")
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel("items")
+    _whole_numbers(axes.yaxis)
+    axes.grid(alpha=0.3, axis="y")
+    return _png(figure)
+
+
+def chart_timeline(table: pa.Table) -> bytes | None:
+    """Each item's generation cost and the running total, along the output order."""
+    ok = ok_rows(table).to_numpy(zero_copy_only=False)
+    position = np.arange(table.num_rows)
+    seconds = generation_seconds_per_item(table)
+    figure, axes = _new_figure(height=3.8)
+    _plot_item_costs(axes, table, ok, seconds)
+    errors = position[~ok]
+    if errors.size:
+        axes.plot(errors, np.zeros(errors.size), "|", color="C3", markersize=12, label="error rows")
+    boundaries = _mark_shard_boundaries(axes, table)
+    axes.set_xlabel(f"row in output order (shard files sorted, rows in input order{boundaries})")
+    axes.set_ylabel("ms of generation per item")
+    axes.set_ylim(bottom=0)
+    axes.set_xlim(-0.5, table.num_rows - 0.5)
+    axes.grid(alpha=0.3)
+    total = axes.twinx()
+    total.step(position[ok], np.cumsum(np.nan_to_num(seconds)), where="post", color="black", lw=1.2,
+               label="cumulative generation time")
+    total.set_ylabel("cumulative generation time (s)")
+    total.set_ylim(bottom=0)
+    handles, labels = (a + b for a, b in zip(axes.get_legend_handles_labels(), total.get_legend_handles_labels()))
+    # Above the plot: inside it would cover points or the cumulative line, wherever it went.
+    axes.legend(handles, labels, loc="lower left", bbox_to_anchor=(0, 1.01), ncols=4, fontsize="small", frameon=False)
+    return _png(figure)
+
+
+def _plot_item_costs(axes, table: pa.Table, ok: np.ndarray, seconds: np.ndarray, most_runs: int = 8) -> None:
+    """The ok items' shares of batch time, one colour per run when several runs wrote the output."""
+    ok_position = np.flatnonzero(ok)
+    shown = _even_subset(ok_position.size)
+    run_names = distinct(table, "run_id")
+    if len(run_names) <= 1:
+        axes.scatter(ok_position[shown], seconds[shown] * 1000, s=8, alpha=0.6, label="items (share of batch time)")
+        return
+    ok_runs = np.asarray(table.column("run_id").filter(pa.array(ok)).to_pylist(), dtype=object)
+    for index, run in enumerate(run_names[:most_runs]):
+        mine = shown[ok_runs[shown] == run]
+        axes.scatter(ok_position[mine], seconds[mine] * 1000, s=8, alpha=0.6, color=f"C{index}",
+                     label=f"run {_short(run, 32)}")
+    others = shown[~np.isin(ok_runs[shown], run_names[:most_runs])]
+    if others.size:
+        axes.scatter(ok_position[others], seconds[others] * 1000, s=8, alpha=0.6, color="grey", label="other runs")
+
+
+def _mark_shard_boundaries(axes, table: pa.Table) -> str:
+    """Dashed lines where one shard's rows end, if few enough to read; the axis label's mention of them."""
+    if "source_shard" not in table.column_names:
+        return ""
+    shards = table.column("source_shard").to_pylist()
+    starts = [i for i in range(1, len(shards)) if shards[i] != shards[i - 1]]
+    if not starts or len(starts) > MAX_SHARD_LINES:
+        return ""
+    for start in starts:
+        axes.axvline(start - 0.5, color="grey", lw=0.6, ls="--")
+    return "; dashed: shard boundaries"
+
+
+def chart_errors_by_reason(errors_by_reason: dict) -> bytes | None:
+    if not errors_by_reason:
+        return None
+    reasons = list(errors_by_reason.items())[:MAX_REASON_BARS]
+    figure, axes = _new_figure(height=max(1.6, 0.5 + 0.35 * len(reasons)))
+    labels = [_short(reason) for reason, _ in reasons][::-1]  # largest at the top
+    counts = [count for _, count in reasons][::-1]
+    bars = axes.barh(range(len(reasons)), counts, color="C3")
+    axes.set_yticks(range(len(reasons)), labels=labels)
+    axes.bar_label(bars, padding=3)
+    axes.set_xlabel("error rows")
+    _whole_numbers(axes.xaxis)
+    axes.set_xlim(0, max(counts) * 1.15)
+    return _png(figure)
+
+
+def chart_vqa_accuracy(table: pa.Table) -> bytes | None:
+    # VQA accuracy takes few values (0, 0.3, 0.6, 0.9, 1 and a few between): one bar per tenth.
+    edges = np.linspace(-0.05, 1.05, 12)
+    return chart_histogram(column(table, "vqa_accuracy", ok_rows(table)), "VQA accuracy of the answer", bins=edges,
+                           color="C2")
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML
+
+
+def esc(value) -> str:
+    """Text for HTML: everything from the data goes through here."""
+    return "n/a" if value is None else html.escape(str(value), quote=True)
+
+
+def number(value, digits: int = 1, suffix: str = "") -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "n/a"
+    if isinstance(value, int):
+        return f"{value:,}{suffix}"
+    return f"{value:,.{digits}f}{suffix}"
+
+
+def percent(fraction) -> str:
+    return "n/a" if fraction is None else f"{100 * fraction:.1f}%"
+
+
+def gib(value) -> str:
+    return "n/a" if value is None else f"{value / 2**30:.2f} GiB"
+
+
+def listing(values: list) -> str:
+    if not values:
+        return "n/a"
+    shown = ", ".join(esc(v) for v in values[:5])
+    return shown + (f" and {len(values) - 5} more" if len(values) > 5 else "")
+
+
+def figure_html(key: str, title: str, png: bytes | None, caption: str, missing: str) -> str:
+    """One chart: an embedded PNG, or the reason there is none (never a broken image)."""
+    if png is None:
+        body = f'<p class="na">{missing}</p>'
+    else:
+        data = base64.b64encode(png).decode("ascii")
+        body = f'<img alt="{esc(title)}" src="data:image/png;base64,{data}"><figcaption>{caption}</figcaption>'
+    return f'<figure id="chart-{key}" class="chart"><h3>{esc(title)}</h3>{body}</figure>'
+
+
+def key_values(pairs: list[tuple[str, str]], css: str = "facts") -> str:
+    """A two-column table; the values are HTML already (escaped by the caller)."""
+    rows = "".join(f"<tr><th>{esc(label)}</th><td>{value}</td></tr>" for label, value in pairs)
+    return f'<table class="{css}">{rows}</table>'
+
+
+def rows_table(headers: list[str], rows: list[list], css: str) -> str:
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{esc(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def summary_section(output: Output, facts: dict) -> str:
+    run = facts["this_run"]
+    if run is None:
+        throughput = "n/a (no _summary.json: the job's wall time is not in the rows)"
+    elif not run.get("rows_processed"):
+        throughput = f"n/a: the last run ({esc(facts['last_run_id'])}) found every shard complete and processed nothing"
+    else:
+        throughput = (f"{number(run.get('images_per_s'), 2)} images/s, {number(run.get('generated_tokens_per_s'))} "
+                      f"generated tokens/s ({number(run.get('rows_processed'))} rows in {number(run.get('wall_s'))} s, "
+                      f"run {esc(facts['last_run_id'])}, wall clock: loading, preprocessing and generation)")
+    by_reason = facts["errors_by_reason"]
+    pairs = [
+        ("items", f'<span id="items">{facts["items"]}</span>'),
+        ("ok", f'<span id="ok">{facts["ok"]}</span>'),
+        ("errors", f'<span id="errors">{facts["errors"]}</span>'
+         + (" (" + ", ".join(f"{esc(r)}: {n}" for r, n in by_reason.items()) + ")" if by_reason else "")),
+        ("duplicate ids", f'<span id="duplicate-ids">{facts["duplicate_ids"]}</span>'
+         + (f" (kept, not merged), e.g. {listing(facts['duplicate_id_examples'])}" if facts["duplicate_ids"] else "")),
+        ("throughput of the last run", throughput),
+        ("generation time", f"{number(facts['generation_s'], 2)} s summed over batches: "
+         f"{number(facts['items_per_generation_s'], 2)} items/s, {number(facts['tokens_per_generation_s'])} "
+         "generated tokens/s of generation (excludes loading and preprocessing; parallel actors add up)"),
+        ("visual tokens", f"{number(facts['mean_visual_tokens_kept'])} kept of {number(facts['mean_visual_tokens_full'])} "
+         f'on average: kept fraction <span id="kept-fraction">{percent(facts["kept_fraction"])}</span>'),
+        ("mean time to first token", f"{number(facts['mean_ttft_ms'])} ms (per batch)"),
+        ("mean tokens/s per item", number(facts["mean_tokens_per_s_per_item"])),
+        ("peak GPU memory", "n/a on CPU" if facts["peak_gpu_mem_bytes"] is None else gib(facts["peak_gpu_mem_bytes"])),
+    ]
+    if "vqa" in facts:
+        vqa = facts["vqa"]
+        pairs.append(("VQA accuracy", f'<span id="vqa-accuracy">{percent(vqa["accuracy"])}</span>, exact match '
+                      f'{percent(vqa["exact_match"])} over {vqa["scored"]} scored items'))
+    pairs += [
+        ("failed shards", failed_shards_html(facts["failed_shards"])),
+        ("task", esc(facts["task"])),
+        ("model", listing(facts["models"])),
+        ("device", listing(facts["devices"])),
+        ("strategy, budget, alpha", f"{listing(facts['strategies'])}; {listing(facts['budgets'])}; {listing(facts['alphas'])}"),
+        ("runs that wrote rows", f"{len(facts['run_ids'])}: {listing(facts['run_ids'])}"),
+        ("shards", shards_html(facts)),
+    ]
+    notes = "".join(f'<p class="note">{esc(n)}</p>' for n in output.notes)
+    return f'<section id="summary"><h2>Summary</h2>{notes}{key_values(pairs)}</section>'
+
+
+def failed_shards_html(failed: list | None) -> str:
+    if failed is None:
+        return "unknown (recorded only in _summary.json)"
+    if not failed:
+        return '<span id="failed-shards">0</span>'
+    rows = [[f.get("shard"), f.get("reason")] for f in failed if isinstance(f, dict)]
+    return f'<span id="failed-shards" class="bad">{len(failed)}</span>' + rows_table(["shard", "reason"], rows, "failed")
+
+
+def shards_html(facts: dict) -> str:
+    text = f"{facts['result_files']} with results"
+    shards = facts["shards"]
+    if isinstance(shards, dict):
+        text += " (last run: " + ", ".join(f"{esc(k).replace('_', ' ')} {esc(v)}" for k, v in shards.items()) + ")"
+    return text
+
+
+def charts_section(output: Output, facts: dict) -> str:
+    table = output.table
+    ok = ok_rows(table)
+    devices = ", ".join(esc(d) for d in facts["devices"]) or "unknown"
+    figures = [
+        figure_html("visual-tokens", "Visual tokens kept vs full", chart_visual_tokens(table),
+                    "One point per ok item: the tokens the LLM saw against the stock model's count N; "
+                    "the red line is the budget, the dotted one keeping everything.",
+                    "No ok item to plot."),
+        figure_html("ttft", "Time to first token", chart_histogram(column(table, "ttft_ms", ok), "time to first token (ms)"),
+                    "Per batch (vision, HiRED and prefill of the whole batch): the items of one batch share a "
+                    "value, so each batch counts once per item in it.",
+                    "No ok item to plot."),
+        figure_html("tokens-per-s", "Tokens per second", chart_histogram(column(table, "tokens_per_s", ok),
+                                                                         "generated tokens / s, per item", color="C1"),
+                    "Each item's generated tokens over its batch's time to first token plus decode.",
+                    "No ok item to plot."),
+        figure_html("gpu-memory", "Peak GPU memory",
+                    chart_histogram(column(table, "peak_gpu_mem_bytes", ok) / 2**30, "peak allocated GPU memory (GiB)",
+                                    color="C4"),
+                    "The peak allocated memory of each item's batch.",
+                    f"n/a on CPU: no GPU memory was recorded (device: {devices})."),
+        figure_html("timeline", "Over the output", chart_timeline(table),
+                    "The rows carry no timestamps, so this follows the output order, not the order work ran in "
+                    "(generation actors sort items longest first and run shards side by side). Points: each ok "
+                    "item's share of its batch's time (time to first token + decode, divided by the batch size); "
+                    "line: their running sum; red ticks: error rows.",
+                    "No rows to plot."),
+        figure_html("errors", "Errors by reason", chart_errors_by_reason(facts["errors_by_reason"]),
+                    "Error rows grouped by the text before the first colon of their reason.",
+                    "No errors."),
+    ]
+    return '<section id="charts"><h2>Charts</h2>' + "".join(figures) + "</section>"
+
+
+def errors_section(table: pa.Table, limit: int) -> str:
+    failed = pc.invert(ok_rows(table))
+    count = int(pc.sum(failed).as_py() or 0)
+    if not count:
+        return '<section id="error-rows"><h2>Error rows</h2><p>None.</p></section>'
+    positions = np.flatnonzero(failed.to_numpy(zero_copy_only=False))[:limit]
+    shown = table.take(pa.array(positions))
+    get = lambda name: shown.column(name).to_pylist() if name in shown.column_names else [None] * len(positions)  # noqa: E731
+    rows = [[i, r, posixpath.basename(s) if s else s, e]
+            for i, r, s, e in zip(get("id"), get("row_index"), get("source_shard"), get("error"))]
+    heading = f"first {len(rows)} of {count}" if count > len(rows) else f"all {count}"
+    return (f'<section id="error-rows"><h2>Error rows ({heading})</h2>'
+            + rows_table(["id", "row", "shard", "error"], rows, "errors") + "</section>")
+
+
+def samples_section(output: Output, limit: int) -> str:
+    if limit <= 0:
+        return ""
+    table = output.table
+    shown = table.filter(ok_rows(table)).slice(0, limit)
+    if not shown.num_rows:
+        return '<section id="samples"><h2>Sample outputs</h2><p>No ok rows.</p></section>'
+    preview = lambda text: text if text is None or len(text) <= TEXT_PREVIEW_CHARS else text[:TEXT_PREVIEW_CHARS] + "…"  # noqa: E731
+    records = shown.to_pylist()
+    if output.is_vqa:
+        headers = ["id", "question", "answer", "references", "VQA accuracy", "exact match"]
+        rows = [[r["id"], preview(r.get("question")), preview(r["text"]), preview(", ".join(r.get("answers") or [])),
+                 number(r.get("vqa_accuracy"), 2), r.get("exact_match")] for r in records]
+    else:
+        headers = ["id", "caption", "visual tokens kept / full"]
+        rows = [[r["id"], preview(r["text"]), f"{r['visual_tokens_kept']} / {r['visual_tokens_full']}"] for r in records]
+    return (f'<section id="samples"><h2>Sample outputs (first {len(rows)} ok rows)</h2>'
+            + rows_table(headers, rows, "samples") + "</section>")
+
+
+def vqa_section(output: Output, facts: dict) -> str:
+    if not output.is_vqa:
+        return ""
+    vqa = facts.get("vqa") or {"scored": 0, "accuracy": None, "exact_match": None}
+    pairs = [
+        ("scored items", str(vqa["scored"])),
+        ("VQA accuracy", percent(vqa["accuracy"])),
+        ("exact-match rate", f'<span id="exact-match">{percent(vqa["exact_match"])}</span>'),
+    ]
+    chart = figure_html("vqa-accuracy", "VQA accuracy per answer", chart_vqa_accuracy(output.table),
+                        "Standard VQA accuracy of each scored answer: min(matching references / 3, 1) averaged "
+                        "over the leave-one-out subsets of the references.",
+                        "No scored answer (no ok row with reference answers).")
+    return f'<section id="vqa"><h2>VQA</h2>{key_values(pairs)}{chart}</section>'
+
+
+STYLE = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1000px; color: #222; padding: 0 1em; }
+h1 { margin-bottom: 0.1em; } .sub { color: #666; margin-top: 0; word-break: break-all; }
+table { border-collapse: collapse; margin: 0.6em 0; } th, td { border-bottom: 1px solid #ddd; padding: 3px 8px;
+text-align: left; vertical-align: top; } table.facts th { white-space: nowrap; color: #444; font-weight: 600; }
+td { word-break: break-word; } .note { background: #fff6d6; padding: 6px 10px; border-left: 4px solid #e0b000; }
+.bad { color: #b00020; font-weight: 600; } .na { color: #666; font-style: italic; }
+figure.chart { margin: 1.2em 0; } figure.chart img { max-width: 100%; height: auto; }
+figcaption { color: #555; font-size: 13px; max-width: 800px; }
+"""
+
+# No scripts, no remote loads: the page is self-contained by construction, and should escaping ever
+# miss something, a browser still refuses to run it.
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+
+def render_report(output: Output, *, error_rows: int = DEFAULT_ERROR_ROWS, sample_rows: int = DEFAULT_SAMPLE_ROWS) -> str:
+    """The report as one HTML document."""
+    facts = report_facts(output)
+    with _plain_text():
+        body = (summary_section(output, facts) + vqa_section(output, facts) + charts_section(output, facts)
+                + errors_section(output.table, error_rows) + samples_section(output, sample_rows))
+    made = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    title = f"hired run report: {output.uri}"
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+            f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>"
+            f'<h1>hired run report</h1><p class="sub">{esc(output.uri)}, {esc(facts["task"])}, made {made}</p>'
+            f"{body}</body></html>\n")
+
+
+def write_report(output_uri: str, report_path: str = DEFAULT_REPORT, **options) -> str:
+    """Read the output at ``output_uri`` and write its report to ``report_path`` (any fsspec URI)."""
+    page = render_report(load_output(output_uri), **options)
+    try:
+        with fsspec.open(report_path, "w", encoding="utf-8") as f:
+            f.write(page)
+    except Exception as e:
+        raise ReportError(f"cannot write {report_path}: {type(e).__name__}: {e}") from None
+    return report_path
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.report",
+        description=(
+            "Write a self-contained HTML report (one file, charts embedded) of a caption or VQA job's "
+            "output: counts, errors and their reasons, visual tokens kept, latency, throughput, GPU memory "
+            "and, for VQA, accuracy. Counts come from the result rows; the last run's wall time and failed "
+            "shards from _summary.json when present."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("output_uri", metavar="OUTPUT_URI",
+                        help="the job's --output location: local path, file:// or s3:// URI")
+    parser.add_argument("-o", "--report", default=DEFAULT_REPORT, metavar="PATH",
+                        help="where to write the HTML report (a path or fsspec URI)")
+    parser.add_argument("--error-rows", type=int, default=DEFAULT_ERROR_ROWS, metavar="N",
+                        help="list the first N error rows (id, position, reason)")
+    parser.add_argument("--sample-rows", type=int, default=DEFAULT_SAMPLE_ROWS, metavar="N",
+                        help="show the first N ok rows' captions or answers (0: none)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.error_rows < 0 or args.sample_rows < 0:
+        parser.error("--error-rows and --sample-rows must be 0 or more")
+    try:
+        path = write_report(args.output_uri, args.report, error_rows=args.error_rows, sample_rows=args.sample_rows)
+    except ReportError as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    print(f"report of {args.output_uri} written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
