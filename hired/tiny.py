@@ -80,7 +80,7 @@ def _text_config(vocab_size: int, tokenizer):
     )
 
 
-def _vision_config(num_layers: int):
+def _vision_config(num_layers: int, tile: int = 336):
     from transformers import CLIPVisionConfig
 
     return CLIPVisionConfig(
@@ -88,7 +88,7 @@ def _vision_config(num_layers: int):
         intermediate_size=64,
         num_hidden_layers=num_layers,
         num_attention_heads=4,
-        image_size=336,
+        image_size=tile,
         patch_size=14,
         projection_dim=32,
     )
@@ -109,14 +109,21 @@ def _with_seed(seed: int, build):
         return build()
 
 
-def build_tiny_llava_next(path: str | os.PathLike, seed: int = 0, vision_layers: int = 4) -> Path:
-    """Save a tiny random LLaVA-Next checkpoint (model + processor) at ``path``."""
+def build_tiny_llava_next(path: str | os.PathLike, seed: int = 0, vision_layers: int = 4, tile: int = 336) -> Path:
+    """Save a tiny random LLaVA-Next checkpoint (model + processor) at ``path``.
+
+    ``tile=336`` is the real geometry (576 tokens a partition); a smaller multiple of 14 (e.g. 56:
+    16 tokens a partition, pinpoints scaled alike) keeps the anyres logic for soaks of many rows.
+    """
     from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
     from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
+    if tile % 14:
+        raise ValueError(f"tile must be a multiple of the 14 px patch, got {tile}")
+    pinpoints = [[h * tile // 336, w * tile // 336] for h, w in LLAVA_NEXT_PINPOINTS]
     tokenizer = build_tokenizer()
     image_processor = LlavaNextImageProcessorPil(
-        size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, image_grid_pinpoints=LLAVA_NEXT_PINPOINTS
+        size={"shortest_edge": tile}, crop_size={"height": tile, "width": tile}, image_grid_pinpoints=pinpoints
     )
     processor = LlavaNextProcessor(
         image_processor=image_processor,
@@ -127,10 +134,10 @@ def build_tiny_llava_next(path: str | os.PathLike, seed: int = 0, vision_layers:
         chat_template=CHAT_TEMPLATE,
     )
     config = LlavaNextConfig(
-        vision_config=_vision_config(vision_layers),
+        vision_config=_vision_config(vision_layers, tile),
         text_config=_text_config(len(tokenizer), tokenizer),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        image_grid_pinpoints=LLAVA_NEXT_PINPOINTS,
+        image_grid_pinpoints=pinpoints,
         vision_feature_layer=-2,
         vision_feature_select_strategy="default",
     )
