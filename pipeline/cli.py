@@ -30,6 +30,21 @@ def budget_value(text: str) -> float | int:
     return value
 
 
+def budget_list(text: str) -> list[float | int]:
+    return [budget_value(part) for part in text.split(",") if part.strip()]
+
+
+def strategy_list(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    for name in names:
+        if name not in STRATEGY_CHOICES:
+            raise argparse.ArgumentTypeError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGY_CHOICES)}")
+    return names
+
+
+STRATEGY_CHOICES = (*hired.STRATEGIES, "none")
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows a flag's default unless its help already explains it (or there is none to show)."""
 
@@ -70,11 +85,19 @@ def build_parser(task: str) -> argparse.ArgumentParser:
     if task == "caption":
         model.add_argument("--prompt", default=DEFAULT_CAPTION_PROMPT,
                            help="instruction for rows whose prompt is null or missing")
-    drop = parser.add_argument_group("HiRED token dropping (on by default at the paper's setting)")
-    drop.add_argument("--budget", type=budget_value, default=0.2,
-                      help="visual tokens kept per image: a fraction in (0, 1] or a token count (e.g. 640)")
+    drop = parser.add_argument_group(
+        "HiRED token dropping (on by default at the paper's setting); several comma-separated strategies or "
+        "budgets run a sweep: each setting into <output>/<strategy>-<budget>/, compared in <output>/sweep.md"
+    )
+    drop.add_argument("--budget", type=budget_list, default=[0.2],
+                      help="visual tokens kept per image: a fraction in (0, 1] or a token count (e.g. 640); "
+                      "a list such as 0.1,0.2,0.4 sweeps (default: 0.2)")
     drop.add_argument("--alpha", type=float, default=0.5, help="share of the budget for the full-image view")
-    drop.add_argument("--no-hired", action="store_true", help="keep every visual token (the stock model), for comparison")
+    drop.add_argument("--strategy", type=strategy_list, default=["hired"],
+                      help=f"how tokens are chosen: {', '.join(STRATEGY_CHOICES)} (none: every token, the stock "
+                      "model); a list such as hired,uniform sweeps (default: hired)")
+    drop.add_argument("--no-hired", action="store_true",
+                      help="keep every visual token (the stock model), for comparison: the same as --strategy none")
     run = parser.add_argument_group("resources")
     run.add_argument("--num-gpus", type=int, default=None,
                      help="GPU actors (one per GPU); default: every GPU in the cluster; 0 runs on CPU")
@@ -93,16 +116,19 @@ def build_parser(task: str) -> argparse.ArgumentParser:
     return parser
 
 
-def settings_from_args(args, task: str):
+def sweep_points_from_args(args):
+    from .sweep import sweep_points
+
+    strategies = ["none"] if args.no_hired else args.strategy
+    try:
+        return sweep_points(strategies, args.budget, args.alpha)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+
+
+def settings_from_args(args, task: str, config: hired.HiREDConfig | None):
     from .run import JobSettings, new_run_id
 
-    if args.no_hired:
-        config = None
-    else:
-        try:
-            config = hired.HiREDConfig(budget=args.budget, alpha=args.alpha)
-        except ValueError as e:
-            raise InputError(str(e)) from None
     return JobSettings(
         task=task,
         input=args.input,
@@ -145,11 +171,20 @@ def main(task: str, argv: list[str] | None = None) -> int:
 
     from .retry import StorageUnavailable
     from .run import RunAborted, init_ray, run_job
+    from .sweep import run_sweep, sweep_table, write_sweep
 
     try:
-        settings = settings_from_args(args, task)
+        points = sweep_points_from_args(args)
+        settings = settings_from_args(args, task, points[0].config())
         if args.ray_address:
             init_ray(args.ray_address)
+        if len(points) > 1:
+            summaries = run_sweep(settings, points, run_job)
+            where = write_sweep(settings.output, summaries)
+            print(f"\n{task} sweep of {len(points)} settings done: output in {settings.output}")
+            print(sweep_table(summaries))
+            print(f"table: {where}")
+            return 3 if any(s["failed_shards"] for s in summaries) else 0
         summary = run_job(settings)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)

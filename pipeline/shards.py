@@ -202,6 +202,22 @@ def write_output(output_uri: str, shard: Shard, table: pa.Table, settings: dict)
     return _full_uri(fs, final_path)
 
 
+def remove_stale_temporaries(output_uri: str) -> int:
+    """Delete temporary files a killed run left half-written (``.<shard>.<uuid>.tmp``).
+
+    They never pass for outputs (outputs are ``*.parquet``); this only tidies up. One job
+    writes to an output location at a time (``ray job submit --submission-id`` guards that)."""
+    fs, path = filesystem(output_uri)
+    fs.invalidate_cache(path)
+    if not with_retries(lambda: fs.exists(path), f"checking {output_uri}"):
+        return 0
+    listed = with_retries(lambda: fs.ls(path, detail=False), f"listing {output_uri}")
+    stale = [p for p in listed if posixpath.basename(p).startswith(".") and p.endswith(".tmp")]
+    for p in stale:
+        with_retries(lambda p=p: fs.rm(p), f"removing {p}")
+    return len(stale)
+
+
 def read_outputs(output_uri: str) -> pa.Table | None:
     """All result rows under ``output_uri`` (for the run summary), or None if there are none."""
     fs, path = filesystem(output_uri)

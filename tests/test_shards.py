@@ -114,3 +114,14 @@ def test_read_only_output_is_refused(tmp_path):
     out.chmod(stat.S_IRUSR | stat.S_IXUSR)
     with pytest.raises(InputError, match="cannot write to the output"):
         check_output_writable(str(out))
+
+
+def test_stale_temporaries_are_removed(tmp_path):
+    from pipeline.shards import remove_stale_temporaries
+
+    (tmp_path / ".part-1.0a1b.tmp").write_bytes(b"half a parquet file")
+    (tmp_path / "part-2.parquet").write_bytes(b"kept")
+    (tmp_path / "notes.tmp").write_bytes(b"not ours: kept")
+    assert remove_stale_temporaries(str(tmp_path)) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.tmp", "part-2.parquet"]
+    assert remove_stale_temporaries(str(tmp_path / "missing")) == 0

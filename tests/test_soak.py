@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -59,25 +58,21 @@ def test_soak_ten_thousand_rows_with_faults(tmp_path):
     inputs, out = tmp_path / "in", tmp_path / "out"
     ids, expected = soak_input(inputs)
     assert len(ids) == SHARDS * ROWS_PER_SHARD == 10_000
-    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", PYTHONUNBUFFERED="1",
-               # one generation actor dies once; every 40th generation call runs out of memory
-               HIRED_FAULTS=f"generate=kill@6#{tmp_path / 'killed'};generate=oom@9%40")
+    # one generation actor dies once; every 40th generation call runs out of memory
+    faults = f"generate=kill@6#{tmp_path / 'killed'};generate=oom@9%40"
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", PYTHONUNBUFFERED="1", HIRED_FAULTS=faults)
     cmd = [sys.executable, str(REPO / "jobs" / "caption.py"), "--input", str(inputs), "--output", str(out),
            "--model", str(model), "--num-gpus", "0", "--batch-size", "32", "--max-new-tokens", "2"]
 
-    # First run: kill the driver (and its Ray) once a fifth of the shards are written.
-    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    # First run: the driver dies right after writing a fifth of the shards.
+    interrupted_at = SHARDS // 5
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                             env=dict(env, HIRED_FAULTS=f"{faults};shard_written=kill@{interrupted_at}"))
     try:
-        deadline = time.monotonic() + 600
-        while len(list(out.glob("shard-*.parquet"))) < SHARDS // 5:
-            assert first.poll() is None, "the first run ended before it could be interrupted"
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        assert first.wait(timeout=600) == 137
     finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait(timeout=60)
-    interrupted_at = len(list(out.glob("shard-*.parquet")))
-    assert interrupted_at < SHARDS + 1
+        os.killpg(first.pid, signal.SIGKILL)  # and whatever of its Ray is left
+    assert len(list(out.glob("shard-*.parquet"))) == interrupted_at
 
     # The rerun of the same command finishes the job.
     second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
