@@ -431,6 +431,12 @@ def chart(report: dict, path: Path) -> None:
     configs = list(dict.fromkeys(r["config"] for r in report["results"]))
     width = 0.8 / max(1, len(configs))
     for ax, (key, title) in zip(axes, metrics):
+        if all(r.get(key) is None for r in rows):
+            ax.text(0.5, 0.5, "n/a on CPU" if report["mode"] == "cpu" else "n/a", ha="center", va="center")
+            ax.set_title(title)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
         for k, config in enumerate(configs):
             values = []
             for batch in batches:
