@@ -41,15 +41,22 @@ class Partitions:
         return int(self.valid.sum())
 
 
-class LlavaNextAdapter:
-    """LLaVA-Next (llava-v1.6): a full view plus an anyres grid of sub-images."""
+class _Adapter:
+    """What every family shares: the vision tower to hook, the projector into the LLM."""
 
     def __init__(self, model: nn.Module):
         base = model.model
         self.config = model.config
         self.tower = VisionTower.of(base.vision_tower)
         self.projector = base.multi_modal_projector
-        self.image_newline = base.image_newline
+        self.image_newline = getattr(base, "image_newline", None)  # LLaVA-Next's row separator
+
+
+class LlavaNextAdapter(_Adapter):
+    """LLaVA-Next (llava-v1.6): a full view plus an anyres grid of sub-images."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model)
         vision = self.config.vision_config
         self.tile_size, self.patch_size = vision.image_size, vision.patch_size
 
@@ -93,15 +100,11 @@ class LlavaNextAdapter:
         return torch.cat([kept[0], flat[kept_grid]])
 
 
-class LlavaAdapter:
+class LlavaAdapter(_Adapter):
     """LLaVA-1.5: one view of the image, no sub-images, no newline tokens."""
 
     def __init__(self, model: nn.Module):
-        base = model.model
-        self.config = model.config
-        self.tower = VisionTower.of(base.vision_tower)
-        self.projector = base.multi_modal_projector
-        self.image_newline = None
+        super().__init__(model)
         side = self.config.vision_config.image_size // self.config.vision_config.patch_size
         self.tokens = side * side
 
