@@ -107,7 +107,7 @@ def build_parser(task: str) -> argparse.ArgumentParser:
     run.add_argument("--gpu-memory-gb", type=float, default=None,
                      help="use at most this much of each GPU, e.g. 22 to size batches like an A10G on a larger card")
     run.add_argument("--preprocess-workers", type=int, default=None,
-                     help="CPU actors decoding and preprocessing; default: the cluster's CPUs less one, at most 8")
+                     help="CPU actors decoding and preprocessing; default: half the cluster's CPUs, at most 32")
     run.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                      help="larger images become error rows (decompression-bomb guard)")
     run.add_argument("--ray-address", default=None,

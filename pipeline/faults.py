@@ -10,7 +10,8 @@ the environment of the Ray they belong to):
 A spec is ``NAME=ACTION[@WHEN][#ONCE_FILE]``, several joined by ``;``:
 
 * ``ACTION``: ``kill`` ends the process at once (as a dying worker or node does),
-  ``oom`` raises a CUDA out-of-memory error, ``raise`` a RuntimeError;
+  ``oom`` raises a CUDA out-of-memory error, ``raise`` a RuntimeError, ``sleepS`` pauses
+  S seconds (holding the process at a known point while a test breaks something else);
 * ``WHEN``: ``N`` fires at this process's N-th pass (default 1); ``N%M`` at the N-th
   and then every M-th pass;
 * ``ONCE_FILE``: fire in only one process of the whole job: the first to create
@@ -23,6 +24,7 @@ Unset, a failpoint is a dictionary lookup: nothing in production depends on it.
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from dataclasses import dataclass
 
@@ -51,10 +53,17 @@ def parse(spec: str) -> list[Fault]:
         rest, _, once_file = rest.partition("#")
         action, _, when = rest.partition("@")
         first, _, every = (when or "1").partition("%")
-        if action not in ("kill", "oom", "raise") or not name:
+        if not name or not (action in ("kill", "oom", "raise") or _sleep_seconds(action) is not None):
             raise ValueError(f"bad {ENV} entry {part!r}")
         faults.append(Fault(name.strip(), action, int(first), int(every) if every else None, once_file or None))
     return faults
+
+
+def _sleep_seconds(action: str) -> float | None:
+    try:
+        return float(action.removeprefix("sleep")) if action.startswith("sleep") else None
+    except ValueError:
+        return None
 
 
 def _claim(path: str) -> bool:
@@ -78,6 +87,9 @@ def failpoint(name: str) -> None:
             continue
         if fault.action == "kill":
             os._exit(137)
+        if fault.action.startswith("sleep"):
+            time.sleep(_sleep_seconds(fault.action))
+            continue
         if fault.action == "oom":
             import torch
 

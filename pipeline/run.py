@@ -25,6 +25,7 @@ from .faults import failpoint
 from .images import DEFAULT_MAX_PIXELS
 from .preprocess import DEFAULT_CAPTION_PROMPT, Preprocessor, column, missing, read_rows
 from .predictor import CPU_BATCH_SIZE, Predictor
+from .retry import StorageUnavailable
 from .schema import output_schema
 from .shards import (
     FailedShard,
@@ -191,7 +192,9 @@ def build_dataset(pending: list[Shard], settings: JobSettings):
             log.warning("no GPUs in the cluster: generating on CPU (pass --num-gpus N to wait for N GPU workers)")
     device = "cuda" if gpus > 0 else "cpu"
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    workers = settings.preprocess_workers or max(1, min(cpus - 1, 8))
+    # Half the CPUs: the generation actors, Ray and reads need the rest (measured on 2 cores:
+    # 2 workers 94 images/s, 3 workers 74). The pool starts at one and grows with the backlog.
+    workers = settings.preprocess_workers or max(1, min(cpus // 2, 32))
     pixel_dtype = "float32" if device == "cpu" or settings.dtype == "float32" else "float16"
     log.info(
         "%d shards, %d row groups; %s generation actors; %d preprocessing actors",
@@ -285,8 +288,14 @@ def run_job(settings: JobSettings) -> dict:
     failed += [] if aborted else collector.incomplete()
     wall_s = time.perf_counter() - started
 
+    try:
+        table = read_outputs(settings.output)
+    except StorageUnavailable:
+        if not aborted:
+            raise
+        table = None  # storage is what stopped the run: the counts must wait for the rerun
     summary = summarize(
-        read_outputs(settings.output),
+        table,
         processed_rows=collector.processed,
         processed_generated_tokens=collector.generated_tokens,
         wall_s=wall_s,

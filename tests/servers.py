@@ -105,6 +105,8 @@ def start_s3(root: Path) -> S3Server:
         "-volume.max=100", "-master.volumeSizeLimitMB=64",
         # No side services on fixed ports (two servers at once would collide), no telemetry calls.
         "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
+        # A restarted master elects itself after this long; the default 10 s makes every restart slow.
+        "-master.electionTimeout=1s",
     ]
     server = S3Server(endpoint=f"http://127.0.0.1:{ports['s3']}", process=None, root=root, args=args)
     server.start()

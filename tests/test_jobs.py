@@ -1,5 +1,6 @@
 """The job entry points as users run them: from the shell, under `ray job submit`, killed and rerun."""
 
+import argparse
 import json
 import os
 import signal
@@ -48,8 +49,11 @@ def test_input_errors_come_before_any_model_loads(tmp_path):
     assert "Traceback" not in result.stderr
     bad_budget = subprocess.run(caption_cmd("--budget", "1.5x"), capture_output=True, text=True, timeout=60)
     assert bad_budget.returncode == 2 and "budget must be a number" in bad_budget.stderr
-    fractional_count = subprocess.run(caption_cmd("--budget", "2.5"), capture_output=True, text=True, timeout=60)
-    assert fractional_count.returncode == 2 and "must be whole" in fractional_count.stderr
+    from pipeline.cli import budget_list
+
+    with pytest.raises(argparse.ArgumentTypeError, match="must be whole"):
+        budget_list("0.2,2.5")
+    assert budget_list("0.1, 0.2,640") == [0.1, 0.2, 640]
 
 
 def test_resume_after_the_driver_is_killed(tmp_path, tiny_next_path):

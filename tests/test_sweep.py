@@ -27,10 +27,10 @@ def test_vqa_sweep(ray_local, tmp_path, tiny_next_path, capsys):
     ])
     out = tmp_path / "sweep"
     argv = ["--input", str(tmp_path / "in"), "--output", str(out), "--model", str(tiny_next_path), "--num-gpus", "0",
-            "--max-new-tokens", "2", "--strategy", "hired,random,none", "--budget", "0.1,0.4"]
+            "--max-new-tokens", "2", "--strategy", "hired,none", "--budget", "0.1,0.4"]
     assert main("vqa", argv) == 0
     printed = capsys.readouterr().out
-    names = ["hired-0.1", "hired-0.4", "random-0.1", "random-0.4", "none"]
+    names = ["hired-0.1", "hired-0.4", "none"]
     table = (out / "sweep.md").read_text().splitlines()
     assert table[0].startswith("| setting | VQA acc % | exact % | kept tokens | of |")
     assert [line.split("|")[1].strip() for line in table[2:]] == names
