@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -192,6 +193,18 @@ def wait_for_outputs(fs, prefix: str, count: int, process, timeout=300):
         time.sleep(0.1)
 
 
+@contextmanager
+def background_caption(*args, env):
+    """The caption job running while the test breaks things around it; killed, with its children, if left running."""
+    job = subprocess.Popen([sys.executable, str(REPO / "jobs" / "caption.py"), *args], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    try:
+        yield job
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+
+
 def test_s3_stopped_and_restarted_during_a_run(own_s3, tmp_path, tiny_next_path):
     """A short outage is ridden out by retries; a long one stops the run clearly and a rerun repairs it."""
     server, fs = own_s3
@@ -205,19 +218,13 @@ def test_s3_stopped_and_restarted_during_a_run(own_s3, tmp_path, tiny_next_path)
     all_ids = sorted(f"{s}-{i}" for s in range(4) for i in range(2))
 
     # 1. Down for a few seconds after the first shard is written: retries carry the run through.
-    job = subprocess.Popen([sys.executable, str(REPO / "jobs" / "caption.py"), *args, "--output", "s3://flaky/out1"],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           env=job_env(**server.env, **FAIL_FAST, **pause, HIRED_IO_RETRY_SECONDS="120"),
-                           start_new_session=True)
-    try:
+    with background_caption(*args, "--output", "s3://flaky/out1",
+                            env=job_env(**server.env, **FAIL_FAST, **pause, HIRED_IO_RETRY_SECONDS="120")) as job:
         wait_for_outputs(fs, "flaky/out1", 1, job)
         server.stop()
         time.sleep(8)  # past the driver's pause: its next reads and writes meet the outage
         server.start()
         log, _ = job.communicate(timeout=600)
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
     assert job.returncode == 0, log[-4000:]
     assert "retrying in" in log  # it did meet the outage
     fs.invalidate_cache()
@@ -226,17 +233,11 @@ def test_s3_stopped_and_restarted_during_a_run(own_s3, tmp_path, tiny_next_path)
     assert sorted(r["id"] for r in rows) == all_ids and all(r["error"] is None for r in rows)
 
     # 2. Down for longer than the retries last: the run stops with a clear message, writing nothing partial.
-    job = subprocess.Popen([sys.executable, str(REPO / "jobs" / "caption.py"), *args, "--output", "s3://flaky/out2"],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           env=job_env(**server.env, **FAIL_FAST, **pause, HIRED_IO_RETRY_SECONDS="6"),
-                           start_new_session=True)
-    try:
+    with background_caption(*args, "--output", "s3://flaky/out2",
+                            env=job_env(**server.env, **FAIL_FAST, **pause, HIRED_IO_RETRY_SECONDS="6")) as job:
         written = wait_for_outputs(fs, "flaky/out2", 1, job)
         server.stop()
         log, _ = job.communicate(timeout=600)
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
     assert job.returncode == 4, log[-4000:]
     assert "storage unavailable" in log and "rerun the same command" in log
     assert "shard(s) were completed and written" in log
@@ -309,3 +310,7 @@ def test_failpoints_are_inert_unless_asked(monkeypatch, tmp_path):
         faults.failpoint("probe")  # 2nd: due, and this process claims the once-file
     faults.failpoint("probe")  # 3rd: not due
     faults.failpoint("probe")  # 4th: due, but the once-file is taken: only one failure in the whole job
+    monkeypatch.setenv(faults.ENV, "pause=sleep0.2")
+    started = time.monotonic()
+    faults.failpoint("pause")  # holds the process, raises nothing
+    assert time.monotonic() - started >= 0.2
