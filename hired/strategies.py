@@ -87,11 +87,13 @@ def partition_seed(seed: int, partition: int, pixel_values: torch.Tensor) -> int
     The pixels, not the item's place in the batch, identify the image, so an image
     gets the same tokens alone or in any batch. Without them every picture of the
     same size would share one random pattern, and an evaluation would measure one
-    draw rather than random dropping.
+    draw rather than random dropping. They are hashed at float16, the narrowest
+    dtype the pipeline hands over, so a picture draws the same tokens whether its
+    pixels arrive in float32 (CPU) or float16 (GPU).
     """
     digest = hashlib.blake2b(digest_size=8)
     digest.update(f"hired.random:{seed}:{partition}:".encode())
-    digest.update(pixel_values.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    digest.update(pixel_values.detach().to("cpu", torch.float16).contiguous().numpy().tobytes())
     return int.from_bytes(digest.digest(), "little") >> 1
 
 
