@@ -1,6 +1,8 @@
 """Batch sizing in the generation actor: micro-batches by calculation, correction from measured
 peaks, and OOM back-off that loses no item (injected OOM errors; CPU, tiny model)."""
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -98,7 +100,7 @@ def test_a_measured_peak_above_the_estimate_shrinks_later_batches(sized, tiny_ne
     assert sized.correction == pytest.approx(2.0)
 
 
-def test_out_of_memory_loses_no_item(predictor, tiny_next, monkeypatch):
+def test_out_of_memory_loses_no_item(predictor, tiny_next, monkeypatch, caplog):
     _, processor = tiny_next
     batch = rows(processor, SIZES)
     poisoned = SIZES.index((1000, 200))
@@ -113,7 +115,9 @@ def test_out_of_memory_loses_no_item(predictor, tiny_next, monkeypatch):
 
     monkeypatch.setattr(predictor, "generate", generate)
     monkeypatch.setattr(predictor.sizes, "batch_size", 4)
-    out = predictor(batch)
+    with caplog.at_level(logging.WARNING, logger="hired.pipeline"):
+        out = predictor(batch)
+    assert "OOM back-off: batch size 4 -> 2: out of memory on a batch of 4" in caplog.messages
     assert list(out["id"]) == [f"i{k}" for k in range(len(SIZES))]
     for k in range(len(SIZES)):
         if k == poisoned:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import zlib
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -149,20 +150,28 @@ def ids_in(out: Path) -> list:
 
 
 def test_a_killed_generation_actor_and_injected_cuda_oom_lose_nothing(tmp_path, tiny_next_path):
-    """The generation actor dies during its 2nd batch (once; Ray restarts it and redoes the batch), and
-    every 3rd generation call runs out of memory (batches are split and retried, items that fail alone
-    become error rows with the reason): every row is accounted for, exactly once."""
-    inputs, out, marker = shard_dir(tmp_path / "in", 3, 4), tmp_path / "out", tmp_path / "killed"
-    env = job_env(HIRED_FAULTS=f"generate=kill@2#{marker};generate=oom@3%3")
-    result = caption("--input", str(inputs), "--output", str(out), "--model", str(tiny_next_path),
-                     "--num-gpus", "0", "--batch-size", "4", "--max-new-tokens", "2", env=env)
-    assert marker.exists(), "the actor was never killed"
+    """The generation actor dies in its first call (Ray restarts it and redoes the batch); the new actor
+    then runs out of memory in its 2nd, 5th and 6th calls, so it splits batches, lowers its batch size
+    and turns one item that fails alone into an error row with the reason. Every row is accounted for,
+    exactly once, and the batch sizes in the rows show the back-off."""
+    inputs, out = shard_dir(tmp_path / "in", 3, 4), tmp_path / "out"
+    killed, oomed = tmp_path / "killed", tmp_path / "oomed"
+    # Claimed through files, the kill and the first OOM each happen exactly once in the whole job, and
+    # the OOM only after the restart (the first actor dies at its 1st call and never makes a 2nd). Each
+    # shard is one 4-row batch, so the restarted actor sees 3 batches of 4 in some order:
+    #   call 1: 4 rows run | call 2: 4 rows OOM -> calls 3, 4: 2 + 2 run; the batch size drops to 2
+    #   call 5: 2 rows OOM -> call 6: 1 row OOM alone (error row), call 7: 1 row runs; the size drops to 1
+    #   calls 8, 9: 1 row each
+    env = job_env(HIRED_FAULTS=f"generate=kill@1#{killed};generate=oom@2#{oomed};generate=oom@5;generate=oom@6")
+    caption("--input", str(inputs), "--output", str(out), "--model", str(tiny_next_path),
+            "--num-gpus", "0", "--batch-size", "4", "--max-new-tokens", "2", env=env)
+    assert killed.exists() and oomed.exists()
     rows = [r for p in sorted(out.glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
     assert sorted(r["id"] for r in rows) == sorted(f"{s}-{i}" for s in range(3) for i in range(4))
-    errors = [r["error"] for r in rows if r["error"]]
-    assert all(e.startswith("out of memory with the item alone in its batch") for e in errors)
-    assert len(errors) < len(rows) and all(isinstance(r["text"], str) for r in rows if not r["error"])
-    assert "out of memory" in result.stdout + result.stderr  # the back-off logs it
+    (error,) = [r["error"] for r in rows if r["error"]]
+    assert error.startswith("out of memory with the item alone in its batch") and "OutOfMemoryError" in error
+    assert all(isinstance(r["text"], str) for r in rows if not r["error"])
+    assert Counter(r["batch_size"] for r in rows if not r["error"]) == {4: 4, 2: 4, 1: 3}
 
 
 @pytest.fixture
