@@ -47,8 +47,8 @@ sys.path.insert(0, str(ROOT))
 
 import hired  # noqa: E402
 from hired.tiny import CHAT_TEMPLATE, LLAVA_NEXT_PINPOINTS, build_tokenizer  # noqa: E402
-from pipeline.memory import apply_memory_cap  # noqa: E402
-from pipeline.predictor import FirstTokenTimer, Predictor  # noqa: E402
+from pipeline.stages.memory import apply_memory_cap  # noqa: E402
+from pipeline.stages.generate import FirstTokenTimer, Predictor  # noqa: E402
 
 GiB = 2**30
 
@@ -104,7 +104,7 @@ def build_model(mode: str, device: torch.device, dtype: torch.dtype):
 
 
 def pictures(count: int, size: int) -> list:
-    from pipeline.demo_data import draw_scene
+    from pipeline.demo.data import draw_scene
 
     return [draw_scene(size, size, seed=i) for i in range(count)]
 

@@ -28,7 +28,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .shards import filesystem, read_outputs
+from .io.outputs import read_outputs
+from .io.storage import Storage
 from .summary import summarize
 
 DEFAULT_REPORT = "report.html"
@@ -68,7 +69,8 @@ class Output:
 def load_output(output_uri: str) -> Output:
     """The result rows and saved summary under ``output_uri``; :class:`ReportError` if there are none."""
     try:
-        fs, path = filesystem(output_uri)
+        where = Storage.at(output_uri)
+        fs, path = where.fs, where.path
         exists = fs.exists(path)
     except Exception as e:  # a malformed URI, an unknown protocol, missing credentials
         raise ReportError(f"cannot open {output_uri}: {type(e).__name__}: {e}") from None

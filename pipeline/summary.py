@@ -10,7 +10,7 @@ import posixpath
 
 import pyarrow as pa
 
-from .shards import filesystem
+from .io.storage import Storage
 
 
 def _mean(values):
@@ -74,7 +74,8 @@ def summarize(
 
 def write_summary(output_uri: str, summary: dict) -> str:
     """``_summary.json`` beside the output (the latest run) and ``_runs/<run_id>.json`` (history)."""
-    fs, root = filesystem(output_uri)
+    where = Storage.at(output_uri)
+    fs, root = where.fs, where.path
     text = json.dumps(summary, indent=2, sort_keys=False, default=str)
     fs.makedirs(posixpath.join(root, "_runs"), exist_ok=True)
     with fs.open(posixpath.join(root, "_runs", f"{summary['run_id']}.json"), "w") as f:

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import hired
-from pipeline.memory import Margin
-from pipeline.predictor import Predictor
-from pipeline.preprocess import MODEL_INPUTS, encode_inputs
+from pipeline.stages.memory import Margin
+from pipeline.stages.generate import Predictor
+from pipeline.columns import MODEL_INPUTS, encode_inputs
 
 from .conftest import chat_prompt, noise_image
 
@@ -37,7 +37,7 @@ def rows(processor, sizes, texts=None):
 
 
 def lengths_of(predictor, batch):
-    from pipeline.preprocess import decode_inputs
+    from pipeline.columns import decode_inputs
 
     items = [decode_inputs(b) for b in batch[MODEL_INPUTS]]
     return [hired.expected_lengths(predictor.model, tuple(it["image_sizes"].tolist()), len(it["input_ids"]),

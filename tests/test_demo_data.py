@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.demo_data import (
+from pipeline.demo.data import (
     DEMO_SIZES,
     Scene,
     demo_rows,

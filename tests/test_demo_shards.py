@@ -2,9 +2,9 @@
 
 import pyarrow.parquet as pq
 
-from pipeline.demo_data import write_demo_shards
-from pipeline.images import BadImage, decode_image
-from pipeline.shards import inspect_shards
+from pipeline.demo.data import write_demo_shards
+from pipeline.io.images import BadImage, decode_image
+from pipeline.io.inputs import inspect_shards
 
 
 def test_the_pipeline_accepts_the_demo_and_rejects_exactly_its_broken_picture(tmp_path):

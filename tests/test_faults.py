@@ -25,7 +25,8 @@ from PIL import Image
 
 from hired.geometry import anyres_layout
 from hired.tiny import LLAVA_NEXT_PINPOINTS
-from pipeline.run import JobSettings, run_job
+from pipeline.job.run import run_job
+from pipeline.settings import JobSettings
 
 from .data import INPUT_SCHEMA, encoded, truncated_jpeg, write_shard
 from .servers import start_s3

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.images import BadImage, decode_image
+from pipeline.io.images import BadImage, decode_image
 
 from .data import encoded, truncated_jpeg
 

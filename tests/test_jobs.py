@@ -49,7 +49,7 @@ def test_input_errors_come_before_any_model_loads(tmp_path):
     assert "Traceback" not in result.stderr
     bad_budget = subprocess.run(caption_cmd("--budget", "1.5x"), capture_output=True, text=True, timeout=60)
     assert bad_budget.returncode == 2 and "budget must be a number" in bad_budget.stderr
-    from pipeline.cli import budget_list
+    from pipeline.job.cli import budget_list
 
     with pytest.raises(argparse.ArgumentTypeError, match="must be whole"):
         budget_list("0.2,2.5")

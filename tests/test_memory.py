@@ -18,8 +18,8 @@ from transformers import (
 )
 
 from hired import HiREDConfig
-from pipeline import memory
-from pipeline.memory import (
+from pipeline.stages import memory
+from pipeline.stages.memory import (
     GiB,
     AdaptiveBatchSize,
     ItemBytes,

@@ -10,8 +10,9 @@ import s3fs
 import hired
 from hired.geometry import anyres_layout
 from hired.tiny import LLAVA_NEXT_PINPOINTS
-from pipeline.run import JobSettings, run_job
-from pipeline.schema import OUTPUT_SCHEMA, output_schema
+from pipeline.job.run import run_job
+from pipeline.settings import JobSettings
+from pipeline.columns import OUTPUT_SCHEMA, output_schema
 
 from .data import encoded, truncated_jpeg, write_shard
 
@@ -141,7 +142,7 @@ def test_vqa_job_scores_answers(ray_local, bucket, tiny_next_path, monkeypatch):
 
 
 def test_other_settings_are_not_mixed_into_an_output(ray_local, bucket, tiny_next_path):
-    from pipeline.shards import InputError
+    from pipeline.errors import InputError
 
     write_shard(f"{bucket}/in/a.parquet", caption_rows(0, 2, bucket))
     common = dict(task="caption", input=f"{bucket}/in", output=f"{bucket}/out", model=str(tiny_next_path),

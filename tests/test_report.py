@@ -17,8 +17,9 @@ import pytest
 from PIL import Image
 
 from pipeline.report import main, write_report
-from pipeline.schema import output_schema
-from pipeline.shards import Shard, write_output
+from pipeline.columns import output_schema
+from pipeline.io.inputs import Shard
+from pipeline.io.outputs import write_output
 from pipeline.summary import summarize, write_summary
 
 REPO = Path(__file__).resolve().parent.parent

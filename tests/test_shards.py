@@ -7,16 +7,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.schema import OUTPUT_SCHEMA
-from pipeline.shards import (
-    InputError,
-    check_output_writable,
-    completed_output,
-    inspect_shards,
-    list_shards,
-    output_path,
-    write_output,
-)
+from pipeline.columns import OUTPUT_SCHEMA
+from pipeline.errors import InputError
+from pipeline.io.inputs import inspect_shards, list_shards
+from pipeline.io.outputs import check_output_writable, completed_output, output_path, write_output
 
 from .data import encoded, write_shard
 
@@ -117,7 +111,7 @@ def test_read_only_output_is_refused(tmp_path):
 
 
 def test_stale_temporaries_are_removed(tmp_path):
-    from pipeline.shards import remove_stale_temporaries
+    from pipeline.io.outputs import remove_stale_temporaries
 
     (tmp_path / ".part-1.0a1b.tmp").write_bytes(b"half a parquet file")
     (tmp_path / "part-2.parquet").write_bytes(b"kept")

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 import hired
-from pipeline.predictor import RESULT_COLUMNS, Predictor
-from pipeline.preprocess import MODEL_INPUTS, Preprocessor, build_prompt, decode_inputs, read_rows
+from pipeline.stages.generate import RESULT_COLUMNS, Predictor
+from pipeline.columns import MODEL_INPUTS, decode_inputs
+from pipeline.stages.preprocess import Preprocessor, build_prompt
+from pipeline.stages.read import read_rows
 
 from .conftest import noise_image
 from .data import encoded, truncated_jpeg, write_shard

@@ -6,8 +6,8 @@ import math
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.cli import main
-from pipeline.sweep import sweep_points
+from pipeline.job.cli import main
+from pipeline.job.sweep import sweep_points
 
 from .data import encoded, write_shard
 

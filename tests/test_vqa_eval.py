@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.vqa_eval import exact_match, normalize_answer, prepare_prediction, vqa_accuracy
+from pipeline.stages.score import exact_match, normalize_answer, prepare_prediction, vqa_accuracy
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from ..errors import StorageUnavailable
+
 log = logging.getLogger("hired.pipeline")
 T = TypeVar("T")
 
@@ -26,10 +28,6 @@ T = TypeVar("T")
 RETRY_SECONDS = float(os.environ.get("HIRED_IO_RETRY_SECONDS", "120"))
 _TRANSIENT_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ETIMEDOUT, errno.EPIPE, errno.EAGAIN, errno.EBUSY,
                      errno.EREMOTEIO}  # s3fs maps S3's InternalError / SlowDown to EREMOTEIO and EBUSY
-
-
-class StorageUnavailable(RuntimeError):
-    """Storage stayed unreachable through every retry."""
 
 
 def is_transient(error: BaseException) -> bool:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 import hired
 
-from .shards import filesystem
+from ..io.storage import Storage
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,8 @@ def sweep_table(summaries: list[dict]) -> str:
 
 
 def write_sweep(output_uri: str, summaries: list[dict]) -> str:
-    fs, root = filesystem(output_uri)
+    where = Storage.at(output_uri)
+    fs, root = where.fs, where.path
     fs.makedirs(root, exist_ok=True)
     with fs.open(posixpath.join(root, "sweep.json"), "w") as f:
         json.dump(summaries, f, indent=2, default=str)

@@ -1,7 +1,13 @@
-"""The pipeline's input and output columns."""
+"""The columns that travel between stages: the input's, the wire format to the GPU stage, the output's.
+
+Between Ray Data stages a batch is a dict of 1-D numpy object arrays, one per column.
+"""
 
 from __future__ import annotations
 
+import io
+
+import numpy as np
 import pyarrow as pa
 
 # Input: one row per image. `image` (encoded bytes) or `image_uri` (an fsspec URI) must be set.
@@ -47,3 +53,57 @@ def output_schema(task: str) -> pa.Schema:
     if task == "vqa":
         return pa.schema(list(OUTPUT_SCHEMA) + VQA_FIELDS)
     return OUTPUT_SCHEMA
+
+
+# Between the stages, besides the input columns: where a row came from, and why it failed.
+SOURCE_SHARD, ROW_INDEX, ERROR = "source_shard", "row_index", "error"
+# Columns every stage hands on unchanged; the VQA ones only in VQA runs.
+PASSTHROUGH = (ID, SOURCE_SHARD, ROW_INDEX, ERROR)
+VQA_PASSTHROUGH = (QUESTION, ANSWERS)
+
+# A preprocessed row carries its model inputs to the GPU stage in one binary column (an
+# uncompressed .npz): Ray Data would otherwise guess tensor types for ragged arrays per block,
+# and blocks with and without error rows (None) then fail to combine.
+MODEL_INPUTS = "model_inputs"
+
+
+def passthrough(task: str) -> tuple[str, ...]:
+    return PASSTHROUGH + VQA_PASSTHROUGH if task == "vqa" else PASSTHROUGH
+
+
+def encode_inputs(arrays: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def decode_inputs(data: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(data)) as archive:
+        return {name: archive[name] for name in archive.files}
+
+
+def object_array(values) -> np.ndarray:
+    """A 1-D object array of ``values`` (numpy would make a 2-D array of equal-length lists)."""
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array
+
+
+def missing(value) -> bool:
+    """Null in a column batch. A column that was all nulls in one block travels through Ray as
+    Arrow's null type and comes back as float NaN (np.float32, not a Python float), so NaN counts
+    as missing too."""
+    return value is None or (isinstance(value, (float, np.floating)) and value != value)
+
+
+def batch_column(batch: dict[str, np.ndarray], name: str) -> list:
+    """A column of a batch as a list with nulls as None (absent columns are all None)."""
+    n = len(batch[ID])
+    if name not in batch:
+        return [None] * n
+    return [None if missing(v) else v for v in batch[name]]
+
+
+def answer_lists(values: list) -> list:
+    """VQA references as plain lists of strings (numpy string arrays do not convert back to Arrow)."""
+    return [None if a is None else [str(x) for x in a] for a in values]

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import hired
 
-from .images import DEFAULT_MAX_PIXELS
-from .preprocess import DEFAULT_CAPTION_PROMPT
-from .shards import InputError
-from .summary import format_summary
+from ..errors import InputError, RunAborted, StorageUnavailable
+from ..io.images import DEFAULT_MAX_PIXELS
+from ..stages.preprocess import DEFAULT_CAPTION_PROMPT
+from ..summary import format_summary
 
 DEMO_ROOT = Path("demo_output")  # under the working directory
 
@@ -127,7 +127,7 @@ def sweep_points_from_args(args):
 
 
 def settings_from_args(args, task: str, config: hired.HiREDConfig | None):
-    from .run import JobSettings, new_run_id
+    from ..settings import JobSettings, new_run_id
 
     return JobSettings(
         task=task,
@@ -160,7 +160,7 @@ def main(task: str, argv: list[str] | None = None) -> int:
 
     demo = args.input is None
     if demo:
-        from .demo import prepare_demo
+        from ..demo import prepare_demo
 
         args.input, demo_model = prepare_demo(DEMO_ROOT)
         args.model = args.model or demo_model
@@ -169,8 +169,7 @@ def main(task: str, argv: list[str] | None = None) -> int:
     if not args.output or not args.model:
         parser.error("--output and --model are required with --input")
 
-    from .retry import StorageUnavailable
-    from .run import RunAborted, init_ray, run_job
+    from .run import init_ray, run_job
     from .sweep import run_sweep, sweep_table, write_sweep
 
     try:

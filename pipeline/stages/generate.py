@@ -7,7 +7,7 @@ benchmarks and notebooks call it directly on a dict of columns.
 Batch sizes come from calculation, not luck. HiRED fixes each item's visual-token
 count before the GPU sees it, so every item's prompt length, and with it its KV
 cache, prefill and vision memory, is known in advance (``hired.expected_lengths``,
-``pipeline.memory``). Each call sorts its rows longest first and cuts them into
+``pipeline.stages.memory``). Each call sorts its rows longest first and cuts them into
 micro-batches that fit the free device memory at the length of their longest
 member (the batch is left-padded to it). After each micro-batch the measured
 peak corrects the estimate upwards if the model under-counted (the first one is
@@ -28,10 +28,9 @@ import torch
 import hired
 from hired.generation import eos_token_ids, trim_at_eos
 
-from .faults import failpoint
+from ..columns import ANSWERS, ERROR, ID, MODEL_INPUTS, PASSTHROUGH, VQA_PASSTHROUGH, answer_lists, batch_column, decode_inputs, object_array
+from ..faults import failpoint
 from .memory import AdaptiveBatchSize, Margin, MemoryModel, apply_memory_cap, free_device_bytes, run_with_oom_backoff
-from .preprocess import MODEL_INPUTS, PASSTHROUGH, column, decode_inputs, object_array
-from .schema import ANSWERS
 
 log = logging.getLogger("hired.pipeline")
 
@@ -286,25 +285,25 @@ class Predictor:
 
     # -- Ray Data entry point -------------------------------------------------------------
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        n = len(batch["id"])
-        out = {c: column(batch, c) for c in PASSTHROUGH if c in batch or c in PASSTHROUGH[:4]}
+        n = len(batch[ID])
+        out = {c: batch_column(batch, c) for c in PASSTHROUGH + tuple(c for c in VQA_PASSTHROUGH if c in batch)}
         if ANSWERS in out:
-            out[ANSWERS] = [None if a is None else [str(x) for x in a] for a in out[ANSWERS]]
+            out[ANSWERS] = answer_lists(out[ANSWERS])
         out.update({c: [None] * n for c in RESULT_COLUMNS})
-        inputs = column(batch, MODEL_INPUTS)
+        inputs = batch_column(batch, MODEL_INPUTS)
         for i in range(n):
-            if out["error"][i] is None and inputs[i] is None:
-                out["error"][i] = "internal: the row reached generation without model inputs"
+            if out[ERROR][i] is None and inputs[i] is None:
+                out[ERROR][i] = "internal: the row reached generation without model inputs"
         good, items, lengths = [], [], []
         for i in range(n):
-            if out["error"][i] is not None:
+            if out[ERROR][i] is not None:
                 continue
             item = decode_inputs(inputs[i])
             length = hired.expected_lengths(
                 self.model, tuple(item["image_sizes"].tolist()), len(item["input_ids"]), self.config
             )
             if length.prompt_tokens + self.max_new_tokens > self.context_tokens:
-                out["error"][i] = (
+                out[ERROR][i] = (
                     f"prompt too long: {length.prompt_tokens} tokens + {self.max_new_tokens} new tokens exceed "
                     f"the model's context of {self.context_tokens}"
                 )
@@ -332,7 +331,7 @@ class Predictor:
 
     def _fill(self, out, i: int, result: ItemResult) -> None:
         if result.error is not None:
-            out["error"][i] = result.error
+            out[ERROR][i] = result.error
             return
         timing = result.timing
         total_s = (timing.ttft_ms + timing.decode_ms) / 1e3

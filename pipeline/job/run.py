@@ -13,75 +13,26 @@ from __future__ import annotations
 import logging
 import os
 import time
-import uuid
-from dataclasses import asdict, dataclass, field
 
-import numpy as np
-import pyarrow as pa
+import ray
 
-import hired
-
-from .faults import failpoint
-from .images import DEFAULT_MAX_PIXELS
-from .preprocess import DEFAULT_CAPTION_PROMPT, Preprocessor, column, missing, read_rows
-from .predictor import CPU_BATCH_SIZE, Predictor
-from .retry import StorageUnavailable
-from .schema import output_schema
-from .shards import (
-    FailedShard,
-    InputError,
-    Shard,
-    check_output_writable,
-    completed_output,
-    inspect_shards,
-    read_outputs,
-    remove_stale_temporaries,
-    write_output,
-)
-from .summary import summarize, write_summary
+from ..errors import RunAborted, StorageUnavailable
+from ..io.outputs import read_outputs
+from ..settings import JobSettings, new_run_id
+from ..stages.generate import CPU_BATCH_SIZE, Predictor
+from ..stages.preprocess import Preprocessor
+from ..stages.read import read_rows
+from ..stages.score import score_vqa
+from ..summary import summarize, write_summary
+from .collect import ShardCollector
+from .plan import plan
 
 log = logging.getLogger("hired.pipeline")
-
-
-@dataclass
-class JobSettings:
-    task: str  # "caption" or "vqa"
-    input: str
-    output: str
-    model: str
-    config: hired.HiREDConfig | None = field(default_factory=hired.HiREDConfig)
-    max_new_tokens: int = 64
-    batch_size: int | None = None  # items per generation batch; None: sized by GPU memory (CPU: 4)
-    gpu_memory_gb: float | None = None  # cap each GPU at this much, to act as a smaller card
-    num_gpus: int | None = None  # GPU actors; None: every GPU in the cluster; 0: CPU
-    preprocess_workers: int | None = None
-    dtype: str = "auto"
-    max_image_pixels: int = DEFAULT_MAX_PIXELS
-    default_prompt: str = DEFAULT_CAPTION_PROMPT
-    overwrite: bool = False
-    run_id: str = ""
-
-    def result_settings(self) -> dict:
-        """What decides the results: an output made with other values is not resumed into."""
-        config = self.config
-        return {
-            "task": self.task,
-            "model": self.model,
-            "hired": None if config is None else asdict(config),
-            "max_new_tokens": self.max_new_tokens,
-            "default_prompt": self.default_prompt if self.task == "caption" else None,
-        }
-
-
-def new_run_id() -> str:
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
 
 
 def init_ray(address: str | None = None) -> None:
     """Join the cluster at ``address`` (``ray job submit`` sets RAY_ADDRESS), else start a private
     local Ray with a few more logical CPUs than cores, so a small machine does not deadlock."""
-    import ray
-
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
@@ -91,92 +42,14 @@ def init_ray(address: str | None = None) -> None:
         ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False)
 
 
-def score_vqa(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Ray Data stage: the standard VQA accuracy and exact match of each answer."""
-    from .vqa_eval import exact_match, vqa_accuracy
-
-    n = len(batch["id"])
-    texts, answers, errors = column(batch, "text"), column(batch, "answers"), column(batch, "error")
-    accuracy, exact = np.empty(n, dtype=object), np.empty(n, dtype=object)
-    for i in range(n):
-        text, references = texts[i], answers[i]
-        references = [] if references is None else [str(a) for a in references]
-        if errors[i] is not None or text is None or not references:
-            accuracy[i], exact[i] = None, None
-        else:
-            accuracy[i], exact[i] = vqa_accuracy(text, references), exact_match(text, references)
-    answer_lists = np.empty(n, dtype=object)
-    answer_lists[:] = [None if a is None else [str(x) for x in a] for a in answers]  # Arrow-convertible
-    return {**batch, "answers": answer_lists, "vqa_accuracy": accuracy, "exact_match": exact}
-
-
 # Rows per preprocessing call. It also sets the blocks the generation stage and the driver see:
 # small blocks keep memory low (pixel values travel in them) and let results, and so complete
 # shards, arrive steadily; 32 was measured no faster than 8 on the soak.
 PREPROCESS_BATCH_ROWS = 8
 
 
-class ShardCollector:
-    """Gathers result rows per shard; writes a shard's output the moment it is complete."""
-
-    def __init__(self, shards: list[Shard], settings: JobSettings):
-        self.shards = {s.uri: s for s in shards}
-        self.rows: dict[str, dict[int, dict]] = {s.uri: {} for s in shards}
-        self.settings = settings
-        self.schema = output_schema(settings.task)
-        self.written: list[str] = []
-        self.generated_tokens = 0
-        self.processed = 0
-
-    def add(self, table: pa.Table) -> None:
-        for row in table.to_pylist():
-            row = {k: None if missing(v) else v for k, v in row.items()}
-            if row["error"] is None and row["text"] is None:  # never a silently empty row
-                row["error"] = "internal: no result came back for this row"
-            uri = row["source_shard"]
-            # Keyed by position: a batch Ray retried after a worker died cannot duplicate a row.
-            if row["row_index"] not in self.rows[uri]:
-                self.processed += 1
-                self.generated_tokens += row.get("generated_tokens") or 0
-            self.rows[uri][row["row_index"]] = row
-            if len(self.rows[uri]) == self.shards[uri].num_rows:
-                self.flush(uri)
-
-    def flush(self, uri: str) -> None:
-        shard = self.shards[uri]
-        rows = [self.rows[uri][i] for i in sorted(self.rows[uri])]
-        table = pa.Table.from_pylist(rows, schema=self.schema)
-        self.written.append(write_output(self.settings.output, shard, table, self.settings.result_settings()))
-        log.info("wrote %s (%d rows)", self.written[-1], shard.num_rows)
-        failpoint("shard_written")  # tests kill the driver here, between two shards
-        self.rows[uri] = {}
-        self.shards[uri] = None  # done
-
-    def incomplete(self) -> list[FailedShard]:
-        return [
-            FailedShard(uri, f"incomplete: {len(self.rows[uri])} of {shard.num_rows} rows came back")
-            for uri, shard in self.shards.items()
-            if shard is not None
-        ]
-
-
-def plan(settings: JobSettings) -> tuple[list[Shard], list[Shard], list[FailedShard]]:
-    """Check the input and output before any model loads; split shards into to-do and done."""
-    check_output_writable(settings.output)
-    if removed := remove_stale_temporaries(settings.output):
-        log.info("removed %d temporary file(s) an interrupted run left in %s", removed, settings.output)
-    shards, failed = inspect_shards(settings.input, settings.task)
-    wanted = settings.result_settings()
-    if settings.overwrite:
-        return shards, [], failed
-    done = [s for s in shards if completed_output(settings.output, s, wanted)]
-    done_uris = {s.uri for s in done}
-    return [s for s in shards if s.uri not in done_uris], done, failed
-
-
 def build_dataset(pending: list[Shard], settings: JobSettings):
     """read row groups -> preprocess (CPU actors) -> generate (GPU actors) [-> VQA scoring]."""
-    import ray
 
     tasks = []
     for shard in pending:
@@ -239,15 +112,6 @@ def build_dataset(pending: list[Shard], settings: JobSettings):
     if settings.task == "vqa":
         dataset = dataset.map_batches(score_vqa, batch_size=256, num_cpus=0.25)
     return dataset
-
-
-class RunAborted(RuntimeError):
-    """The run stopped part-way (storage down, the cluster lost): complete shards are written,
-    a rerun of the same command finishes the rest."""
-
-    def __init__(self, reason: str, summary: dict):
-        super().__init__(reason)
-        self.summary = summary
 
 
 def abort_reason(error: BaseException) -> str:
@@ -326,6 +190,3 @@ def run_job(settings: JobSettings) -> dict:
     if aborted:
         raise RunAborted(aborted, summary)
     return summary
-
-
-__all__ = ["JobSettings", "InputError", "RunAborted", "run_job", "plan", "build_dataset", "init_ray", "new_run_id"]

@@ -17,6 +17,10 @@ import re
 import string
 from typing import Sequence
 
+import numpy as np
+
+from ..columns import ANSWERS, ERROR, ID, answer_lists, batch_column
+
 # Number words become digits so that "two" and "2" agree. The evaluation stops at ten;
 # "none" counts as zero because annotators answer "how many ...?" with it.
 NUMBER_WORDS = {
@@ -184,3 +188,20 @@ def exact_match(prediction: str | None, references: Sequence[str] | None) -> boo
     if not references:
         return False
     return any(_matches(prediction, references))
+
+
+def score_vqa(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Ray Data stage: the standard VQA accuracy and exact match of each answer."""
+    n = len(batch[ID])
+    texts, answers, errors = batch_column(batch, "text"), batch_column(batch, ANSWERS), batch_column(batch, ERROR)
+    accuracy, exact = np.empty(n, dtype=object), np.empty(n, dtype=object)
+    for i in range(n):
+        text, references = texts[i], answers[i]
+        references = [] if references is None else [str(a) for a in references]
+        if errors[i] is not None or text is None or not references:
+            accuracy[i], exact[i] = None, None
+        else:
+            accuracy[i], exact[i] = vqa_accuracy(text, references), exact_match(text, references)
+    references = np.empty(n, dtype=object)
+    references[:] = answer_lists(answers)  # Arrow-convertible
+    return {**batch, ANSWERS: references, "vqa_accuracy": accuracy, "exact_match": exact}

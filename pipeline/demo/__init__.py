@@ -12,7 +12,7 @@ from pathlib import Path
 
 from hired.tiny import build_tiny_llava_next
 
-from .demo_data import write_demo_shards
+from .data import write_demo_shards
 
 
 def prepare_demo(root: str | Path) -> tuple[str, str]:
