@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 import hired  # noqa: E402
 from hired.tiny import CHAT_TEMPLATE, LLAVA_NEXT_PINPOINTS, build_tokenizer  # noqa: E402
 from pipeline.stages.memory import apply_memory_cap  # noqa: E402
+from pipeline.settings import JobSettings  # noqa: E402
 from pipeline.stages.generate import FirstTokenTimer, Predictor  # noqa: E402
 
 GiB = 2**30
@@ -310,9 +311,10 @@ def main(argv=None) -> int:
         config = CONFIGS[name]
         predictor = None
         if config != "stock":
-            predictor = Predictor(name, config, max_new_tokens=new_tokens, device=str(device),
-                                  dtype=str(dtype).removeprefix("torch."), loaded=(model, processor),
-                                  gpu_memory_gb=args.gpu_memory_gb if device.type == "cuda" else None)
+            settings = JobSettings(model=name, config=config, max_new_tokens=new_tokens,
+                                   dtype=str(dtype).removeprefix("torch."),
+                                   gpu_memory_gb=args.gpu_memory_gb if device.type == "cuda" else None)
+            predictor = Predictor(settings, device=str(device), loaded=(model, processor))
             predictor.generate_kwargs = {"min_new_tokens": new_tokens}
         lengths = hired.expected_lengths(model, (args.image_size, args.image_size), len(items[0]["input_ids"]),
                                          None if config == "stock" else config)

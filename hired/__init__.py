@@ -8,7 +8,7 @@ Other strategies for comparison at the same budget: ``HiREDConfig(strategy="unif
 See README.md. The package needs torch and transformers only.
 """
 
-from .budget import largest_remainder, split_budget, token_budget
+from .budget import budget_kind, describe_budget, largest_remainder, parse_budget, split_budget, token_budget
 from .config import NO_DROPPING, STRATEGIES, HiREDConfig
 from .generation import GenerationResult, generate
 from .prepare import ItemLengths, PreparedInputs, expected_lengths, prepare_inputs

@@ -14,6 +14,62 @@ from fractions import Fraction
 from typing import Sequence
 
 
+def parse_budget(text: str) -> float | int:
+    """The one reading of a budget as people write it: the jobs, ``hired.viz`` and
+    :class:`HiREDConfig` all go through here, so a text means the same budget everywhere.
+
+    * A fraction of each image's grid tokens is written with a decimal point or as a
+      percentage: ``0.2``, ``.5``, ``1.0``, ``20%``; it must lie in (0, 1].
+    * A token count is a whole number without a decimal point: ``640``; at least 2.
+    * ``1`` is refused: read as a count it keeps a single token, read as a fraction it keeps
+      all of them, and a silent guess either way wastes a night's run: write ``1.0`` (or ``100%``).
+    """
+    written = text.strip()
+    try:
+        if written.endswith("%"):
+            value = float(written[:-1]) / 100
+            kind = "fraction"
+        elif written.lstrip("+").isdigit():
+            value = int(written)
+            kind = "count"
+        else:
+            value = float(written)
+            kind = "fraction"
+        if not math.isfinite(value):
+            raise ValueError
+    except ValueError:
+        raise ValueError(
+            f"budget {text!r} is not a number: write a fraction such as 0.2 or 20%, or a token count such as 640"
+        ) from None
+    if kind == "count":
+        if value == 1:
+            raise ValueError("budget '1' is ambiguous: write 1.0 (or 100%) to keep every token, or a count of at least 2")
+        if value < 1:
+            raise ValueError(f"budget {text!r} keeps no token: a token count must be at least 2")
+        return value
+    if value <= 0:
+        raise ValueError(f"budget {text!r} keeps no token: a budget must be positive (e.g. 0.2, 20% or 640)")
+    if value > 1.0:
+        hint = " (a token count is written without a decimal point, e.g. 640)" if "%" not in written else ""
+        raise ValueError(f"budget {text!r} is out of range: a fraction must lie in (0, 1]{hint}")
+    if written.endswith("%"):
+        return float(Fraction(written[:-1]) / 100)  # "29%" is exactly 0.29, not 0.29000000000000004
+    return value
+
+
+def budget_kind(budget: float | int) -> tuple[float | None, int | None]:
+    """``(fraction, None)`` or ``(None, token count)``: the two meanings of a budget, kept apart."""
+    if isinstance(budget, int) and not isinstance(budget, bool):
+        return None, budget
+    return float(budget), None
+
+
+def describe_budget(budget: float | int) -> str:
+    """``20%`` or ``640 tokens``, for names and messages."""
+    fraction, count = budget_kind(budget)
+    return f"{count} tokens" if count is not None else f"{100 * fraction:g}%"
+
+
 def token_budget(budget: float | int, num_tokens: int) -> int:
     """The number of grid tokens to keep out of ``num_tokens``.
 

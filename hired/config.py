@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from .budget import token_budget
+from .budget import parse_budget, token_budget
 
 NEWLINE_MODES = ("none", "kept_rows", "all")
 HEAD_REDUCTIONS = ("sum", "max")
@@ -21,7 +21,9 @@ class HiREDConfig:
     * ``budget=0.2``: the paper's headline setting, HiRED-20%: 4.7x generation
       throughput on LLaVA-Next-7B for 1-3 points of VQAv2/TextVQA accuracy. A
       float in (0, 1] is a fraction of the image's grid tokens (floored); an int
-      is a token count (e.g. 640), capped at the image's tokens.
+      is a token count (e.g. 640), capped at the image's tokens; a string is read
+      by :func:`hired.parse_budget` (``"0.2"``, ``"20%"``, ``"640"``), as the
+      command lines read it.
     * ``alpha=0.5``: the share of the budget for the full-image view; the paper's
       default. The rest goes to the sub-images by visual content.
     * ``initial_layer=0``: the ViT layer whose CLS attention scores each
@@ -70,6 +72,8 @@ class HiREDConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.budget, str):
+            object.__setattr__(self, "budget", parse_budget(self.budget))
         budget = self.budget
         if isinstance(budget, bool) or not isinstance(budget, (int, float)):
             raise ValueError(f"budget must be a fraction in (0, 1] or a positive token count, got {budget!r}")

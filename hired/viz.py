@@ -160,12 +160,14 @@ def render_prepared(prepared, inputs, processor, item: int = 0, title: str = "")
 # The command line.
 
 
-def parse_budget(text: str) -> float | int:
-    """``0.2`` or ``1.0``: a fraction of the tokens; ``640``: a token count (as HiREDConfig reads them)."""
+def budget_argument(text: str) -> float | int:
+    """``--budget``, read by :func:`hired.parse_budget` as the jobs read it."""
+    from .budget import parse_budget
+
     try:
-        return int(text) if text.strip().isdigit() else float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        return parse_budget(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,10 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--budget",
-        type=parse_budget,
+        type=budget_argument,
         default=0.2,
-        help="tokens to keep: a fraction with a decimal point (0.2 = 20%%, 1.0 = all) or a whole "
-        "token count (640) (default: 0.2)",
+        help="tokens to keep: a fraction with a decimal point or a percentage (0.2 or 20%%; 1.0 = all) "
+        "or a whole token count (640) (default: 0.2)",
     )
     parser.add_argument(
         "--alpha",

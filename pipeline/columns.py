@@ -33,7 +33,10 @@ OUTPUT_SCHEMA = pa.schema(
         pa.field("device", pa.string()),
         pa.field("model", pa.string()),
         pa.field("strategy", pa.string()),  # "hired", or "none" for the stock token count
-        pa.field("budget", pa.float64()),  # fraction (<= 1) or token count (> 1); null without dropping
+        # The budget is a fraction of each image's tokens or a token count (hired.parse_budget): one of
+        # these two is set, the other null; both null without dropping.
+        pa.field("budget_fraction", pa.float64()),
+        pa.field("budget_tokens", pa.int32()),
         pa.field("alpha", pa.float64()),
         pa.field("run_id", pa.string()),  # the run that produced the row
         pa.field("source_shard", pa.string()),  # the input shard's URI

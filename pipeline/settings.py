@@ -1,34 +1,41 @@
-"""The job's settings: built once from the command line and handed to every stage."""
+"""The job's settings: built once from the command line, checked before Ray starts, and
+handed whole to every stage (``Preprocessor(settings)``, ``Predictor(settings)``)."""
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import hired
 
+from .errors import InputError
 from .io.images import DEFAULT_MAX_PIXELS
-from .stages.preprocess import DEFAULT_CAPTION_PROMPT
+
+DEFAULT_CAPTION_PROMPT = "Write a short caption for this image."
+MODEL_TYPES = ("llava_next", "llava")  # what hired's adapters handle
 
 
-@dataclass
+@dataclass(frozen=True)
 class JobSettings:
-    task: str  # "caption" or "vqa"
-    input: str
-    output: str
-    model: str
-    config: hired.HiREDConfig | None = field(default_factory=hired.HiREDConfig)
+    task: str = "caption"  # "caption" or "vqa"
+    input: str = ""  # URI of the input shards
+    output: str = ""  # URI of the output folder
+    model: str = ""  # hub id or local folder
+    config: hired.HiREDConfig | None = hired.HiREDConfig()  # None: every visual token (the stock model)
     max_new_tokens: int = 64
     batch_size: int | None = None  # items per generation batch; None: sized by GPU memory (CPU: 4)
     gpu_memory_gb: float | None = None  # cap each GPU at this much, to act as a smaller card
     num_gpus: int | None = None  # GPU actors; None: every GPU in the cluster; 0: CPU
-    preprocess_workers: int | None = None
+    preprocess_workers: int | None = None  # None: half the cluster's CPUs, at most 32
     dtype: str = "auto"
     max_image_pixels: int = DEFAULT_MAX_PIXELS
-    default_prompt: str = DEFAULT_CAPTION_PROMPT
+    default_prompt: str = DEFAULT_CAPTION_PROMPT  # captions: for rows without a prompt
     overwrite: bool = False
     run_id: str = ""
+    ray_address: str | None = None  # None: RAY_ADDRESS if set (ray job submit), else a private local Ray
 
     def result_settings(self) -> dict:
         """What decides the results: an output made with other values is not resumed into."""
@@ -46,5 +53,33 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
 
 
-def new_run_id() -> str:
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+# A hub id is "name" or "owner/name": letters, digits, '-', '_', '.', no '--' or '..' (the hub's own rules).
+_HUB_ID = re.compile(r"^(?!.*(--|\.\.))[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
+
+
+def check_model(model: str) -> None:
+    """Refuse a model that cannot load, before Ray and its actors start: a local folder that is
+    missing or holds no ``config.json``, a malformed hub id, a config that cannot be read (not
+    on the hub, no network and not cached), or a model type hired has no adapter for."""
+    path = Path(model).expanduser()
+    looks_local = path.exists() or model.startswith(("/", "./", "../", "~")) or model.count("/") > 1
+    if looks_local:
+        if not path.exists():
+            raise InputError(f"--model {model}: no such folder")
+        if not path.is_dir():
+            raise InputError(f"--model {model}: not a folder (give the checkpoint's folder, which holds config.json)")
+        if not (path / "config.json").is_file():
+            raise InputError(f"--model {model}: the folder holds no config.json, so it is not a Hugging Face checkpoint")
+    elif not _HUB_ID.match(model):
+        raise InputError(f"--model {model!r}: neither an existing local folder nor a hub id such as owner/name")
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(str(path) if looks_local else model)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        where = "" if looks_local else " (not a local folder; as a hub id it is neither cached nor reachable)"
+        raise InputError(f"--model {model}: cannot read its config{where}: {type(e).__name__}: {first}") from None
+    if config.model_type not in MODEL_TYPES:
+        raise InputError(f"--model {model}: a {config.model_type!r} model; hired runs LLaVA-Next and LLaVA-1.5 "
+                         f"({', '.join(MODEL_TYPES)})")

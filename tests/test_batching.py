@@ -9,6 +9,7 @@ import torch
 
 import hired
 from pipeline.stages.memory import Margin
+from pipeline.settings import JobSettings
 from pipeline.stages.generate import Predictor
 from pipeline.columns import MODEL_INPUTS, encode_inputs
 
@@ -19,7 +20,7 @@ SIZES = [(480, 640), (1, 400), (300, 900), (64, 64), (1000, 200), (336, 336), (2
 
 @pytest.fixture(scope="module")
 def predictor(tiny_next_path):
-    return Predictor(str(tiny_next_path), hired.HiREDConfig(budget=0.2), max_new_tokens=4)
+    return Predictor(JobSettings(model=str(tiny_next_path), config=hired.HiREDConfig(budget=0.2), max_new_tokens=4))
 
 
 def rows(processor, sizes, texts=None):

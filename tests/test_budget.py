@@ -7,6 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import hired
+
 from hired.budget import largest_remainder, round_half_up, split_budget, token_budget
 
 
@@ -117,3 +119,58 @@ def test_split_budget_always_sums_to_the_budget(alpha, budget, subs):
     assert full + sum(shares) == total
     assert 0 <= full <= 576
     assert all(0 <= s <= c for s, c in zip(shares, capacities))
+
+
+# -- the one budget parser ---------------------------------------------------------------
+
+PARSED = [
+    ("0.2", 0.2, float), (".5", 0.5, float), ("1.0", 1.0, float), ("20%", 0.2, float), ("29%", 0.29, float),
+    ("100%", 1.0, float), (" 0.1 ", 0.1, float), ("640", 640, int), ("2", 2, int), ("+640", 640, int),
+]
+REFUSED = [
+    ("1", "ambiguous"), ("0", "keeps no token"), ("-3", "must be positive"), ("0.0", "must be positive"),
+    ("640.0", "without a decimal point"), ("2.5", "without a decimal point"), ("101%", "out of range"),
+    ("abc", "not a number"), ("", "not a number"), ("nan", "not a number"), ("inf", "not a number"),
+]
+
+
+@pytest.mark.parametrize("text, value, kind", PARSED)
+def test_parse_budget_reads_fractions_and_counts(text, value, kind):
+    parsed = hired.parse_budget(text)
+    assert parsed == value and type(parsed) is kind
+
+
+@pytest.mark.parametrize("text, message", REFUSED)
+def test_parse_budget_refuses_what_it_cannot_read_unambiguously(text, message):
+    with pytest.raises(ValueError, match=message):
+        hired.parse_budget(text)
+
+
+def test_a_budget_text_means_the_same_everywhere():
+    """The jobs' --budget, hired.viz's --budget and HiREDConfig(budget=<text>) agree on every text."""
+    import argparse
+
+    from hired.viz import build_parser as viz_parser
+    from pipeline.job.cli import build_parser as job_parser
+
+    for text, value, kind in PARSED:
+        config = hired.HiREDConfig(budget=text)
+        viz = viz_parser().parse_args(["x.jpg", "--budget", text]).budget
+        (job,) = job_parser("caption").parse_args(["--budget", text]).budget
+        assert config.budget == viz == job == value
+        assert type(config.budget) is type(viz) is type(job) is kind
+    for text, message in REFUSED:
+        if not text:
+            continue
+        with pytest.raises(ValueError, match=message):
+            hired.HiREDConfig(budget=text)
+        for parser, argv in ((viz_parser(), ["x.jpg", "--budget", text]), (job_parser("caption"), ["--budget", text])):
+            parser.error = lambda message: (_ for _ in ()).throw(argparse.ArgumentTypeError(message))
+            with pytest.raises(argparse.ArgumentTypeError, match=message):
+                parser.parse_args(argv)
+
+
+def test_budget_kind_keeps_fraction_and_count_apart():
+    assert hired.budget_kind(0.2) == (0.2, None) and hired.budget_kind(640) == (None, 640)
+    assert hired.budget_kind(1.0) == (1.0, None)
+    assert hired.describe_budget(0.2) == "20%" and hired.describe_budget(640) == "640 tokens"

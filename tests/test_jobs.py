@@ -38,22 +38,85 @@ def outputs(directory: Path) -> list[Path]:
     return sorted(p for p in directory.glob("*.parquet"))
 
 
-def test_input_errors_come_before_any_model_loads(tmp_path):
+def wrong_settings_cases(tmp_path, tiny_next_path):
+    """(arguments, the one line expected on stderr) for settings that cannot work."""
+    shards = small_shards(tmp_path / "in", 1, 2)
     (tmp_path / "empty").mkdir()
+    (tmp_path / "no-config").mkdir()
+    (tmp_path / "a-file").write_text("not a folder")
+    good = ["--input", str(shards), "--output", str(tmp_path / "out"), "--model", str(tiny_next_path)]
+
+    def with_(**changes):
+        args = list(good)
+        for flag, value in changes.items():
+            args[args.index("--" + flag) + 1] = value
+        return args
+
+    return [
+        (with_(model=str(tmp_path / "missing-model")), "missing-model: no such folder"),
+        (with_(model=str(tmp_path / "no-config")), "holds no config.json"),
+        (with_(model="not a hub id!"), "neither an existing local folder nor a hub id"),
+        (with_(model="owner/does-not-exist-offline"), "cannot read its config (not a local folder"),
+        (with_(output=str(tmp_path / "a-file")), "is a file, not a folder"),
+        (with_(input=str(tmp_path / "empty")), "holds no .parquet shards"),
+        (with_(input=str(tmp_path / "nowhere")), "does not exist"),
+        (good + ["--budget", "-3"], "budget '-3' keeps no token: a budget must be positive"),
+        (good + ["--budget", "1.5x"], "budget '1.5x' is not a number"),
+        (good + ["--budget", "640.0"], "a token count is written without a decimal point"),
+        (good + ["--batch-size", "0"], "must be at least 1"),
+    ]
+
+
+def test_wrong_settings_exit_2_with_one_line_before_anything_heavy(tmp_path, tiny_next_path, capsys, monkeypatch):
+    """A wrong model, budget, input or output: exit 2 and one line naming it, before Ray starts."""
+    from pipeline.job import cli, run
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(run, "init_ray", lambda *a: pytest.fail("Ray was started"))
+    for args, expected in wrong_settings_cases(tmp_path, tiny_next_path):
+        try:
+            status = cli.main("caption", args)
+        except SystemExit as exit_:  # argparse's own errors
+            status = exit_.code
+        err = capsys.readouterr().err
+        assert status == 2, (args, err[-2000:])
+        lines = [line for line in err.splitlines() if line.strip() and not line.startswith("usage:")
+                 and not line.startswith(" ")]
+        assert len(lines) == 1 and expected in lines[0], (args, err[-2000:])
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_wrong_model_path_from_the_shell_starts_no_ray(tmp_path):
+    """As a user runs it: one line, exit 2, no Ray session folder in the job's temp dir."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    small_shards(tmp_path / "in", 1, 2)
     result = subprocess.run(
-        caption_cmd("--input", str(tmp_path / "empty"), "--output", str(tmp_path / "out"), "--model", "/nonexistent/model"),
-        capture_output=True, text=True, env=job_env(), timeout=120,
+        caption_cmd("--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--model", str(tmp_path / "nope")),
+        capture_output=True, text=True, env=job_env({"TMPDIR": str(temp), "RAY_TMPDIR": str(temp)}), timeout=300,
     )
     assert result.returncode == 2
-    assert "error: input" in result.stderr and "holds no .parquet shards" in result.stderr
-    assert "Traceback" not in result.stderr
-    bad_budget = subprocess.run(caption_cmd("--budget", "1.5x"), capture_output=True, text=True, timeout=60)
-    assert bad_budget.returncode == 2 and "budget must be a number" in bad_budget.stderr
+    assert [line for line in result.stderr.splitlines() if " INFO " not in line] == [
+        f"error: --model {tmp_path / 'nope'}: no such folder"
+    ]
+    assert not list(temp.iterdir()), "something was started or written"
+
+
+def test_budget_list_parses_each_budget_once():
     from pipeline.job.cli import budget_list
 
-    with pytest.raises(argparse.ArgumentTypeError, match="must be whole"):
+    with pytest.raises(argparse.ArgumentTypeError, match="without a decimal point"):
         budget_list("0.2,2.5")
-    assert budget_list("0.1, 0.2,640") == [0.1, 0.2, 640]
+    assert budget_list("0.1, 0.2,640,20%") == [0.1, 0.2, 640, 0.2]
+
+
+def test_help_lists_the_exit_statuses():
+    result = subprocess.run(caption_cmd("--help"), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    text = result.stdout
+    for status in ("0  every shard written", "2  the settings or the input cannot work", "3  done, but some shards",
+                   "4  stopped part-way"):
+        assert status in text
 
 
 def test_resume_after_the_driver_is_killed(tmp_path, tiny_next_path):

@@ -68,7 +68,7 @@ def test_caption_job_on_s3(ray_local, s3_input, bucket, tiny_next_path):
         assert all(r["source_shard"] == f"{input_uri}/part-{s}.parquet" for r in out)
         for r in out:
             assert r["run_id"] == summary["run_id"] and r["model"] == str(tiny_next_path)
-            assert r["strategy"] == "hired" and r["budget"] == 0.2 and r["alpha"] == 0.5 and r["device"] == "cpu"
+            assert r["strategy"] == "hired" and r["budget_fraction"] == 0.2 and r["budget_tokens"] is None and r["alpha"] == 0.5 and r["device"] == "cpu"
             if r["error"] is not None:
                 assert r["text"] is None and r["visual_tokens_kept"] is None
                 continue
@@ -116,7 +116,7 @@ def test_no_hired_runs_the_stock_token_count(ray_local, bucket, tiny_next_path):
                                   model=str(tiny_next_path), config=None, num_gpus=0, max_new_tokens=3))
     rows = read_s3_table(f"{bucket}/out/a.parquet").to_pylist()
     assert [r["visual_tokens_kept"] for r in rows] == [r["visual_tokens_full"] for r in rows]
-    assert {r["strategy"] for r in rows} == {"none"} and {r["budget"] for r in rows} == {None}
+    assert {r["strategy"] for r in rows} == {"none"} and {(r["budget_fraction"], r["budget_tokens"]) for r in rows} == {(None, None)}
     assert summary["kept_fraction"] == 1.0
 
 
@@ -152,4 +152,4 @@ def test_other_settings_are_not_mixed_into_an_output(ray_local, bucket, tiny_nex
         run_job(JobSettings(**common, config=hired.HiREDConfig(budget=0.4)))
     redone = run_job(JobSettings(**common, config=hired.HiREDConfig(budget=0.4), overwrite=True))
     assert redone["shards"]["written_this_run"] == 1
-    assert {r["budget"] for r in read_s3_table(f"{bucket}/out/a.parquet").to_pylist()} == {0.4}
+    assert {r["budget_fraction"] for r in read_s3_table(f"{bucket}/out/a.parquet").to_pylist()} == {0.4}

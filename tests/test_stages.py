@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import hired
+from pipeline.settings import JobSettings
 from pipeline.stages.generate import RESULT_COLUMNS, Predictor
 from pipeline.columns import MODEL_INPUTS, decode_inputs
 from pipeline.stages.preprocess import Preprocessor, build_prompt
@@ -56,7 +57,7 @@ def test_preprocess_turns_bad_rows_into_reasons(mixed_shard, tiny_next_path):
     uri, rows = mixed_shard
     batch = {k: np.concatenate([read_rows(task(uri, 0, 0, 4))[k], read_rows(task(uri, 1, 4, 3))[k]])
              for k in read_rows(task(uri, 0, 0, 4))}
-    out = Preprocessor(str(tiny_next_path))(batch)
+    out = Preprocessor(JobSettings(model=str(tiny_next_path)))(batch)
     errors = dict(zip(out["id"], out["error"]))
     assert errors["ok-png"] is None and errors["ok-jpeg"] is None and errors["by-uri"] is None
     assert errors["truncated"].startswith("undecodable image")
@@ -86,18 +87,18 @@ def test_prompts(tiny_next):
 
 def test_pixels_can_travel_in_half_precision(mixed_shard, tiny_next_path):
     uri, _ = mixed_shard
-    out = Preprocessor(str(tiny_next_path), pixel_dtype="float16")(read_rows(task(uri, 0, 0, 4)))
+    out = Preprocessor(JobSettings(model=str(tiny_next_path)), pixel_dtype="float16")(read_rows(task(uri, 0, 0, 4)))
     assert decode_inputs(out[MODEL_INPUTS][0])["pixel_values"].dtype == np.float16
 
 
 @pytest.fixture(scope="module")
 def predictor(tiny_next_path):
-    return Predictor(str(tiny_next_path), hired.HiREDConfig(budget=0.2), max_new_tokens=6, run_id="run-1")
+    return Predictor(JobSettings(model=str(tiny_next_path), config=hired.HiREDConfig(budget=0.2), max_new_tokens=6, run_id="run-1"))
 
 
 def test_predictor_fills_every_row(mixed_shard, tiny_next_path, predictor):
     uri, _ = mixed_shard
-    batch = Preprocessor(str(tiny_next_path))(read_rows(task(uri, 0, 0, 4)))
+    batch = Preprocessor(JobSettings(model=str(tiny_next_path)))(read_rows(task(uri, 0, 0, 4)))
     out = predictor(batch)
     assert set(RESULT_COLUMNS) <= set(out)
     assert list(out["id"]) == ["ok-png", "ok-jpeg", "truncated", "no-image"]
@@ -113,7 +114,7 @@ def test_predictor_fills_every_row(mixed_shard, tiny_next_path, predictor):
     for i in (2, 3):
         assert out["error"][i] is not None and out["text"][i] is None and out["visual_tokens_kept"][i] is None
     assert set(out["device"]) == {"cpu"} and set(out["run_id"]) == {"run-1"}
-    assert set(out["strategy"]) == {"hired"} and set(out["budget"]) == {0.2} and set(out["alpha"]) == {0.5}
+    assert set(out["strategy"]) == {"hired"} and set(out["budget_fraction"]) == {0.2} and set(out["budget_tokens"]) == {None} and set(out["alpha"]) == {0.5}
 
 
 def test_predictor_matches_the_library(tiny_next, tiny_next_path, predictor):
@@ -129,7 +130,7 @@ def test_predictor_matches_the_library(tiny_next, tiny_next_path, predictor):
 
 def test_predictor_without_dropping(mixed_shard, tiny_next_path):
     uri, _ = mixed_shard
-    batch = Preprocessor(str(tiny_next_path))(read_rows(task(uri, 0, 0, 4)))
-    out = Predictor(str(tiny_next_path), None, max_new_tokens=3)(batch)
+    batch = Preprocessor(JobSettings(model=str(tiny_next_path)))(read_rows(task(uri, 0, 0, 4)))
+    out = Predictor(JobSettings(model=str(tiny_next_path), config=None, max_new_tokens=3))(batch)
     assert list(out["visual_tokens_kept"][:2]) == list(out["visual_tokens_full"][:2]) == [1344, 576 + 48 * 24]
-    assert set(out["strategy"]) == {"none"} and list(out["budget"]) == [None] * 4
+    assert set(out["strategy"]) == {"none"} and list(out["budget_fraction"]) == list(out["budget_tokens"]) == [None] * 4

@@ -23,7 +23,6 @@ from hired.viz import (
     figure_size,
     main,
     panel_boxes,
-    parse_budget,
     render,
     render_prepared,
 )
@@ -131,13 +130,6 @@ def test_render_prepared_llava_15_is_one_panel(tiny_llava):
     inputs = processor(images=[noise_image(480, 640)], text=[chat_prompt(processor, "hi")], return_tensors="pt")
     prepared = prepare_inputs(model, inputs, HiREDConfig(budget=0.2))
     assert render_prepared(prepared, inputs, processor).size == (12 + 336 + 12, 30 + 22 + 336 + 12)
-
-
-def test_parse_budget():
-    assert parse_budget("0.2") == 0.2 and isinstance(parse_budget("1.0"), float)
-    assert parse_budget("640") == 640 and isinstance(parse_budget("640"), int)
-    with pytest.raises(Exception, match="not a number"):
-        parse_budget("20%")
 
 
 def test_help_explains_every_flag(capsys):

@@ -133,6 +133,12 @@ def check_output_writable(output_uri: str) -> None:
             raise InputError(f"cannot reach the output {output_uri}: {e}") from None
         if not exists:
             raise InputError(f"the output bucket {bucket} does not exist (or is not visible with these credentials)")
+    try:
+        is_file = with_retries(lambda: fs.isfile(path), f"checking {output_uri}")
+    except StorageUnavailable as e:
+        raise InputError(f"cannot reach the output {output_uri}: {e}") from None
+    if is_file:
+        raise InputError(f"the output {output_uri} is a file, not a folder: give a folder for the results")
     probe = posixpath.join(path, f"._write_check_{uuid.uuid4().hex}")
     try:
         fs.makedirs(path, exist_ok=True)

@@ -1,4 +1,5 @@
-"""The command line shared by jobs/caption.py and jobs/vqa.py."""
+"""The command line shared by jobs/caption.py and jobs/vqa.py: parse, build the settings
+once, check them before anything heavy starts, run, and exit with a documented status."""
 
 from __future__ import annotations
 
@@ -9,29 +10,29 @@ from pathlib import Path
 
 import hired
 
-from ..errors import InputError, RunAborted, StorageUnavailable
+from ..errors import EXIT_BAD_INPUT, EXIT_FAILED_SHARDS, EXIT_OK, EXIT_STOPPED, InputError, RunAborted, StorageUnavailable
 from ..io.images import DEFAULT_MAX_PIXELS
-from ..stages.preprocess import DEFAULT_CAPTION_PROMPT
+from ..settings import DEFAULT_CAPTION_PROMPT, JobSettings, check_model, new_run_id
 from ..summary import format_summary
 
 DEMO_ROOT = Path("demo_output")  # under the working directory
+STRATEGY_CHOICES = (*hired.STRATEGIES, "none")
 
-
-def budget_value(text: str) -> float | int:
-    """'0.2' is a fraction of each image's visual tokens, '640' a token count."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"budget must be a number, got {text!r}") from None
-    if value > 1:
-        if value != int(value):
-            raise argparse.ArgumentTypeError(f"a budget above 1 is a token count and must be whole, got {text}")
-        return int(value)
-    return value
+EXIT_STATUSES = f"""exit status:
+  {EXIT_OK}  every shard written (unusable rows are error rows in the output, with their reason)
+  {EXIT_BAD_INPUT}  the settings or the input cannot work (bad flag, model, schema, unwritable output);
+     found before anything heavy starts: change the command
+  {EXIT_FAILED_SHARDS}  done, but some shards failed (unreadable or incomplete); rerun to retry them
+  {EXIT_STOPPED}  stopped part-way (storage unreachable, the cluster lost); complete shards are
+     written: rerun the same command to finish"""
 
 
 def budget_list(text: str) -> list[float | int]:
-    return [budget_value(part) for part in text.split(",") if part.strip()]
+    """``--budget``: one budget or a comma-separated sweep, each read by :func:`hired.parse_budget`."""
+    try:
+        return [hired.parse_budget(part) for part in text.split(",") if part.strip()] or [hired.parse_budget(text)]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def strategy_list(text: str) -> list[str]:
@@ -42,11 +43,22 @@ def strategy_list(text: str) -> list[str]:
     return names
 
 
-STRATEGY_CHOICES = (*hired.STRATEGIES, "none")
+def _at_least(low: int | float, kind=int):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a{'n integer' if kind is int else ' number'}: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
+        return value
+
+    return parse
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a flag's default unless its help already explains it (or there is none to show)."""
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows a flag's default unless its help already explains it (or there is none to show);
+    keeps the epilog's layout."""
 
     def _get_help_string(self, action):
         text = action.help or ""
@@ -65,6 +77,7 @@ def build_parser(task: str) -> argparse.ArgumentParser:
             "Reruns of the same command resume: complete shards are skipped. With no --input, runs the "
             "built-in demo (generated pictures, a tiny local model, a local Ray, output under ./demo_output)."
         ),
+        epilog=EXIT_STATUSES,
         formatter_class=_HelpFormatter,
     )
     io = parser.add_argument_group("data")
@@ -76,11 +89,11 @@ def build_parser(task: str) -> argparse.ArgumentParser:
     io.add_argument("--overwrite", action="store_true",
                     help="redo every shard even if its output is complete (default: resume)")
     model = parser.add_argument_group("model")
-    model.add_argument("--model", help="a LLaVA-Next (or LLaVA-1.5) checkpoint: hub id or local path; "
+    model.add_argument("--model", help="a LLaVA-Next (or LLaVA-1.5) checkpoint: hub id or local folder; "
                        "default with the demo: a tiny random model built locally")
     model.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"],
                        help="weights' precision; auto = bfloat16 (or float16) on GPU, float32 on CPU")
-    model.add_argument("--max-new-tokens", type=int, default=64 if task == "caption" else 16,
+    model.add_argument("--max-new-tokens", type=_at_least(1), default=64 if task == "caption" else 16,
                        help="most tokens generated per item")
     if task == "caption":
         model.add_argument("--prompt", default=DEFAULT_CAPTION_PROMPT,
@@ -90,8 +103,9 @@ def build_parser(task: str) -> argparse.ArgumentParser:
         "budgets run a sweep: each setting into <output>/<strategy>-<budget>/, compared in <output>/sweep.md"
     )
     drop.add_argument("--budget", type=budget_list, default=[0.2],
-                      help="visual tokens kept per image: a fraction in (0, 1] or a token count (e.g. 640); "
-                      "a list such as 0.1,0.2,0.4 sweeps (default: 0.2)")
+                      help="visual tokens kept per image: a fraction with a decimal point or a percentage "
+                      "(0.2 or 20%%; 1.0 keeps all) or a whole token count (640); a list such as 0.1,0.2,0.4 "
+                      "sweeps (default: 0.2)")
     drop.add_argument("--alpha", type=float, default=0.5, help="share of the budget for the full-image view")
     drop.add_argument("--strategy", type=strategy_list, default=["hired"],
                       help=f"how tokens are chosen: {', '.join(STRATEGY_CHOICES)} (none: every token, the stock "
@@ -99,16 +113,16 @@ def build_parser(task: str) -> argparse.ArgumentParser:
     drop.add_argument("--no-hired", action="store_true",
                       help="keep every visual token (the stock model), for comparison: the same as --strategy none")
     run = parser.add_argument_group("resources")
-    run.add_argument("--num-gpus", type=int, default=None,
+    run.add_argument("--num-gpus", type=_at_least(0), default=None,
                      help="GPU actors (one per GPU); default: every GPU in the cluster; 0 runs on CPU")
-    run.add_argument("--batch-size", type=int, default=None,
+    run.add_argument("--batch-size", type=_at_least(1), default=None,
                      help="items generated together; default: as many as fit in GPU memory, computed per batch "
                      "from each item's token count (HiRED fixes it in advance); 4 on CPU")
-    run.add_argument("--gpu-memory-gb", type=float, default=None,
+    run.add_argument("--gpu-memory-gb", type=_at_least(0.5, float), default=None,
                      help="use at most this much of each GPU, e.g. 22 to size batches like an A10G on a larger card")
-    run.add_argument("--preprocess-workers", type=int, default=None,
+    run.add_argument("--preprocess-workers", type=_at_least(1), default=None,
                      help="CPU actors decoding and preprocessing; default: half the cluster's CPUs, at most 32")
-    run.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+    run.add_argument("--max-image-pixels", type=_at_least(1), default=DEFAULT_MAX_PIXELS,
                      help="larger images become error rows (decompression-bomb guard)")
     run.add_argument("--ray-address", default=None,
                      help="Ray cluster to join (ray job submit sets RAY_ADDRESS); default: a private local Ray")
@@ -126,9 +140,8 @@ def sweep_points_from_args(args):
         raise InputError(str(e)) from None
 
 
-def settings_from_args(args, task: str, config: hired.HiREDConfig | None):
-    from ..settings import JobSettings, new_run_id
-
+def settings_from_args(args, task: str, config: hired.HiREDConfig | None) -> JobSettings:
+    """The settings, once; a sweep varies only ``config`` (and the output folder) per point."""
     return JobSettings(
         task=task,
         input=args.input,
@@ -145,6 +158,7 @@ def settings_from_args(args, task: str, config: hired.HiREDConfig | None):
         default_prompt=getattr(args, "prompt", DEFAULT_CAPTION_PROMPT),
         overwrite=args.overwrite,
         run_id=args.run_id or new_run_id(),
+        ray_address=args.ray_address,
     )
 
 
@@ -153,13 +167,8 @@ def main(task: str, argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("hired.pipeline")
-    if (args.batch_size is not None and args.batch_size < 1) or args.max_new_tokens < 1:
-        parser.error("--batch-size and --max-new-tokens must be at least 1")
-    if args.gpu_memory_gb is not None and args.gpu_memory_gb <= 0:
-        parser.error("--gpu-memory-gb must be positive")
 
-    demo = args.input is None
-    if demo:
+    if args.input is None:
         from ..demo import prepare_demo
 
         args.input, demo_model = prepare_demo(DEMO_ROOT)
@@ -169,34 +178,33 @@ def main(task: str, argv: list[str] | None = None) -> int:
     if not args.output or not args.model:
         parser.error("--output and --model are required with --input")
 
-    from .run import init_ray, run_job
+    from .run import run_job
     from .sweep import run_sweep, sweep_table, write_sweep
 
     try:
         points = sweep_points_from_args(args)
         settings = settings_from_args(args, task, points[0].config())
-        if args.ray_address:
-            init_ray(args.ray_address)
+        check_model(settings.model)
         if len(points) > 1:
             summaries = run_sweep(settings, points, run_job)
             where = write_sweep(settings.output, summaries)
             print(f"\n{task} sweep of {len(points)} settings done: output in {settings.output}")
             print(sweep_table(summaries))
             print(f"table: {where}")
-            return 3 if any(s["failed_shards"] for s in summaries) else 0
+            return EXIT_FAILED_SHARDS if any(s["failed_shards"] for s in summaries) else EXIT_OK
         summary = run_job(settings)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except StorageUnavailable as e:
         print(f"error: {e}; nothing was written, rerun the same command once storage is back", file=sys.stderr)
-        return 4
+        return EXIT_STOPPED
     except RunAborted as e:
         done = e.summary["shards"]["written_this_run"]
         print(f"error: the run stopped: {e}\n{done} shard(s) were completed and written; rerun the same command "
               "to finish the rest (complete shards are skipped)", file=sys.stderr)
-        return 4
+        return EXIT_STOPPED
     print(f"\n{task} run {summary['run_id']} done: output in {summary['output']}")
     print(format_summary(summary))
     print(f"summary: {summary['summary_uri']}")
-    return 3 if summary["failed_shards"] else 0  # exit codes: 2 bad input, 3 failed shards, 4 stopped part-way
+    return EXIT_FAILED_SHARDS if summary["failed_shards"] else EXIT_OK

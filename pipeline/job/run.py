@@ -13,10 +13,12 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import replace
 
 import ray
 
 from ..errors import RunAborted, StorageUnavailable
+from ..io.inputs import Shard
 from ..io.outputs import read_outputs
 from ..settings import JobSettings, new_run_id
 from ..stages.generate import CPU_BATCH_SIZE, Predictor
@@ -68,6 +70,7 @@ def build_dataset(pending: list[Shard], settings: JobSettings):
     # Half the CPUs: the generation actors, Ray and reads need the rest (measured on 2 cores:
     # 2 workers 94 images/s, 3 workers 74). The pool starts at one and grows with the backlog.
     workers = settings.preprocess_workers or max(1, min(cpus // 2, 32))
+    # Pixel values are the bulk of what crosses to the generation actors: ship them in the model's precision.
     pixel_dtype = "float32" if device == "cpu" or settings.dtype == "float32" else "float16"
     log.info(
         "%d shards, %d row groups; %s generation actors; %d preprocessing actors",
@@ -78,29 +81,14 @@ def build_dataset(pending: list[Shard], settings: JobSettings):
     dataset = dataset.map_batches(read_rows, batch_size=1, num_cpus=0.25)
     dataset = dataset.map_batches(
         Preprocessor,
-        fn_constructor_kwargs={
-            "model": settings.model,
-            "task": settings.task,
-            "default_prompt": settings.default_prompt,
-            "max_image_pixels": settings.max_image_pixels,
-            "pixel_dtype": pixel_dtype,
-        },
+        fn_constructor_kwargs={"settings": settings, "pixel_dtype": pixel_dtype},
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
         batch_size=PREPROCESS_BATCH_ROWS,
         num_cpus=1,
     )
     dataset = dataset.map_batches(
         Predictor,
-        fn_constructor_kwargs={
-            "model": settings.model,
-            "config": settings.config,
-            "max_new_tokens": settings.max_new_tokens,
-            "device": device,
-            "dtype": settings.dtype,
-            "run_id": settings.run_id,
-            "batch_size": settings.batch_size,
-            "gpu_memory_gb": settings.gpu_memory_gb,
-        },
+        fn_constructor_kwargs={"settings": settings, "device": device},
         compute=ray.data.ActorPoolStrategy(size=max(gpus, 1)),
         # Rows per actor call; the actor cuts them into micro-batches that fit its memory.
         batch_size=settings.batch_size or (64 if gpus else CPU_BATCH_SIZE),
@@ -126,7 +114,8 @@ def abort_reason(error: BaseException) -> str:
 
 def run_job(settings: JobSettings) -> dict:
     """Run (or resume) a job; returns the summary, also written beside the output."""
-    settings.run_id = settings.run_id or new_run_id()
+    if not settings.run_id:
+        settings = replace(settings, run_id=new_run_id())
     started = time.perf_counter()
     pending, done, failed = plan(settings)
     log.info("run %s: %d shards to do, %d already complete, %d unreadable", settings.run_id, len(pending), len(done), len(failed))
@@ -139,7 +128,7 @@ def run_job(settings: JobSettings) -> dict:
             collector.flush(shard.uri)
     aborted = None
     if any(s.num_rows for s in pending):
-        init_ray()
+        init_ray(settings.ray_address)
         try:
             for block in build_dataset([s for s in pending if s.num_rows], settings).iter_batches(
                 batch_size=None, batch_format="pyarrow"

@@ -30,6 +30,7 @@ from hired.generation import eos_token_ids, trim_at_eos
 
 from ..columns import ANSWERS, ERROR, ID, MODEL_INPUTS, PASSTHROUGH, VQA_PASSTHROUGH, answer_lists, batch_column, decode_inputs, object_array
 from ..faults import failpoint
+from ..settings import JobSettings
 from .memory import AdaptiveBatchSize, Margin, MemoryModel, apply_memory_cap, free_device_bytes, run_with_oom_backoff
 
 log = logging.getLogger("hired.pipeline")
@@ -37,7 +38,7 @@ log = logging.getLogger("hired.pipeline")
 RESULT_COLUMNS = (
     "text", "visual_tokens_full", "visual_tokens_kept", "prompt_tokens", "generated_tokens", "ttft_ms",
     "decode_ms", "tokens_per_s", "batch_size", "peak_gpu_mem_bytes", "device", "model", "strategy",
-    "budget", "alpha", "run_id",
+    "budget_fraction", "budget_tokens", "alpha", "run_id",
 )
 CPU_BATCH_SIZE = 4  # no device memory to size by: small batches keep latency per item sane
 
@@ -98,23 +99,13 @@ class ItemResult:
 class Predictor:
     """Loads the model once; each call generates for a batch of preprocessed rows."""
 
-    def __init__(
-        self,
-        model: str,
-        config: hired.HiREDConfig | None = hired.HiREDConfig(),
-        max_new_tokens: int = 64,
-        device: str = "auto",
-        dtype: str = "auto",
-        run_id: str = "",
-        batch_size: int | None = None,
-        gpu_memory_gb: float | None = None,
-        margin: Margin = Margin(),
-        loaded: tuple | None = None,
-    ):
-        """``model`` is a hub id or path, loaded here; or pass ``loaded=(model, processor)``
+    def __init__(self, settings: JobSettings, device: str = "auto", margin: Margin = Margin(), loaded: tuple | None = None):
+        """Loads ``settings.model`` (a hub id or folder) on ``device``; or pass ``loaded=(model, processor)``
         to use objects already in memory (benchmarks build random full-size models on the GPU)."""
+        model, config, max_new_tokens = settings.model, settings.config, settings.max_new_tokens
+        batch_size, gpu_memory_gb = settings.batch_size, settings.gpu_memory_gb
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
+        self.dtype = resolve_dtype(settings.dtype, self.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
             apply_memory_cap(gpu_memory_gb, self.device)  # a big GPU acting as a commodity card
@@ -130,7 +121,7 @@ class Predictor:
         self.model_name = model
         self.config = config
         self.max_new_tokens = max_new_tokens
-        self.run_id = run_id
+        self.run_id = settings.run_id
         self.generate_kwargs: dict = {}  # extra model.generate arguments (benchmarks fix the length)
         self.eos_ids = eos_token_ids(self.model)
         self.pad_token_id = self.model.generation_config.pad_token_id
@@ -320,12 +311,14 @@ class Predictor:
                 log.warning("OOM back-off: %s", line)
             self.sizes.history.clear()
         config = self.config
+        fraction, tokens = hired.budget_kind(config.budget) if config else (None, None)
         for i in range(n):
             out["device"][i] = str(self.device)
             out["model"][i] = self.model_name
             out["run_id"][i] = self.run_id
             out["strategy"][i] = config.strategy if config else "none"
-            out["budget"][i] = float(config.budget) if config else None
+            out["budget_fraction"][i] = fraction
+            out["budget_tokens"][i] = tokens
             out["alpha"][i] = float(config.alpha) if config else None
         return {k: object_array(v) for k, v in out.items()}
 

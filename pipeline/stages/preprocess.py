@@ -14,10 +14,10 @@ from ..columns import (
     answer_lists, batch_column, encode_inputs, object_array, passthrough,
 )
 from ..errors import StorageUnavailable
-from ..io.images import DEFAULT_MAX_PIXELS, BadImage, decode_image
+from ..io.images import BadImage, decode_image
 from ..io.storage import Storage
+from ..settings import JobSettings
 
-DEFAULT_CAPTION_PROMPT = "Write a short caption for this image."
 VQA_INSTRUCTION = "Answer the question using a single word or phrase."  # LLaVA's VQAv2 evaluation prompt
 
 
@@ -36,21 +36,13 @@ def build_prompt(processor, text: str) -> str:
 class Preprocessor:
     """Ray Data stage (callable class): decode, validate, and apply the model's own processor."""
 
-    def __init__(
-        self,
-        model: str,
-        task: str = "caption",
-        default_prompt: str = DEFAULT_CAPTION_PROMPT,
-        max_image_pixels: int = DEFAULT_MAX_PIXELS,
-        pixel_dtype: str = "float32",
-    ):
+    def __init__(self, settings: JobSettings, pixel_dtype: str = "float32"):
         from transformers import AutoProcessor
 
-        self.processor = AutoProcessor.from_pretrained(model)
-        self.task = task
-        self.default_prompt = default_prompt
-        self.max_image_pixels = max_image_pixels
-        # Pixel values are the bulk of what crosses to the GPU actors: ship them in the model's precision.
+        self.processor = AutoProcessor.from_pretrained(settings.model)
+        self.task = settings.task
+        self.default_prompt = settings.default_prompt
+        self.max_image_pixels = settings.max_image_pixels
         self.pixel_dtype = np.dtype(pixel_dtype)
 
     def prompt_text(self, prompt, question) -> str:
