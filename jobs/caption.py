@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo, under `ray job submit --working-dir .`
 
-from pipeline.job.cli import main  # noqa: E402
+from pipeline.job.cli import command  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main("caption"))
+    sys.exit(command("caption"))

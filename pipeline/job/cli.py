@@ -208,3 +208,12 @@ def main(task: str, argv: list[str] | None = None) -> int:
     print(format_summary(summary))
     print(f"summary: {summary['summary_uri']}")
     return EXIT_FAILED_SHARDS if summary["failed_shards"] else EXIT_OK
+
+
+def command(task: str) -> int:
+    """``jobs/<task>.py`` as run from a shell or ``ray job submit``: :func:`main` with Ray's one
+    benign error-level start-up line filtered out of the process's standard error."""
+    from .ray_setup import BENIGN_NATIVE_LINES, filter_native_stderr
+
+    filter_native_stderr(BENIGN_NATIVE_LINES)
+    return main(task)

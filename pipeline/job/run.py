@@ -11,7 +11,6 @@ same command skips them.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import replace
 
@@ -28,20 +27,9 @@ from ..stages.score import score_vqa
 from ..summary import summarize, write_summary
 from .collect import ShardCollector
 from .plan import plan
+from .ray_setup import init_ray
 
 log = logging.getLogger("hired.pipeline")
-
-
-def init_ray(address: str | None = None) -> None:
-    """Join the cluster at ``address`` (``ray job submit`` sets RAY_ADDRESS), else start a private
-    local Ray with a few more logical CPUs than cores, so a small machine does not deadlock."""
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False)
 
 
 # Rows per preprocessing call. It also sets the blocks the generation stage and the driver see:
