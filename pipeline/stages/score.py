@@ -20,6 +20,7 @@ data, entry for entry. Nothing here knows about models or Ray: plain strings in,
 
 from __future__ import annotations
 
+import functools
 import re
 import statistics
 from typing import Sequence
@@ -103,11 +104,22 @@ def _marks_to_delete(text: str) -> str:
     return "".join(mark for mark in SPACING_MARKS if mark + " " in text or " " + mark in text)
 
 
+# The two common outcomes of the punctuation step, built once.
+_SPACE_EVERY_MARK = str.maketrans(SPACING_MARKS, " " * len(SPACING_MARKS))
+_DELETE_EVERY_MARK = str.maketrans("", "", SPACING_MARKS)
+
+
+def _mark_replacements(deleted: str) -> dict[int, str | None]:
+    if not deleted:
+        return _SPACE_EVERY_MARK
+    if deleted == SPACING_MARKS:
+        return _DELETE_EVERY_MARK
+    return {ord(mark): ("" if mark in deleted else " ") for mark in SPACING_MARKS}
+
+
 def strip_punctuation(text: str) -> str:
     """The processor's punctuation step: spacing marks deleted or spaced, then periods removed."""
-    deleted = _marks_to_delete(text)
-    replacement = {ord(mark): ("" if mark in deleted else " ") for mark in SPACING_MARKS}
-    text = text.translate(replacement)
+    text = text.translate(_mark_replacements(_marks_to_delete(text)))
     return _PERIOD_NOT_BEFORE_DIGIT.sub("", text, count=_PERIODS_REMOVED_PER_PASS)
 
 
@@ -169,12 +181,18 @@ def prepare_prediction(generated: str | None) -> str:
     return normalize_answer(generated)
 
 
-def _leave_one_out_mean(matched: Sequence[bool]) -> float:
-    # Leaving out reference i leaves (all matches - whether i matched) matches among the others.
-    # statistics.mean sums the floats exactly and rounds once, as the published code does, so
-    # scores are the same to the last bit for any number of references.
-    total = sum(matched)
-    return float(statistics.mean(min(1.0, (total - left_out) / 3) for left_out in matched))
+@functools.lru_cache(maxsize=1024)
+def _leave_one_out_mean(references: int, matches: int) -> float:
+    """Mean over the leave-one-out subsets of min(1, matches among the others / 3).
+
+    Leaving out a matching reference leaves matches - 1 among the others, any other leaves all.
+    statistics.mean sums the per-subset floats exactly and rounds once, as the published code
+    does, so scores agree to the last bit for any number of references (a plain sum / n can be
+    one unit in the last place off, e.g. 5 references with 3 matches). It depends only on the
+    two counts, hence the cache.
+    """
+    per_subset = [min(1.0, (matches - 1) / 3)] * matches + [min(1.0, matches / 3)] * (references - matches)
+    return float(statistics.mean(per_subset))
 
 
 def vqa_accuracy(prediction: str | None, references: Sequence[str] | None) -> float | None:
@@ -206,10 +224,12 @@ def vqa_accuracy(prediction: str | None, references: Sequence[str] | None) -> fl
         return 1.0 if exact_match(prediction, references) else 0.0
     answer = prepare_prediction(prediction)
     cleaned = [_clean_whitespace(reference) for reference in references]
-    if len(set(cleaned)) > 1:
-        cleaned = [_tidy(reference) for reference in cleaned]
+    distinct = set(cleaned)
+    if len(distinct) > 1:
+        tidied = {reference: _tidy(reference) for reference in distinct}  # each distinct one once
+        cleaned = [tidied[reference] for reference in cleaned]
         answer = _tidy(answer)
-    return _leave_one_out_mean([reference == answer for reference in cleaned])
+    return _leave_one_out_mean(len(cleaned), cleaned.count(answer))
 
 
 def exact_match(prediction: str | None, references: Sequence[str] | None) -> bool:
