@@ -430,6 +430,8 @@ def test_estimate_bounds_what_transformers_allocates(small_llava_next, budget):
 
     llm_peak = profiled_peak_bytes(generate)
     llm_estimate = batch * (item.kv_cache_bytes + item.prefill_bytes)
+    print(f"budget {budget}: measured / estimated: vision {vision_peak / vision_estimate:.3f}, "
+          f"generation {llm_peak / llm_estimate:.3f}")  # pytest -s shows them
     assert 0.7 < llm_peak / llm_estimate <= 1.0
     # The whole batch's figure, which micro-batches are cut by, bounds either phase.
     assert max(vision_peak, llm_peak) <= sizer.batch_bytes(lengths)

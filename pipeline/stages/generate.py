@@ -6,14 +6,15 @@ benchmarks and notebooks call it directly on a dict of columns.
 
 Batch sizes come from calculation, not luck. HiRED fixes each item's visual-token
 count before the GPU sees it, so every item's prompt length, and with it its KV
-cache, prefill and vision memory, is known in advance (``hired.expected_lengths``,
-``pipeline.stages.memory``). Each call sorts its rows longest first and cuts them into
-micro-batches that fit the free device memory at the length of their longest
-member (the batch is left-padded to it). After each micro-batch the measured
-peak corrects the estimate upwards if the model under-counted (the first one is
-the probe). Should a micro-batch still run out of memory, ``run_with_oom_backoff``
-splits it and lowers the size for later ones; an item that fails alone becomes an
-error row. On a CPU there is no memory figure: a fixed batch size applies.
+cache, prefill and vision memory, is known in advance (``hired.expected_lengths``).
+``pipeline.stages.memory.BatchSizer`` (``Predictor.batches``) sorts each call's
+rows longest first and cuts them into micro-batches that fit the free device
+memory at the length of their longest member (the batch is left-padded to it).
+After each micro-batch the measured peak corrects the estimate upwards if the
+model under-counted. Should a micro-batch still run out of memory,
+``run_with_oom_backoff`` splits it and lowers the size for later ones; an item
+that fails alone becomes an error row. On a CPU there is no memory figure: a
+fixed batch size applies.
 """
 
 from __future__ import annotations
