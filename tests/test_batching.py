@@ -1,6 +1,7 @@
 """Batch sizing in the generation actor: micro-batches by calculation, correction from measured
 peaks, and OOM back-off that loses no item (injected OOM errors; CPU, tiny model)."""
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -97,6 +98,31 @@ def test_a_measured_peak_above_the_estimate_shrinks_later_batches(predictor, siz
     assert after[0] < before[0] and len(after) > len(before)
     sized.learn_from_peak(lengths[:2], peak_bytes=1000 + predicted // 10, baseline_bytes=1000)  # never lowered
     assert sized.correction == pytest.approx(2.0)
+
+
+def test_the_actor_learns_from_each_batchs_measured_peak(predictor, sized, tiny_next, monkeypatch, caplog):
+    """The Predictor hands every micro-batch's measured peak to its BatchSizer (faked here: CPU has none)."""
+    _, processor = tiny_next
+    batch = rows(processor, SIZES[:3])
+    lengths = lengths_of(predictor, batch)
+    predicted = sized.batch_bytes(lengths)
+    sized.free_bytes = 100 * predicted  # one micro-batch of all three
+    real_generate = predictor.generate
+
+    def generate(items):
+        token_ids, prepared, timing = real_generate(items)
+        return token_ids, prepared, dataclasses.replace(timing, peak_gpu_mem_bytes=3 * predicted)
+
+    monkeypatch.setattr(predictor, "generate", generate)
+    with caplog.at_level(logging.WARNING, logger="hired.pipeline"):
+        out = predictor(batch)
+    assert list(out["batch_size"]) == [3, 3, 3]
+    assert sized.correction == pytest.approx(3.0)
+    assert sized.batch_bytes(lengths) == pytest.approx(3 * predicted, abs=3)
+    assert [m for m in caplog.messages if m.startswith("a batch of 3 used ")] == [
+        f"a batch of 3 used {3 * predicted / 2**30:.2f} GiB, 200% over the {predicted / 2**30:.2f} GiB predicted: "
+        "estimates raised by that much"
+    ]
 
 
 def test_out_of_memory_loses_no_item(predictor, tiny_next, monkeypatch, caplog):
