@@ -660,8 +660,8 @@ def run_with_oom_backoff(
 # ---------------------------------------------------------------------------
 
 CPU_BATCH_SIZE = 4  # no device memory to size by: small batches keep latency per item sane
-# Sizing by memory, the most items a micro-batch may hold: a tiny model on a large card would
-# otherwise take a whole Ray Data batch at once, which buys no throughput and delays every row.
+# Sizing by memory, a ceiling only (the memory decides): in the job each call holds one Ray Data
+# batch, fewer rows than this; it bounds what direct callers (benchmarks, notebooks) get at once.
 MAX_BATCH_SIZE = 256
 
 
