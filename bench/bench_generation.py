@@ -335,8 +335,8 @@ def main(argv=None) -> int:
                 run = stock_run(model, processor, images[:size], prompt, new_tokens, device)
             else:
                 micro = [list(range(size))]
-                if batch == "auto" and predictor.sizing:
-                    micro = predictor.micro_batches([lengths] * size)
+                if batch == "auto" and predictor.batches.sizing:
+                    micro = predictor.batches.micro_batches([lengths] * size)
                 row["micro_batches"] = [len(m) for m in micro]
                 run = ours_run(predictor, items[:size], micro)
             planned.append((row, run))

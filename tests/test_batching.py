@@ -1,6 +1,7 @@
 """Batch sizing in the generation actor: micro-batches by calculation, correction from measured
 peaks, and OOM back-off that loses no item (injected OOM errors; CPU, tiny model)."""
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -8,8 +9,8 @@ import pytest
 import torch
 
 import hired
-from pipeline.stages.memory import Margin
 from pipeline.settings import JobSettings
+from pipeline.stages.memory import BatchSizer, Margin
 from pipeline.stages.generate import Predictor
 from pipeline.columns import MODEL_INPUTS, encode_inputs
 
@@ -61,44 +62,68 @@ def test_expected_lengths_match_what_prepare_makes(tiny_next):
 
 @pytest.fixture
 def sized(predictor):
-    """The predictor as if on a GPU with a known amount of free memory."""
-    saved = (predictor.sizing, predictor.free_bytes, predictor.margin, predictor.sizes.batch_size, predictor.correction)
-    predictor.sizing, predictor.margin, predictor.correction = True, Margin(fraction=0.0, fixed_bytes=0), 1.0
-    predictor.sizes.batch_size = 256
-    yield predictor
-    predictor.sizing, predictor.free_bytes, predictor.margin, predictor.sizes.batch_size, predictor.correction = saved
+    """The predictor's batch sizer as if on a GPU, no margin; each test sets the free memory."""
+    saved = predictor.batches
+    predictor.batches = BatchSizer(predictor.memory, predictor.max_new_tokens, free_bytes=0, margin=Margin(0.0, 0))
+    yield predictor.batches
+    predictor.batches = saved
 
 
-def test_micro_batches_fit_the_memory_and_are_as_large_as_possible(sized, tiny_next):
+def test_micro_batches_fit_the_memory_and_are_as_large_as_possible(predictor, sized, tiny_next):
     _, processor = tiny_next
     batch = rows(processor, SIZES)
-    lengths = lengths_of(sized, batch)
-    one_longest = sized._batch_bytes([max(lengths, key=lambda x: x.prompt_tokens)])
+    lengths = lengths_of(predictor, batch)
+    one_longest = sized.batch_bytes([max(lengths, key=lambda x: x.prompt_tokens)])
     sized.free_bytes = int(2.5 * one_longest)
     micro = sized.micro_batches(lengths)
     assert sorted(i for m in micro for i in m) == list(range(len(SIZES)))  # every item exactly once
     flat = [i for m in micro for i in m]
     assert [lengths[i].prompt_tokens for i in flat] == sorted((x.prompt_tokens for x in lengths), reverse=True)
     for k, m in enumerate(micro):
-        assert sized._batch_bytes([lengths[i] for i in m]) <= sized.free_bytes
+        assert sized.batch_bytes([lengths[i] for i in m]) <= sized.free_bytes
         if k + 1 < len(micro):  # one more item would not have fitted
-            assert sized._batch_bytes([lengths[i] for i in m + [micro[k + 1][0]]]) > sized.free_bytes
+            assert sized.batch_bytes([lengths[i] for i in m + [micro[k + 1][0]]]) > sized.free_bytes
     assert len(micro[0]) == 2  # the two longest at the longest length: 2 x one_longest <= 2.5 x
     assert len(micro[-1]) > 2  # short items pack more
 
 
-def test_a_measured_peak_above_the_estimate_shrinks_later_batches(sized, tiny_next):
+def test_a_measured_peak_above_the_estimate_shrinks_later_batches(predictor, sized, tiny_next):
     _, processor = tiny_next
-    lengths = lengths_of(sized, rows(processor, SIZES))
-    sized.free_bytes = 4 * sized._batch_bytes([max(lengths, key=lambda x: x.prompt_tokens)])
+    lengths = lengths_of(predictor, rows(processor, SIZES))
+    sized.free_bytes = 4 * sized.batch_bytes([max(lengths, key=lambda x: x.prompt_tokens)])
     before = [len(m) for m in sized.micro_batches(lengths)]
-    predicted = sized._batch_bytes(lengths[:2])
-    sized._learn_from_peak(lengths[:2], peak_bytes=1000 + 2 * predicted, baseline_bytes=1000)
+    predicted = sized.batch_bytes(lengths[:2])
+    sized.learn_from_peak(lengths[:2], peak_bytes=1000 + 2 * predicted, baseline_bytes=1000)
     assert sized.correction == pytest.approx(2.0)
     after = [len(m) for m in sized.micro_batches(lengths)]
     assert after[0] < before[0] and len(after) > len(before)
-    sized._learn_from_peak(lengths[:2], peak_bytes=1000 + predicted // 10, baseline_bytes=1000)  # never lowered
+    sized.learn_from_peak(lengths[:2], peak_bytes=1000 + predicted // 10, baseline_bytes=1000)  # never lowered
     assert sized.correction == pytest.approx(2.0)
+
+
+def test_the_actor_learns_from_each_batchs_measured_peak(predictor, sized, tiny_next, monkeypatch, caplog):
+    """The Predictor hands every micro-batch's measured peak to its BatchSizer (faked here: CPU has none)."""
+    _, processor = tiny_next
+    batch = rows(processor, SIZES[:3])
+    lengths = lengths_of(predictor, batch)
+    predicted = sized.batch_bytes(lengths)
+    sized.free_bytes = 100 * predicted  # one micro-batch of all three
+    real_generate = predictor.generate
+
+    def generate(items):
+        token_ids, prepared, timing = real_generate(items)
+        return token_ids, prepared, dataclasses.replace(timing, peak_gpu_mem_bytes=3 * predicted)
+
+    monkeypatch.setattr(predictor, "generate", generate)
+    with caplog.at_level(logging.WARNING, logger="hired.pipeline"):
+        out = predictor(batch)
+    assert list(out["batch_size"]) == [3, 3, 3]
+    assert sized.correction == pytest.approx(3.0)
+    assert sized.batch_bytes(lengths) == pytest.approx(3 * predicted, abs=3)
+    assert [m for m in caplog.messages if m.startswith("a batch of 3 used ")] == [
+        f"a batch of 3 used {3 * predicted / 2**30:.2f} GiB, 200% over the {predicted / 2**30:.2f} GiB predicted: "
+        "estimates raised by that much"
+    ]
 
 
 def test_out_of_memory_loses_no_item(predictor, tiny_next, monkeypatch, caplog):
@@ -115,7 +140,7 @@ def test_out_of_memory_loses_no_item(predictor, tiny_next, monkeypatch, caplog):
         return real_generate(items)
 
     monkeypatch.setattr(predictor, "generate", generate)
-    monkeypatch.setattr(predictor.sizes, "batch_size", 4)
+    monkeypatch.setattr(predictor.batches.sizes, "batch_size", 4)
     with caplog.at_level(logging.WARNING, logger="hired.pipeline"):
         out = predictor(batch)
     assert "OOM back-off: batch size 4 -> 2: out of memory on a batch of 4" in caplog.messages
@@ -126,7 +151,7 @@ def test_out_of_memory_loses_no_item(predictor, tiny_next, monkeypatch, caplog):
             assert "OutOfMemoryError" in out["error"][k] and out["text"][k] is None
         else:
             assert out["error"][k] is None and isinstance(out["text"][k], str) and out["batch_size"][k] <= 2
-    assert predictor.sizes.batch_size == 2  # later batches start at the size that ran
+    assert predictor.batches.sizes.batch_size == 2  # later batches start at the size that ran
     calls.clear()
     out = predictor(rows(processor, SIZES[:4]))
     assert all(e is None for e in out["error"]) and max(calls) == 2

@@ -1,5 +1,5 @@
 """Batch sizing: the memory model against hand arithmetic for LLaVA-Next-7B and against the
-allocations the torch profiler records, the batch-size decision, and OOM back-off."""
+allocations the torch profiler records, the actor's micro-batches (``BatchSizer``), and OOM back-off."""
 
 from __future__ import annotations
 
@@ -17,21 +17,21 @@ from transformers import (
     MistralConfig,
 )
 
-from hired import HiREDConfig
+from hired import HiREDConfig, ItemLengths
 from pipeline.stages import memory
 from pipeline.stages.memory import (
+    CPU_BATCH_SIZE,
+    MAX_BATCH_SIZE,
     GiB,
     AdaptiveBatchSize,
+    BatchSizer,
     ItemBytes,
     Margin,
     MemoryModel,
-    adjust_after_probe,
     apply_memory_cap,
     free_device_bytes,
     is_out_of_memory,
-    max_batch_size,
     parameter_count,
-    plan_batch_size,
     run_with_oom_backoff,
     weights_bytes,
 )
@@ -223,14 +223,37 @@ def test_what_fits_on_a_24gb_card_full_tokens_vs_hired_20():
     # 9,404,905,472 usable bytes: 4 items of 2,054,657,328 (a 5th needs 10.27e9);
     # 16 items of 581,609,136 (a 17th needs 9.89e9).
     assert USABLE // FULL_ITEM == 4 and USABLE // HIRED20_ITEM == 16
-    assert max_batch_size(free, full) == 4
-    assert max_batch_size(free, hired20) == 16
-
-    plan = plan_batch_size(free, full)
-    assert str(plan) == (
-        "batch 4: 10.84 GiB free after weights, 2.08 GiB held back (1.00 fixed + 10%), "
-        "1.91 GiB per item (KV 1.52, prefill 0.28, vision 0.11)"
+    sizer = BatchSizer(model, NEW_TOKENS, free)
+    assert sizer.usable_bytes == USABLE
+    assert sizer.fits(full) == 4
+    assert sizer.fits(hired20) == 16
+    assert sizer.describe(full) == (
+        "batch sizing: 10.84 GiB free after weights, 8.76 GiB usable (1.00 GiB + 10% held back); "
+        "4 to a batch at 1.91 GiB per item (KV 1.52, prefill 0.28, vision 0.11)"
     )
+
+
+# The largest LLaVA-Next-7B items, as hired.expected_lengths gives them to the generation actor.
+FULL_LENGTHS = ItemLengths(
+    partitions=5, visual_tokens_full=2880, visual_tokens_kept=2880, visual_tokens_llm=2928, prompt_tokens=FULL_PROMPT
+)
+HIRED20_LENGTHS = ItemLengths(
+    partitions=5, visual_tokens_full=2880, visual_tokens_kept=576, visual_tokens_llm=576, prompt_tokens=HIRED20_PROMPT
+)
+
+
+def test_the_actors_micro_batches_of_7b_items_on_a_24gb_card():
+    model = MemoryModel(llava_next_7b_config(), torch.float16)
+    sizer = BatchSizer(model, NEW_TOKENS, CARD_24GB - model.weights_bytes)
+    assert sizer.batch_bytes([FULL_LENGTHS]) == FULL_ITEM
+    assert sizer.batch_bytes([HIRED20_LENGTHS] * 16) == 16 * HIRED20_ITEM
+    assert [len(b) for b in sizer.micro_batches([FULL_LENGTHS] * 10)] == [4, 4, 2]
+    assert [len(b) for b in sizer.micro_batches([HIRED20_LENGTHS] * 40)] == [16, 16, 8]
+    # Mixed: longest first; a batch holding one full item pays the full length for each member.
+    mixed = [HIRED20_LENGTHS] * 20 + [FULL_LENGTHS] * 2
+    batches = sizer.micro_batches(mixed)
+    assert batches[0] == [20, 21, 0, 1]  # two full items and two short ones padded to the full length
+    assert [len(b) for b in batches] == [4, 16, 2]
 
 
 # ---------------------------------------------------------------------------
@@ -367,7 +390,9 @@ def small_llava_next(tiny_next_path):
 
 @pytest.mark.parametrize("budget", [None, 0.2])
 def test_estimate_bounds_what_transformers_allocates(small_llava_next, budget):
-    from hired import prepare_inputs
+    """The generation actor's estimate for a batch (``BatchSizer.padded_item_bytes`` from
+    ``hired.expected_lengths``, as the pipeline computes it) against the profiler's peaks."""
+    from hired import expected_lengths, prepare_inputs
 
     from .conftest import chat_prompt, noise_image
 
@@ -379,23 +404,24 @@ def test_estimate_bounds_what_transformers_allocates(small_llava_next, budget):
     prompts = [chat_prompt(processor, "describe the image" + " red" * i) for i in range(batch)]
     inputs = processor(images=images, text=prompts, return_tensors="pt", padding=True)
     config = HiREDConfig(budget=budget) if budget else None
-    estimate = MemoryModel(model.config, torch.float32, model=model)
+    lengths = [
+        expected_lengths(model, (672, 672), int(ids), config) for ids in inputs["attention_mask"].sum(dim=1)
+    ]
+    sizer = BatchSizer(MemoryModel(model.config, torch.float32, model=model), new_tokens, free_bytes=None)
+    item = sizer.padded_item_bytes(lengths)
 
     # Vision: the tower's working set, predicted nearly to the byte when HiRED's hooks run.
     with torch.no_grad():
         vision_peak = profiled_peak_bytes(lambda: prepare_inputs(model, inputs, config))
         prepared = prepare_inputs(model, inputs, config)
-    partitions = prepared.partitions[0].num_partitions
-    visual_llm = max(prepared.visual_tokens_llm)
-    vision_estimate = batch * estimate.vision_bytes(partitions, visual_llm)
+    assert max(prepared.prompt_tokens) == max(x.prompt_tokens for x in lengths)  # the lengths the actor predicts
+    vision_estimate = batch * item.vision_bytes
     if budget:
         assert 0.99 < vision_peak / vision_estimate < 1.01
     else:  # no scoring layers hooked: four fewer states kept than the model assumes
         assert 0.75 < vision_peak / vision_estimate <= 1.0
 
     # Generation: KV cache + prefill bound the peak, and not by a wide margin.
-    prompt = max(prepared.prompt_tokens)
-
     def generate():
         with torch.no_grad():
             model.generate(
@@ -403,69 +429,96 @@ def test_estimate_bounds_what_transformers_allocates(small_llava_next, budget):
             )
 
     llm_peak = profiled_peak_bytes(generate)
-    llm_estimate = batch * (estimate.kv_cache_bytes(prompt + new_tokens) + estimate.prefill_bytes(prompt))
+    llm_estimate = batch * (item.kv_cache_bytes + item.prefill_bytes)
+    print(f"budget {budget}: measured / estimated: vision {vision_peak / vision_estimate:.3f}, "
+          f"generation {llm_peak / llm_estimate:.3f}")  # pytest -s shows them
     assert 0.7 < llm_peak / llm_estimate <= 1.0
+    # The whole batch's figure, which micro-batches are cut by, bounds either phase.
+    assert max(vision_peak, llm_peak) <= sizer.batch_bytes(lengths)
 
 
 # ---------------------------------------------------------------------------
-# The batch-size decision
+# The actor's micro-batches
 # ---------------------------------------------------------------------------
 
 ITEM = ItemBytes(kv_cache_bytes=1 * GiB, prefill_bytes=GiB // 2, vision_bytes=GiB // 4)  # 1.75 GiB
+NO_MARGIN = Margin(fraction=0.0, fixed_bytes=0)
 
 
-def test_plan_without_a_device_uses_the_default():
-    plan = plan_batch_size(None, ITEM, default_batch_size=3)
-    assert plan.batch_size == 3
-    assert "CPU" in str(plan)
+def sizer_7b(free_bytes, margin=NO_MARGIN, **kwargs) -> BatchSizer:
+    return BatchSizer(MemoryModel(llava_next_7b_config(), torch.float16), NEW_TOKENS, free_bytes, margin, **kwargs)
 
 
-def test_plan_fits_items_after_margin_and_respects_limit():
+def test_items_fit_after_the_margin():
     margin = Margin(fraction=0.0, fixed_bytes=GiB // 4)
-    assert max_batch_size(7 * GiB, ITEM, margin) == 3  # 6.75 GiB usable: 3 x 1.75 = 5.25, 4 x = 7
-    assert max_batch_size(7 * GiB + GiB // 4, ITEM, margin) == 4  # exactly 4 x 1.75
-    assert max_batch_size(7 * GiB + GiB // 4, ITEM, margin, limit=2) == 2
-    assert max_batch_size(100 * GiB, 10 * GiB, Margin(fraction=0.5, fixed_bytes=0)) == 5
-    assert max_batch_size(100 * GiB, 10 * GiB, Margin(fraction=0.5, fixed_bytes=GiB)) == 4
+    assert sizer_7b(7 * GiB, margin).fits(ITEM) == 3  # 6.75 GiB usable: 3 x 1.75 = 5.25, 4 x = 7
+    assert sizer_7b(7 * GiB + GiB // 4, margin).fits(ITEM) == 4  # exactly 4 x 1.75
+    ten = ItemBytes(10 * GiB, 0, 0)
+    assert sizer_7b(100 * GiB, Margin(fraction=0.5, fixed_bytes=0)).fits(ten) == 5
+    assert sizer_7b(100 * GiB, Margin(fraction=0.5, fixed_bytes=GiB)).fits(ten) == 4
 
 
-def test_plan_says_when_nothing_fits():
-    plan = plan_batch_size(2 * GiB, ITEM)  # 1 GiB fixed + 10% leaves 0.8 GiB
-    assert plan.batch_size == 0
-    assert str(plan).startswith("no batch fits: 2.00 GiB free after weights")
+def test_without_a_memory_figure_or_with_a_fixed_size_items_are_cut_at_that_size():
+    lengths = [HIRED20_LENGTHS] * 5 + [FULL_LENGTHS] * 5
+    cpu = sizer_7b(None)
+    assert not cpu.sizing and cpu.sizes.batch_size == CPU_BATCH_SIZE == 4
+    assert cpu.micro_batches(lengths) == [[5, 6, 7, 8], [9, 0, 1, 2], [3, 4]]  # longest first, memory ignored
+    assert cpu.describe(None) == "batch size 4 (CPU default: no device memory figure)"
+    assert cpu.learn_from_peak(lengths, peak_bytes=100 * GiB, baseline_bytes=0) is None
+    fixed = sizer_7b(1000 * GiB, fixed_batch_size=3)
+    assert not fixed.sizing and [len(b) for b in fixed.micro_batches(lengths)] == [3, 3, 3, 1]
+    assert fixed.describe(None) == "batch size 3 (fixed by the caller)"
+
+
+def test_micro_batches_stay_under_the_ceiling_and_what_oom_back_off_taught():
+    sizer = sizer_7b(1000 * GiB)  # room for about 1,800 short items
+    assert sizer.sizes.batch_size == MAX_BATCH_SIZE
+    assert [len(b) for b in sizer.micro_batches([HIRED20_LENGTHS] * 300)] == [MAX_BATCH_SIZE, 300 - MAX_BATCH_SIZE]
+    sizer.sizes.lower_to(5, "out of memory on a batch of 10")
+    assert [len(b) for b in sizer.micro_batches([HIRED20_LENGTHS] * 12)] == [5, 5, 2]
+
+
+def test_an_item_too_large_alone_still_gets_a_batch():
+    sizer = sizer_7b(2 * GiB, Margin())  # 1 GiB fixed + 10% leaves 0.8 GiB: not one full item
+    assert sizer.fits(sizer.padded_item_bytes([FULL_LENGTHS])) == 0
+    assert sizer.micro_batches([FULL_LENGTHS] * 3) == [[0], [1], [2]]  # OOM back-off makes them error rows
+    assert sizer.describe(sizer.padded_item_bytes([FULL_LENGTHS])).endswith(
+        "0 to a batch at 1.91 GiB per item (KV 1.52, prefill 0.28, vision 0.11): "
+        "such items would be out-of-memory error rows"
+    )
 
 
 def test_bad_inputs_are_refused():
     with pytest.raises(ValueError):
         Margin(fraction=1.0)
     with pytest.raises(ValueError):
-        plan_batch_size(GiB, 0)
+        Margin(fixed_bytes=-1)
     with pytest.raises(ValueError):
         AdaptiveBatchSize(0)
 
 
-def test_probe_that_measures_more_lowers_the_batch():
-    margin = Margin(fraction=0.0, fixed_bytes=0)
-    plan = plan_batch_size(14 * GiB, ITEM, margin)
-    assert plan.batch_size == 8  # 14 / 1.75
-    baseline = 15 * GiB  # weights
-    peak = baseline + 4 * (2 * GiB)  # 2 GiB per item
-    adjusted = adjust_after_probe(plan, 4, peak_allocated_bytes=peak, baseline_allocated_bytes=baseline)
-    assert adjusted.item_bytes == 2 * GiB
-    assert adjusted.batch_size == 7
-    assert "measured 2.00 GiB per item" in str(adjusted) and "using the measurement" in str(adjusted)
+def test_a_peak_above_the_estimate_raises_it_and_lowers_later_batches():
+    sizer = sizer_7b(14 * FULL_ITEM)
+    assert [len(b) for b in sizer.micro_batches([FULL_LENGTHS] * 14)] == [14]
+    baseline = 15 * GiB  # the weights
+    note = sizer.learn_from_peak([FULL_LENGTHS] * 4, baseline + 4 * 2 * FULL_ITEM, baseline)  # twice the estimate
+    assert sizer.correction == pytest.approx(2.0)
+    assert note == "a batch of 4 used 15.31 GiB, 100% over the 7.65 GiB predicted: estimates raised by that much"
+    assert sizer.batch_bytes([FULL_LENGTHS]) == 2 * FULL_ITEM
+    assert sizer.fits(ItemBytes(FULL_ITEM, 0, 0)) == 7
+    assert [len(b) for b in sizer.micro_batches([FULL_LENGTHS] * 14)] == [7, 7]
+    # Corrections compound: the next peak is compared with the corrected estimate.
+    sizer.learn_from_peak([FULL_LENGTHS], baseline + 3 * FULL_ITEM, baseline)
+    assert sizer.correction == pytest.approx(3.0)
 
 
-def test_probe_that_measures_less_counts_only_if_it_was_worst_case():
-    margin = Margin(fraction=0.0, fixed_bytes=0)
-    plan = plan_batch_size(14 * GiB, ITEM, margin)
-    peak = 4 * GiB  # 1 GiB per item over a zero baseline
-    kept = adjust_after_probe(plan, 4, peak, 0)
-    assert (kept.item_bytes, kept.batch_size) == (ITEM.total_bytes, 8)
-    assert kept.breakdown == ITEM
-    trusted = adjust_after_probe(plan, 4, peak, 0, probe_was_worst_case=True)
-    assert (trusted.item_bytes, trusted.batch_size) == (GiB, 14)
-    assert adjust_after_probe(plan, 4, peak, 0, probe_was_worst_case=True, limit=10).batch_size == 10
+def test_a_peak_below_the_estimate_changes_nothing():
+    # A batch that stopped at EOS did not grow its KV cache to full length: no evidence of less.
+    sizer = sizer_7b(14 * FULL_ITEM)
+    assert sizer.learn_from_peak([FULL_LENGTHS] * 4, peak_bytes=GiB, baseline_bytes=0) is None
+    assert sizer.learn_from_peak([FULL_LENGTHS] * 4, peak_bytes=4 * FULL_ITEM, baseline_bytes=0) is None
+    assert sizer.correction == 1.0
+    assert [len(b) for b in sizer.micro_batches([FULL_LENGTHS] * 14)] == [14]
 
 
 # ---------------------------------------------------------------------------

@@ -18,4 +18,6 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
     assert [r.visual_tokens_kept for r in results] == [460, 460]
     # The batch-sizing example: one caption per pair, in order, HiRED-20% applied.
     assert [c.visual_tokens_kept for c in namespace["captions"]] == [460, 460]
-    assert namespace["plan"].batch_size >= 1
+    # Cut by the actor's BatchSizer: each item in exactly one micro-batch.
+    sizer, items = namespace["sizer"], namespace["items"]
+    assert sorted(i for batch in sizer.micro_batches([lengths for *_, lengths in items]) for i in batch) == [0, 1]

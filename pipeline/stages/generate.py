@@ -6,14 +6,15 @@ benchmarks and notebooks call it directly on a dict of columns.
 
 Batch sizes come from calculation, not luck. HiRED fixes each item's visual-token
 count before the GPU sees it, so every item's prompt length, and with it its KV
-cache, prefill and vision memory, is known in advance (``hired.expected_lengths``,
-``pipeline.stages.memory``). Each call sorts its rows longest first and cuts them into
-micro-batches that fit the free device memory at the length of their longest
-member (the batch is left-padded to it). After each micro-batch the measured
-peak corrects the estimate upwards if the model under-counted (the first one is
-the probe). Should a micro-batch still run out of memory, ``run_with_oom_backoff``
-splits it and lowers the size for later ones; an item that fails alone becomes an
-error row. On a CPU there is no memory figure: a fixed batch size applies.
+cache, prefill and vision memory, is known in advance (``hired.expected_lengths``).
+``pipeline.stages.memory.BatchSizer`` (``Predictor.batches``) sorts each call's
+rows longest first and cuts them into micro-batches that fit the free device
+memory at the length of their longest member (the batch is left-padded to it).
+After each micro-batch the measured peak corrects the estimate upwards if the
+model under-counted. Should a micro-batch still run out of memory,
+``run_with_oom_backoff`` splits it and lowers the size for later ones; an item
+that fails alone becomes an error row. On a CPU there is no memory figure: a
+fixed batch size applies.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from hired.generation import eos_token_ids, trim_at_eos
 from ..columns import ANSWERS, ERROR, ID, MODEL_INPUTS, PASSTHROUGH, VQA_PASSTHROUGH, answer_lists, batch_column, decode_inputs, object_array
 from ..faults import failpoint
 from ..settings import JobSettings
-from .memory import AdaptiveBatchSize, Margin, MemoryModel, apply_memory_cap, free_device_bytes, run_with_oom_backoff
+from .memory import CPU_BATCH_SIZE, BatchSizer, Margin, MemoryModel, apply_memory_cap, free_device_bytes, run_with_oom_backoff  # noqa: F401 (CPU_BATCH_SIZE: the job sizes its Ray batches by it)
 
 log = logging.getLogger("hired.pipeline")
 
@@ -40,7 +41,6 @@ RESULT_COLUMNS = (
     "decode_ms", "tokens_per_s", "batch_size", "peak_gpu_mem_bytes", "device", "model", "strategy",
     "budget_fraction", "budget_tokens", "alpha", "run_id",
 )
-CPU_BATCH_SIZE = 4  # no device memory to size by: small batches keep latency per item sane
 
 
 class FirstTokenTimer:
@@ -136,71 +136,15 @@ class Predictor:
         text_config = getattr(self.model.config, "text_config", self.model.config)
         self.context_tokens = int(getattr(text_config, "max_position_embeddings", 1 << 30))
         self.memory = MemoryModel(self.model.config, self.dtype, model=self.model)
-        self.margin = margin
-        self.gpu_memory_gb = gpu_memory_gb
-        self.fixed_batch_size = batch_size
-        self.correction = 1.0  # measured / predicted memory per item, when the model under-counts
-        self.free_bytes = None if self.device.type != "cuda" else free_device_bytes(self.device, gpu_memory_gb)
-        self.sizing = self.free_bytes is not None and batch_size is None
-        # The most items per micro-batch; OOM back-off lowers it. When sizing by memory it is only a
-        # ceiling (the memory decides), else the fixed or CPU batch size.
-        self.sizes = AdaptiveBatchSize(256 if self.sizing else batch_size or CPU_BATCH_SIZE)
-        if self.sizing:
+        free_bytes = free_device_bytes(self.device, gpu_memory_gb) if self.device.type == "cuda" else None
+        self.batches = BatchSizer(self.memory, max_new_tokens, free_bytes, margin, fixed_batch_size=batch_size)
+        if self.batches.sizing:  # quote the costliest picture the model takes, with a longish text prompt
             worst = self.memory.worst_case_item_bytes(config, text_tokens=96, max_new_tokens=max_new_tokens)
-            fits = self._usable_bytes() // worst.total_bytes
-            log.info(
-                "batch sizing: %.2f GiB free after weights, %.2f GiB usable after the margin; the costliest item "
-                "(%s) fits %d to a batch, shorter ones more", self.free_bytes / 2**30,
-                self._usable_bytes() / 2**30, worst.describe(), fits,
-            )
-            if fits == 0:
-                log.warning("the largest images may not fit even alone: they would become out-of-memory error rows")
+            level = logging.INFO if self.batches.fits(worst) else logging.WARNING
+            log.log(level, "%s (the largest picture, 96 text tokens; shorter prompts pack more)",
+                    self.batches.describe(worst))
         else:
-            log.info("batch size %d (%s)", self.sizes.batch_size, "fixed by the caller" if batch_size else "CPU default")
-
-    # -- memory -------------------------------------------------------------------------
-    def _usable_bytes(self) -> int:
-        return max(0, self.free_bytes - self.margin.reserve_bytes(self.free_bytes))
-
-    def _batch_bytes(self, lengths: list[hired.ItemLengths]) -> int:
-        """Predicted memory of these items as one batch: each padded to the longest prompt,
-        each costed with the most partitions and visual tokens among them (an upper bound)."""
-        per_item = self.memory.item_bytes(
-            prompt_tokens=max(x.prompt_tokens for x in lengths),
-            max_new_tokens=self.max_new_tokens,
-            partitions=max(x.partitions for x in lengths),
-            visual_tokens_llm=max(x.visual_tokens_llm for x in lengths),
-        )
-        return int(len(lengths) * per_item.total_bytes * self.correction)
-
-    def micro_batches(self, lengths: list[hired.ItemLengths]) -> list[list[int]]:
-        """Indices of the items, longest prompt first, cut into batches that fit.
-
-        A left-padded batch costs its size times its longest member, which comes
-        first, so each batch takes as many items as fit at that length (at most the
-        current cap, which OOM back-off may have lowered)."""
-        order = sorted(range(len(lengths)), key=lambda i: -lengths[i].prompt_tokens)
-        batches, start = [], 0
-        while start < len(order):
-            size = min(self.sizes.batch_size, len(order) - start)
-            if self.sizing:
-                while size > 1 and self._batch_bytes([lengths[i] for i in order[start : start + size]]) > self._usable_bytes():
-                    size -= 1
-            batches.append(order[start : start + size])
-            start += size
-        return batches
-
-    def _learn_from_peak(self, lengths: list[hired.ItemLengths], peak_bytes: int, baseline_bytes: int) -> None:
-        """Correct the estimate upwards when a batch used more than predicted (never downwards:
-        a batch that stopped early at EOS did not grow its KV cache to full length)."""
-        predicted = self._batch_bytes(lengths)
-        measured = peak_bytes - baseline_bytes
-        if measured > predicted:
-            self.correction *= measured / predicted
-            log.warning(
-                "a batch of %d used %.2f GiB, %.0f%% over the %.2f GiB predicted: estimates raised by that much",
-                len(lengths), measured / 2**30, 100 * (measured / predicted - 1), predicted / 2**30,
-            )
+            log.info("%s", self.batches.describe(None))
 
     # -- one micro-batch ------------------------------------------------------------------
     @torch.no_grad()
@@ -240,8 +184,9 @@ class Predictor:
     def _run(self, chunk: list[tuple[dict, hired.ItemLengths]]) -> list[ItemResult]:
         baseline = torch.cuda.memory_allocated(self.device) if self.device.type == "cuda" else 0
         token_ids, prepared, timing = self.generate([item for item, _ in chunk])
-        if self.sizing:
-            self._learn_from_peak([lengths for _, lengths in chunk], timing.peak_gpu_mem_bytes, baseline)
+        note = self.batches.learn_from_peak([lengths for _, lengths in chunk], timing.peak_gpu_mem_bytes, baseline)
+        if note:
+            log.warning("%s", note)
         return [
             ItemResult(
                 token_ids=token_ids[k],
@@ -261,14 +206,14 @@ class Predictor:
         pinned on its item(s) by running them one at a time, so one bad item costs one row."""
         make_error = lambda item, reason: ItemResult(error=reason)  # noqa: E731
         try:
-            return run_with_oom_backoff(chunk, self._run, self.sizes, make_error=make_error)
+            return run_with_oom_backoff(chunk, self._run, self.batches.sizes, make_error=make_error)
         except Exception as error:
             log.warning("a batch of %d failed (%s: %s); running its items one by one", len(chunk),
                         type(error).__name__, error)
         results = []
         for pair in chunk:
             try:
-                results.extend(run_with_oom_backoff([pair], self._run, self.sizes, make_error=make_error))
+                results.extend(run_with_oom_backoff([pair], self._run, self.batches.sizes, make_error=make_error))
             except Exception as error:
                 log.exception("an item failed alone")
                 results.append(ItemResult(error=f"generation failed: {type(error).__name__}: {error}"))
@@ -302,14 +247,14 @@ class Predictor:
             good.append(i)
             items.append(item)
             lengths.append(length)
-        for micro in self.micro_batches(lengths):
+        for micro in self.batches.micro_batches(lengths):
             chunk = [(items[k], lengths[k]) for k in micro]
             for k, result in zip(micro, self._run_isolating_failures(chunk)):
                 self._fill(out, good[k], result)
-        if self.sizes.history:
-            for line in self.sizes.history:
-                log.warning("OOM back-off: %s", line)
-            self.sizes.history.clear()
+        history = self.batches.sizes.history
+        for line in history:
+            log.warning("OOM back-off: %s", line)
+        history.clear()
         config = self.config
         fraction, tokens = hired.budget_kind(config.budget) if config else (None, None)
         for i in range(n):

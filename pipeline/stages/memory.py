@@ -3,25 +3,32 @@
 HiRED fixes each image's visual-token count before the LLM sees it, so the
 length of every sequence is known before it reaches the GPU, and so is the
 memory it needs. This module turns a LLaVA-Next / LLaVA config and a dtype into
-bytes:
+bytes, and bytes into micro-batches:
 
 * weights: every parameter of the vision tower, projector and LLM (or what a
   loaded model actually holds);
-* per item, three parts that grow with the batch:
+* per item, three parts that grow with the batch (:class:`MemoryModel`):
   - the KV cache for the prompt plus ``max_new_tokens``;
   - prefill: the peak working set of one decoder layer over the whole prompt,
     plus what lives for the whole forward (input embeddings, rotary tables,
     the causal mask, the last position's logits);
   - vision: the peak of one CLIP layer over all the item's partitions (with the
     states HiRED's hooks keep), or of the projector with the kept features;
-* a margin: a fixed part (CUDA context, cuBLAS workspaces) and a fraction of
-  the free memory (the caching allocator's fragmentation).
+* a margin (:class:`Margin`): a fixed part (CUDA context, cuBLAS workspaces)
+  and a fraction of the free memory (the caching allocator's fragmentation).
 
-The working sets were counted from the code of the installed transformers (5.23:
-``LlamaDecoderLayer``, ``sdpa_attention_forward``, ``DynamicLayer.update``,
-``CLIPEncoderLayer``) and checked against the allocations the torch profiler
-records on CPU (tests/test_memory.py). CUDA kernels add little of their own: SDPA
-runs flash or memory-efficient kernels, which never build the attention matrix.
+:class:`BatchSizer` is what a generation actor runs: it cuts each call's items,
+longest prompt first, into micro-batches that fit the free memory, and raises
+its estimates when a measured peak shows they fell short.
+
+The working sets are counted from what transformers' modules allocate in a
+forward pass (``LlamaDecoderLayer`` with ``LlamaRMSNorm``, ``apply_rotary_pos_emb``
+and ``sdpa_attention_forward``; ``DynamicCache`` for the KV cache;
+``CLIPEncoderLayer``; ``generate``'s ``logits_to_keep=1``). tests/test_memory.py
+checks them against the allocations the torch profiler records on CPU with the
+installed transformers, so a release that allocates differently fails there,
+not on a GPU. CUDA kernels add little of their own: SDPA runs flash or
+memory-efficient kernels, which never build the attention matrix.
 
 The last part is :func:`run_with_oom_backoff`: should a batch still run out of
 memory, it is split in halves until it fits, later batches are made smaller,
@@ -36,10 +43,14 @@ import gc
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from hired.config import NO_DROPPING, HiREDConfig
+
+if TYPE_CHECKING:
+    from hired.prepare import ItemLengths
 
 GiB = 1 << 30
 FLOAT32_BYTES = 4
@@ -247,6 +258,12 @@ class MemoryModel:
     from the config. ``last_logits_only=True`` matches transformers 5's
     ``generate``, which asks the model for the last position's logits only;
     set it to ``False`` for a model that computes logits for every position.
+
+    In the comments below, B is the batch, L the prompt length in tokens, P an
+    item's partitions (views through the vision tower); the bytes in brackets
+    are LLaVA-Next-7B's in float16 (Vicuna-7B: hidden 4096, 32 heads of 128,
+    32 KV heads, MLP 11008, vocabulary 32064; CLIP ViT-L/14-336: hidden 1024,
+    MLP 4096, 577 positions a partition).
     """
 
     def __init__(
@@ -260,18 +277,19 @@ class MemoryModel:
         self.shape = LlavaShape.from_config(config)
         self.element_bytes = dtype_bytes(dtype)
         self.weights_bytes = weights_bytes(config, dtype, model)
-        # transformers 5.23, generation/utils.py lines 2953-2954, in generate():
-        #     if self._supports_logits_to_keep() and "logits_to_keep" not in model_kwargs:
-        #         model_kwargs["logits_to_keep"] = 1
-        # and LlavaNextForConditionalGeneration.forward (modeling_llava_next.py line 625) slices
-        # the hidden states to those positions before lm_head, so prefill materialises (B, 1, vocab).
+        # generate() passes logits_to_keep=1 to models that accept it (LLaVA and LLaVA-Next
+        # do), and their forward slices the hidden states to that last position before
+        # lm_head: prefill materialises logits of (B, 1, vocab), not (B, L, vocab).
         self.last_logits_only = last_logits_only
 
     # --- KV cache -----------------------------------------------------------------
 
     @property
     def kv_cache_bytes_per_token(self) -> int:
-        """Keys and values of every decoder layer for one token."""
+        """Keys and values of every decoder layer for one token [512 KiB].
+
+        ``DynamicCache`` holds, per layer, keys and values of (B, kv_heads, tokens, head_dim).
+        """
         s = self.shape
         return 2 * s.text_layers * s.kv_heads * s.head_dim * self.element_bytes
 
@@ -281,34 +299,40 @@ class MemoryModel:
     # --- Prefill -------------------------------------------------------------------
 
     def decoder_layer_bytes_per_token(self) -> int:
-        """Peak working set of one Llama decoder layer per prompt token, KV cache not included.
+        """Peak working set of one Llama decoder layer per prompt token, KV cache not included [80.5 KiB].
 
         The layer's input (the residual) lives throughout; on top of it, the
-        largest of the layer's phases, as transformers 5.23 computes them.
+        largest of the layer's phases (norm, rotary, attention, MLP), counted
+        from what ``LlamaDecoderLayer`` and the functions it calls allocate.
+        Each figure is one token's row of a (B, L, ...) or (B, heads, L, head_dim)
+        tensor.
         """
         s, e = self.shape, self.element_bytes
-        hidden = s.text_hidden * e
-        q = s.heads * s.head_dim * e
-        kv = s.kv_heads * s.head_dim * e
-        intermediate = s.text_intermediate * e
-        # RMSNorm upcasts: a float32 copy of the input and its normalised float32 product live at once.
+        hidden = s.text_hidden * e  # a (B, L, hidden) state [8 KiB]
+        q = s.heads * s.head_dim * e  # queries, (B, heads, L, head_dim) [8 KiB]
+        kv = s.kv_heads * s.head_dim * e  # keys or values, (B, kv_heads, L, head_dim) [8 KiB]
+        intermediate = s.text_intermediate * e  # an MLP state, (B, L, intermediate) [21.5 KiB]
+        # LlamaRMSNorm computes in float32: the upcast input and its normalised product live at
+        # once beside the residual [40 KiB].
         norm = hidden + 2 * s.text_hidden * FLOAT32_BYTES
         # Residual, normed input, q/k/v, and apply_rotary_pos_emb's temporaries: while it rotates q,
-        # q*cos, rotate_half(q) and its product with sin; while it rotates k, the rotated q and three for k.
+        # q*cos, rotate_half(q) and its product with sin; while it rotates k, the rotated q and three
+        # for k [72 KiB].
         rotary = 2 * hidden + q + 2 * kv + max(3 * q, q + 3 * kv)
-        # With a padding mask, sdpa_attention_forward repeats k/v to all heads (GQA); SDPA's output is
-        # then made contiguous. The kernel itself never builds the attention matrix.
+        # With a padding mask, sdpa_attention_forward repeats k/v to all heads (repeat_kv, for GQA);
+        # SDPA's (B, heads, L, head_dim) output is then transposed and made contiguous. The kernel
+        # itself never builds the (L, L) attention matrix [56 KiB].
         repeated_kv = 2 * q if s.kv_heads < s.heads else 0
         attention = 2 * hidden + q + 2 * kv + repeated_kv + 2 * q
-        # Gated MLP: act(gate), up and their product coexist.
+        # Gated MLP: act(gate_proj(x)), up_proj(x) and their product coexist [80.5 KiB].
         mlp = 2 * hidden + 3 * intermediate
         return max(norm, rotary, attention, mlp)
 
     def prefill_bytes_per_token(self) -> int:
-        """Per prompt token: the peak layer, the input embeddings and the rotary cos/sin tables."""
+        """Per prompt token: the peak layer, the input embeddings and the rotary cos/sin tables [89 KiB]."""
         s, e = self.shape, self.element_bytes
-        inputs_embeds = s.text_hidden * e
-        rotary_tables = 2 * s.head_dim * e
+        inputs_embeds = s.text_hidden * e  # (B, L, hidden), held by the model's forward throughout
+        rotary_tables = 2 * s.head_dim * e  # cos and sin, (B, L, head_dim) each
         return inputs_embeds + rotary_tables + self.decoder_layer_bytes_per_token()
 
     def logits_bytes(self, prompt_tokens: int) -> int:
@@ -327,24 +351,31 @@ class MemoryModel:
     # --- Vision --------------------------------------------------------------------
 
     def vision_layer_bytes_per_token(self) -> int:
-        """Peak of one CLIP encoder layer per token, with the states kept across layers."""
+        """Peak of one CLIP encoder layer per token, with the states kept across layers [40 KiB].
+
+        The tower runs all an item's partitions as one (P, 577, hidden) batch; each
+        figure is one position's row.
+        """
         s, e = self.shape, self.element_bytes
-        hidden = s.vision_hidden * e
+        hidden = s.vision_hidden * e  # a (P, 577, hidden) state [2 KiB]
         # Kept until the tower has run: the feature layer's state(s), HiRED's captured q/k
-        # projections, and the encoder's input, which CLIPVisionTransformer.forward still references.
+        # projections, and the encoder's input, which CLIPVisionTransformer.forward still
+        # references [12 KiB].
         kept_states = (s.feature_layers + HIRED_CAPTURED_PROJECTIONS + 1) * hidden
-        # Residual, normed input, q/k/v, SDPA's output and the out-projection.
+        # Residual, normed input, q/k/v, SDPA's output and the out-projection [14 KiB].
         attention = 2 * hidden + 3 * hidden + 2 * hidden
-        # fc1's output, and quick_gelu's x * sigmoid(1.702 * x): two more of that size at once.
+        # Residual, normed input, fc1's (P, 577, intermediate) output, and quick_gelu's
+        # x * sigmoid(1.702 * x): two more of that size at once [28 KiB].
         mlp = 2 * hidden + 3 * s.vision_intermediate * e
         return kept_states + max(attention, mlp)
 
     def pixel_bytes_per_partition(self) -> int:
+        """One partition's pixel values, (3, 336, 336) in the model's dtype [661.5 KiB]."""
         s = self.shape
         return s.channels * s.image_size**2 * self.element_bytes
 
     def vision_tower_bytes(self, partitions: int) -> int:
-        """Peak of the tower over an item's partitions (they all run in one forward)."""
+        """Peak of the tower over an item's partitions (they all run in one forward) [115.9 MiB for 5]."""
         tokens = self.shape.patch_tokens + 1  # + CLS
         return partitions * (self.pixel_bytes_per_partition() + tokens * self.vision_layer_bytes_per_token())
 
@@ -353,8 +384,8 @@ class MemoryModel:
         s, e = self.shape, self.element_bytes
         tokens = s.patch_tokens + 1
         pixels = partitions * self.pixel_bytes_per_partition()  # prepare_inputs still holds them
-        feature_states = partitions * tokens * s.vision_feature_width * e
-        gathered = visual_tokens_llm * s.vision_feature_width * e
+        feature_states = partitions * tokens * s.vision_feature_width * e  # (P, 577, hidden x feature layers)
+        gathered = visual_tokens_llm * s.vision_feature_width * e  # the kept tokens' features
         projector_hidden = 2 * visual_tokens_llm * s.text_hidden * e  # linear_1's output and its activation
         kept_features = 2 * visual_tokens_llm * s.text_hidden * e  # per-item results and their concatenation
         return pixels + feature_states + gathered + projector_hidden + kept_features
@@ -419,7 +450,7 @@ class MemoryModel:
 
 
 # ---------------------------------------------------------------------------
-# Choosing the batch size
+# The margin
 # ---------------------------------------------------------------------------
 
 
@@ -446,115 +477,6 @@ class Margin:
 
     def reserve_bytes(self, free_bytes: int) -> int:
         return self.fixed_bytes + math.ceil(self.fraction * free_bytes)
-
-
-DEFAULT_MARGIN = Margin()
-
-
-@dataclass(frozen=True)
-class BatchPlan:
-    """A batch size and the figures that chose it; ``str(plan)`` is a log line."""
-
-    batch_size: int
-    free_bytes: int | None  # free for activations, after the weights; None: not measured (CPU)
-    reserve_bytes: int  # held back by the margin
-    item_bytes: int  # per item, as used for the decision
-    breakdown: ItemBytes | None  # the model's per-item parts, when the decision used them
-    margin: Margin = DEFAULT_MARGIN
-    note: str = ""
-
-    @property
-    def usable_bytes(self) -> int:
-        return max(0, (self.free_bytes or 0) - self.reserve_bytes)
-
-    def __str__(self) -> str:
-        if self.free_bytes is None:
-            return f"batch {self.batch_size}: no device memory figure (CPU), using the default batch size"
-        per_item = self.breakdown.describe() if self.breakdown else f"{self.item_bytes / GiB:.2f} GiB per item"
-        head = f"batch {self.batch_size}" if self.batch_size else "no batch fits"
-        line = (
-            f"{head}: {self.free_bytes / GiB:.2f} GiB free after weights, {self.reserve_bytes / GiB:.2f} GiB "
-            f"held back ({self.margin.fixed_bytes / GiB:.2f} fixed + {self.margin.fraction:.0%}), {per_item}"
-        )
-        return f"{line}; {self.note}" if self.note else line
-
-
-def plan_batch_size(
-    free_bytes: int | None,
-    item_bytes: ItemBytes | int,
-    margin: Margin = DEFAULT_MARGIN,
-    limit: int | None = None,
-    default_batch_size: int = 1,
-    note: str = "",
-) -> BatchPlan:
-    """The largest batch whose items fit in ``free_bytes`` after the margin, at most ``limit``.
-
-    ``free_bytes`` is what the process can still allocate once the weights are
-    loaded (:func:`free_device_bytes`), or a budget minus :func:`weights_bytes`.
-    ``None`` (no GPU) gives ``default_batch_size``. 0 means not even one item fits.
-    """
-    breakdown = item_bytes if isinstance(item_bytes, ItemBytes) else None
-    per_item = item_bytes.total_bytes if breakdown else int(item_bytes)
-    if per_item <= 0:
-        raise ValueError(f"per-item bytes must be positive, got {per_item}")
-    if free_bytes is None:
-        return BatchPlan(default_batch_size, None, 0, per_item, breakdown, margin, note)
-    reserve = margin.reserve_bytes(free_bytes)
-    fits = max(0, free_bytes - reserve) // per_item
-    batch = fits if limit is None else min(fits, limit)
-    return BatchPlan(batch, free_bytes, reserve, per_item, breakdown, margin, note)
-
-
-def max_batch_size(
-    free_bytes: int | None,
-    item_bytes: ItemBytes | int,
-    margin: Margin = DEFAULT_MARGIN,
-    limit: int | None = None,
-    default_batch_size: int = 1,
-) -> int:
-    """:func:`plan_batch_size`'s batch size alone."""
-    return plan_batch_size(free_bytes, item_bytes, margin, limit, default_batch_size).batch_size
-
-
-def adjust_after_probe(
-    plan: BatchPlan,
-    probe_batch_size: int,
-    peak_allocated_bytes: int,
-    baseline_allocated_bytes: int,
-    probe_was_worst_case: bool = False,
-    limit: int | None = None,
-) -> BatchPlan:
-    """Re-plan from one measured batch.
-
-    The caller runs a batch of ``probe_batch_size`` after
-    ``torch.cuda.reset_peak_memory_stats()``, reading
-    ``torch.cuda.memory_allocated()`` before it (``baseline_allocated_bytes``: the
-    weights and whatever else stays) and ``torch.cuda.max_memory_allocated()``
-    after it. The measured per-item figure replaces the prediction when it is
-    larger. A smaller one is trusted only if the probe had the worst-case shape
-    (longest prompt, and ``min_new_tokens=max_new_tokens`` so the KV cache grew
-    to full length): a probe that stopped early at EOS says nothing about the
-    items that will not. Lazily allocated workspaces land in the probe too, so
-    the measurement errs high.
-    """
-    if probe_batch_size < 1:
-        raise ValueError(f"probe_batch_size must be >= 1, got {probe_batch_size}")
-    measured = math.ceil(max(0, peak_allocated_bytes - baseline_allocated_bytes) / probe_batch_size)
-    predicted = plan.item_bytes
-    use_measured = measured > predicted or probe_was_worst_case
-    corrected = max(measured, 1) if use_measured else predicted
-    note = (
-        f"probe of {probe_batch_size} measured {measured / GiB:.2f} GiB per item, "
-        f"predicted {predicted / GiB:.2f}; using the {'measurement' if use_measured else 'prediction'}"
-    )
-    return plan_batch_size(
-        plan.free_bytes,
-        corrected if use_measured else (plan.breakdown or predicted),
-        plan.margin,
-        limit,
-        default_batch_size=plan.batch_size,
-        note=note,
-    )
 
 
 # ---------------------------------------------------------------------------
@@ -731,3 +653,127 @@ def run_with_oom_backoff(
             fallback = largest_ran or len(chunk) // 2
             state.lower_to(fallback, f"out of memory on a batch of {len(chunk)}")
     return results
+
+
+# ---------------------------------------------------------------------------
+# Micro-batches: what a generation actor runs
+# ---------------------------------------------------------------------------
+
+CPU_BATCH_SIZE = 4  # no device memory to size by: small batches keep latency per item sane
+# Sizing by memory, a ceiling only (the memory decides): in the job each call holds one Ray Data
+# batch, fewer rows than this; it bounds what direct callers (benchmarks, notebooks) get at once.
+MAX_BATCH_SIZE = 256
+
+
+class BatchSizer:
+    """A generation actor's micro-batches: as many items as fit, corrected by measured peaks.
+
+    Build one per actor once the model is loaded. ``free_bytes`` is what the
+    process can still allocate (:func:`free_device_bytes`); the :class:`Margin`
+    is held back from it. With ``free_bytes=None`` (no GPU) or a
+    ``fixed_batch_size`` there is no sizing: items are cut into batches of that
+    size (:data:`CPU_BATCH_SIZE` on CPU).
+
+    ``sizes`` is the OOM back-off's state: pass it to :func:`run_with_oom_backoff`
+    so that what an out-of-memory error teaches lowers later micro-batches too.
+    ``correction`` (measured / predicted, never below 1) is what measured peaks
+    taught; it scales every estimate.
+    """
+
+    def __init__(
+        self,
+        memory: MemoryModel,
+        max_new_tokens: int,
+        free_bytes: int | None,
+        margin: Margin = Margin(),
+        fixed_batch_size: int | None = None,
+    ):
+        self.memory = memory
+        self.max_new_tokens = max_new_tokens
+        self.free_bytes = free_bytes
+        self.margin = margin
+        self.sizing = free_bytes is not None and fixed_batch_size is None
+        self.fixed_by_caller = fixed_batch_size is not None
+        self.correction = 1.0
+        self.sizes = AdaptiveBatchSize(MAX_BATCH_SIZE if self.sizing else fixed_batch_size or CPU_BATCH_SIZE)
+
+    @property
+    def usable_bytes(self) -> int:
+        """The free memory less the margin: what micro-batches may fill."""
+        return max(0, self.free_bytes - self.margin.reserve_bytes(self.free_bytes))
+
+    def padded_item_bytes(self, lengths: Sequence[ItemLengths]) -> ItemBytes:
+        """One item's memory in a batch of these items, before correction: each is padded to the
+        longest prompt and costed with the most partitions and visual tokens among them (an upper bound)."""
+        return self.memory.item_bytes(
+            prompt_tokens=max(x.prompt_tokens for x in lengths),
+            max_new_tokens=self.max_new_tokens,
+            partitions=max(x.partitions for x in lengths),
+            visual_tokens_llm=max(x.visual_tokens_llm for x in lengths),
+        )
+
+    def corrected_bytes(self, item: ItemBytes) -> int:
+        """``item``'s bytes scaled by what measured peaks taught."""
+        return math.ceil(item.total_bytes * self.correction)
+
+    def batch_bytes(self, lengths: Sequence[ItemLengths]) -> int:
+        """Predicted memory of these items as one batch."""
+        return len(lengths) * self.corrected_bytes(self.padded_item_bytes(lengths))
+
+    def fits(self, item: ItemBytes) -> int:
+        """How many items of this size fit together (0: not even one)."""
+        return self.usable_bytes // self.corrected_bytes(item)
+
+    def micro_batches(self, lengths: Sequence[ItemLengths]) -> list[list[int]]:
+        """Indices of the items, longest prompt first, cut into batches that fit.
+
+        A left-padded batch costs its size times its longest member, which comes
+        first, so each batch takes as many items as fit at that length (at most
+        ``sizes.batch_size``, which OOM back-off may have lowered). An item too
+        large even alone still gets a batch of its own: OOM back-off makes it an
+        error row rather than losing it here.
+        """
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i].prompt_tokens)
+        batches, start = [], 0
+        while start < len(order):
+            size = min(self.sizes.batch_size, len(order) - start)
+            if self.sizing:
+                usable = self.usable_bytes
+                while size > 1 and self.batch_bytes([lengths[i] for i in order[start : start + size]]) > usable:
+                    size -= 1
+            batches.append(order[start : start + size])
+            start += size
+        return batches
+
+    def learn_from_peak(self, lengths: Sequence[ItemLengths], peak_bytes: int, baseline_bytes: int) -> str | None:
+        """Raise the estimates when a batch used more than predicted; returns the log line if it did.
+
+        ``baseline_bytes`` is ``torch.cuda.memory_allocated()`` before the batch
+        (the weights and whatever else stays), ``peak_bytes``
+        ``torch.cuda.max_memory_allocated()`` after it, its peak statistics reset
+        before it. Never lowered: a batch that stopped early at EOS did not grow
+        its KV cache to full length, so a smaller measurement proves nothing.
+        """
+        if not self.sizing:
+            return None
+        predicted = self.batch_bytes(lengths)
+        measured = peak_bytes - baseline_bytes
+        if measured <= predicted:
+            return None
+        self.correction *= measured / predicted
+        return (
+            f"a batch of {len(lengths)} used {measured / GiB:.2f} GiB, {100 * (measured / predicted - 1):.0f}% over "
+            f"the {predicted / GiB:.2f} GiB predicted: estimates raised by that much"
+        )
+
+    def describe(self, item: ItemBytes | None) -> str:
+        """A log line: how batches are sized and, when sizing, how many of ``item`` (say, the costliest) fit."""
+        if not self.sizing:
+            reason = "fixed by the caller" if self.fixed_by_caller else "CPU default: no device memory figure"
+            return f"batch size {self.sizes.batch_size} ({reason})"
+        fits = self.fits(item)
+        return (
+            f"batch sizing: {self.free_bytes / GiB:.2f} GiB free after weights, {self.usable_bytes / GiB:.2f} GiB "
+            f"usable ({self.margin.fixed_bytes / GiB:.2f} GiB + {self.margin.fraction:.0%} held back); "
+            f"{fits} to a batch at {item.describe()}" + ("" if fits else ": such items would be out-of-memory error rows")
+        )
