@@ -246,7 +246,9 @@ def _error_rows(failed: pa.Table) -> list[list]:
 # The second pass: histograms with fixed bins, and an even sample of items for the scatter charts
 
 
-def _even_subset(count: int, limit: int = MAX_PLOTTED_POINTS) -> np.ndarray:
+def _even_subset(count: int) -> np.ndarray:
+    """Ordinals of at most ``MAX_PLOTTED_POINTS`` of ``count`` items, evenly spread, first and last included."""
+    limit = MAX_PLOTTED_POINTS
     return np.arange(count) if count <= limit else np.linspace(0, count - 1, limit).round().astype(int)
 
 
