@@ -4,7 +4,7 @@ Writes synthetic outputs with the real output schema (``pipeline.columns.OUTPUT_
 the pipeline's own writer: 1,000,000 rows in 200 files, and 1,000 rows in the same 200 files.
 Then runs ``python -m pipeline.summary`` and ``python -m pipeline.report`` on each in a subprocess
 and measures its wall time and peak RSS (the child's own ``ru_maxrss`` from ``os.wait4``).
-Prints the figures against the targets and writes them to ``bench/results/summary-<host>.json``.
+Prints the figures against the targets and writes them to ``bench/results/summary-<machine>-<rows>-rows.json``.
 
     python bench/bench_summary.py                 # both outputs, summary and report
     python bench/bench_summary.py --row-by-row    # also the former summary (every row in Python)
@@ -178,7 +178,7 @@ def main() -> None:
               "the memory")
 
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    where = Path(args.out) / f"summary-{platform.machine().replace('_', '-')}.json"
+    where = Path(args.out) / f"summary-{platform.machine().replace('_', '-')}-{args.rows}-rows.json"
     where.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nresults: {where}")
 
