@@ -61,8 +61,8 @@ def output_schema(task: str) -> pa.Schema:
 # of a thousand dead links is one group, not a thousand; the detail stays in the row.
 ERROR_KINDS = (
     "missing field", "unreadable shard", "cannot fetch image_uri", "empty image", "image too large",
-    "undecodable image", "image has no pixels", "preprocessing failed", "out of memory", "generation failed",
-    "internal",
+    "undecodable image", "image has no pixels", "preprocessing failed", "prompt too long", "out of memory",
+    "generation failed", "internal",
 )
 # A reason from elsewhere (an older version, a hand-edited file) is grouped by its text before the
 # first colon only if that is a short phrase: anything that could hold a path or URI is "other".

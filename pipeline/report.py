@@ -298,12 +298,13 @@ def second_pass(output: Output, first: FirstPass) -> ChartData:
         cumulative = running_s + np.cumsum(np.nan_to_num(seconds))
         running_s = float(cumulative[-1]) if cumulative.size else running_s
         pick = _pick(wanted_ok, ok_seen, ok_position.size)
-        runs = (np.asarray(table.column("run_id").filter(ok_mask).to_pylist(), dtype=object)
-                if "run_id" in table.column_names else np.full(ok_position.size, None, dtype=object))
         for name, values in (("position", ok_position), ("seconds", seconds), ("cumulative_s", cumulative),
                              ("full", column(table, "visual_tokens_full", ok_mask)),
-                             ("kept", column(table, "visual_tokens_kept", ok_mask)), ("run", runs)):
+                             ("kept", column(table, "visual_tokens_kept", ok_mask))):
             parts[name].append(values[pick])
+        runs = (table.column("run_id").filter(ok_mask).take(pa.array(pick, pa.int64())).to_pylist()
+                if "run_id" in table.column_names else [None] * pick.size)  # only the sampled rows' strings
+        parts["run"].append(np.asarray(runs, dtype=object).reshape(-1))
         parts["error_position"].append(error_position[_pick(wanted_errors, errors_seen, error_position.size)])
         offset, ok_seen, errors_seen = offset + table.num_rows, ok_seen + ok_position.size, errors_seen + error_position.size
     joined = {k: np.concatenate(v) if v else np.array([]) for k, v in parts.items()}

@@ -158,6 +158,8 @@ def test_every_reason_the_pipeline_writes_starts_with_a_kind(tmp_path):
     assert error_kind("out of memory: the item alone in its batch (OutOfMemoryError: CUDA out of memory)") == \
         "out of memory"
     assert error_kind("generation failed: ValueError: x") == "generation failed"
+    assert error_kind("prompt too long: 5000 tokens + 16 new tokens exceed the model's context of 4096") == \
+        "prompt too long"
     assert error_kind("internal: no result came back for this row") == "internal"
 
 
