@@ -3,7 +3,7 @@
 Writes synthetic outputs with the real output schema (``pipeline.columns.OUTPUT_SCHEMA``) through
 the pipeline's own writer: 1,000,000 rows in 200 files, and 1,000 rows in the same 200 files.
 Then runs ``python -m pipeline.summary`` and ``python -m pipeline.report`` on each in a subprocess
-and measures its wall time and peak RSS (the child's own ``ru_maxrss`` from ``os.wait4``).
+and measures its wall time and peak RSS (its own ``ru_maxrss``, from ``os.wait4`` in a small launcher).
 Prints the figures against the targets and writes them to ``bench/results/summary-<machine>-<rows>-rows.json``.
 
     python bench/bench_summary.py                 # both outputs, summary and report
@@ -106,18 +106,34 @@ def write_synthetic_output(directory: Path, rows: int, files: int = FILES) -> st
     return str(directory)
 
 
-def measure(command: list[str]) -> dict:
+# Runs a command as its own child and writes that child's peak RSS to a file. The launcher is a
+# small fresh process on purpose: Linux counts the memory a process had before exec in its
+# ru_maxrss, so a command forked straight from this (large) benchmark would report our size.
+LAUNCHER = """
+import json, os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    json.dump({"code": os.waitstatus_to_exitcode(status), "maxrss": usage.ru_maxrss}, f)
+"""
+
+
+def measure(command: list[str], scratch: str) -> dict:
     """Wall time and peak resident memory of one command run as a child process."""
+    figures_file = os.path.join(scratch, "rusage.json")
     started = time.perf_counter()
-    child = subprocess.Popen(command, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    output = child.stdout.read().decode(errors="replace")
-    _, status, usage = os.wait4(child.pid, 0)
+    done = subprocess.run([sys.executable, "-c", LAUNCHER, figures_file, *command], cwd=REPO,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT)
     wall_s = time.perf_counter() - started
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise SystemExit(f"{' '.join(command)} failed ({code}):\n{output[-3000:]}")
-    peak_mib = usage.ru_maxrss / 1024 if platform.system() == "Linux" else usage.ru_maxrss / 2**20
+    output = done.stdout.decode(errors="replace")
+    with open(figures_file) as f:
+        usage = json.load(f)
+    if done.returncode != 0 or usage["code"] != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({usage['code']}):\n{output[-3000:]}")
+    peak_mib = usage["maxrss"] / 1024 if platform.system() == "Linux" else usage["maxrss"] / 2**20
     return {"wall_s": round(wall_s, 2), "peak_rss_mib": round(peak_mib, 1), "output_tail": output[-400:]}
 
 
@@ -149,7 +165,7 @@ def main() -> None:
             commands["row_by_row_summary"] = lambda uri: [sys.executable, "-c", ROW_BY_ROW, uri]
         for name, command in commands.items():
             for rows in (args.small_rows, args.rows):
-                figures = measure(command(outputs[rows]))
+                figures = measure(command(outputs[rows]), scratch)
                 results["measured"][f"{name}@{rows}"] = figures
                 print(f"{name:>20} {rows:>9,} rows: {figures['wall_s']:7.2f} s  {figures['peak_rss_mib']:7.1f} MiB")
 

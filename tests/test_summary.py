@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.columns import ERROR_KINDS, error_kind, output_schema
+from pipeline.columns import ERROR_KINDS, error_kind
 from pipeline.io.images import BadImage, decode_image
 from pipeline.io.outputs import read_outputs
 from pipeline.stages.preprocess import Preprocessor
