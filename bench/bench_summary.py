@@ -8,6 +8,7 @@ Prints the figures against the targets and writes them to ``bench/results/summar
 
     python bench/bench_summary.py                 # both outputs, summary and report
     python bench/bench_summary.py --row-by-row    # also the former summary (every row in Python)
+    python bench/bench_summary.py --rows 10000000 # ten million rows, same 200 files
 
 Targets (issue 12): summary of 1M rows in <= 600 MiB and <= 30 s; report in <= 800 MiB and
 <= 60 s; the summary's peak over 1M rows no more than over 1,000 rows plus a small constant.
@@ -141,6 +142,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--small-rows", type=int, default=1_000)
+    parser.add_argument("--files", type=int, default=FILES, help="result files each output is written in")
     parser.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "hired-bench-summary"),
                         help="where the synthetic outputs are written (kept for reruns)")
     parser.add_argument("--row-by-row", action="store_true", help="also time the former row-by-row summary")
@@ -150,10 +152,10 @@ def main() -> None:
     outputs = {}
     for rows in (args.small_rows, args.rows):
         started = time.perf_counter()
-        outputs[rows] = write_synthetic_output(Path(args.data) / f"rows-{rows}", rows)
-        print(f"output of {rows:,} rows in {FILES} files: {outputs[rows]} ({time.perf_counter() - started:.1f} s)")
+        outputs[rows] = write_synthetic_output(Path(args.data) / f"rows-{rows}-files-{args.files}", rows, args.files)
+        print(f"output of {rows:,} rows in {args.files} files: {outputs[rows]} ({time.perf_counter() - started:.1f} s)")
 
-    results = {"rows": args.rows, "small_rows": args.small_rows, "files": FILES, "cpus": os.cpu_count(),
+    results = {"rows": args.rows, "small_rows": args.small_rows, "files": args.files, "cpus": os.cpu_count(),
                "load_average": os.getloadavg(), "python": platform.python_version(), "targets": TARGETS,
                "measured": {}}
     with tempfile.TemporaryDirectory() as scratch:
