@@ -6,6 +6,7 @@ Between Ray Data stages a batch is a dict of 1-D numpy object arrays, one per co
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -56,6 +57,31 @@ def output_schema(task: str) -> pa.Schema:
     if task == "vqa":
         return pa.schema(list(OUTPUT_SCHEMA) + VQA_FIELDS)
     return OUTPUT_SCHEMA
+
+
+# Every reason written to the `error` column starts with one of these fixed phrases, then ": "
+# and the detail (a URI, an exception). The summary groups error rows by the phrase, so a shard
+# of a thousand dead links is one group, not a thousand; the detail stays in the row.
+ERROR_KINDS = (
+    "missing field", "unreadable shard", "cannot fetch image_uri", "empty image", "image too large",
+    "undecodable image", "image has no pixels", "preprocessing failed", "prompt too long", "out of memory",
+    "generation failed", "internal",
+)
+# A reason from elsewhere (an older version, a hand-edited file) is grouped by its text before the
+# first colon only if that is a short phrase: anything that could hold a path or URI is "other".
+_PHRASE = re.compile(r"[\w][\w \-]{0,47}")
+
+
+def error_kind(reason: str) -> str:
+    """The group an error reason is counted under: its fixed kind phrase."""
+    for kind in ERROR_KINDS:
+        if reason.startswith(kind):
+            return kind
+    head, _, rest = reason.partition(":")
+    if rest.startswith(("/", "\\")):  # the colon was a URI's scheme ("s3://...") or a drive letter
+        return "other"
+    head = head.strip()
+    return head if _PHRASE.fullmatch(head) else "other"
 
 
 # Between the stages, besides the input columns: where a row came from, and why it failed.

@@ -1,10 +1,15 @@
 """A one-file HTML report of a pipeline output: ``python -m pipeline.report OUTPUT_URI -o report.html``.
 
-The counts come from the result rows themselves (through ``pipeline.summary.summarize``, so they
-agree with the job's own summary); what only the job knew (its wall time, failed shards, shard
-counts) comes from ``_summary.json`` when it is there. Charts are PNGs drawn with matplotlib's Agg
-renderer and embedded as base64, so the page needs nothing but itself: it can be mailed, archived
-next to the output, or opened from object storage.
+The counts come from the result rows themselves (through :class:`pipeline.summary.SummaryTotals`,
+so they agree with the job's own summary); what only the job knew (its wall time, failed shards,
+shard counts) comes from ``_summary.json`` when it is there. Charts are PNGs drawn with matplotlib's
+Agg renderer and embedded as base64, so the page needs nothing but itself: it can be mailed,
+archived next to the output, or opened from object storage.
+
+The result files are read one at a time, a few columns at a time, in two passes: the first
+gathers the counts, the first error rows and each chart's value range; the second fills
+histograms with fixed bins and draws an even sample of at most ``MAX_PLOTTED_POINTS`` items for
+the scatter charts. Memory therefore does not grow with the output's rows.
 
 Every string that comes from the data (ids, captions, error reasons, shard URIs) is HTML-escaped,
 and the page carries a Content-Security-Policy that forbids scripts and remote loads anyway.
@@ -20,17 +25,21 @@ import io
 import json
 import posixpath
 import sys
+import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from .io.outputs import read_outputs
+from .io.outputs import output_files
+from .io.retry import with_retries
 from .io.storage import Storage
-from .summary import summarize
+from .summary import SUMMARY_COLUMNS, SummaryTotals, read_columns
 
 DEFAULT_REPORT = "report.html"
 DEFAULT_ERROR_ROWS = 50
@@ -39,11 +48,20 @@ MAX_PLOTTED_POINTS = 20_000  # beyond this a scatter is a blot and slow to draw:
 MAX_SHARD_LINES = 60  # shard boundaries drawn on the timeline; more would hide the data
 MAX_REASON_BARS = 20
 TEXT_PREVIEW_CHARS = 300
+HISTOGRAM_BINS = 30
 
-# The columns summarize() reads: selecting them first keeps captions and VQA references out of
-# the Python objects it builds, which is what would cost memory on a large output.
-SUMMARY_COLUMNS = ("id", "error", "visual_tokens_kept", "visual_tokens_full", "generated_tokens", "ttft_ms",
-                   "tokens_per_s", "peak_gpu_mem_bytes", "vqa_accuracy", "exact_match")
+# Settings that tell runs apart, listed in the report (few distinct values each).
+DISTINCT = {"model": "models", "device": "devices", "strategy": "strategies", "budget_fraction": "budget_fractions",
+            "budget_tokens": "budget_counts", "alpha": "alphas",
+            "run_id": "run_ids", "source_shard": "source_shards"}
+FIRST_PASS_COLUMNS = SUMMARY_COLUMNS + ("decode_ms", "batch_size", "row_index") + tuple(DISTINCT)
+SECOND_PASS_COLUMNS = ("error", "visual_tokens_full", "visual_tokens_kept", "ttft_ms", "decode_ms", "batch_size",
+                       "tokens_per_s", "peak_gpu_mem_bytes", "vqa_accuracy", "run_id")
+# Histogram charts: their column over the ok rows, and the unit it is drawn in.
+HISTOGRAMS = {"ttft": ("ttft_ms", 1.0), "tokens-per-s": ("tokens_per_s", 1.0),
+              "gpu-memory": ("peak_gpu_mem_bytes", 1 / 2**30), "vqa-accuracy": ("vqa_accuracy", 1.0)}
+# VQA accuracy takes few values (0, 0.3, 0.6, 0.9, 1 and a few between): one bar per tenth.
+VQA_ACCURACY_EDGES = np.linspace(-0.05, 1.05, 12)
 
 
 class ReportError(Exception):
@@ -57,17 +75,37 @@ class ReportError(Exception):
 @dataclass
 class Output:
     uri: str
-    table: pa.Table  # every result row, in output order (shard files sorted, rows in input order)
+    where: Storage
+    files: list[str]  # the result files, in output order (sorted); rows in input order within each
+    file_rows: list[int]  # each file's row count, from its footer
+    column_names: set[str]  # every column any file has
     saved_summary: dict | None  # _summary.json as the last run wrote it, if present and readable
     notes: list[str] = field(default_factory=list)  # things the reader should know about the inputs
 
     @property
+    def rows(self) -> int:
+        return sum(self.file_rows)
+
+    @property
     def is_vqa(self) -> bool:
-        return "vqa_accuracy" in self.table.column_names
+        return "vqa_accuracy" in self.column_names
+
+    def tables(self, columns) -> Iterator[pa.Table]:
+        """Each file's ``columns`` (those it has), one file in memory at a time."""
+        for path in self.files:
+            yield read_columns(self.where, path, columns)
+
+
+def _footer(where: Storage, path: str) -> pq.FileMetaData:
+    def read() -> pq.FileMetaData:
+        with where.fs.open(path, "rb") as f:
+            return pq.ParquetFile(f).metadata
+
+    return with_retries(read, f"reading the footer of {path}")
 
 
 def load_output(output_uri: str) -> Output:
-    """The result rows and saved summary under ``output_uri``; :class:`ReportError` if there are none."""
+    """The result files and saved summary under ``output_uri``; :class:`ReportError` if there are no rows."""
     try:
         where = Storage.at(output_uri)
         fs, path = where.fs, where.path
@@ -79,19 +117,23 @@ def load_output(output_uri: str) -> Output:
     if not fs.isdir(path):
         raise ReportError(f"{output_uri} is not a directory: give the job's --output location")
     try:
-        table = read_outputs(output_uri)
+        files = output_files(output_uri)
+        footers = [_footer(where, p) for p in files]
     except Exception as e:  # a damaged result file: say which error, not a traceback
         raise ReportError(f"cannot read the result files under {output_uri}: {type(e).__name__}: {e}") from None
-    if table is None:
+    if not files:
         raise ReportError(f"{output_uri} holds no result files (*.parquet): is it a pipeline output?")
-    if table.num_rows == 0:
+    file_rows = [footer.num_rows for footer in footers]
+    if not sum(file_rows):
         raise ReportError(f"{output_uri} holds result files but no rows: there is nothing to report")
+    column_names = {name for footer in footers for name in footer.schema.to_arrow_schema().names}
     notes: list[str] = []
     saved = _read_saved_summary(fs, path, notes)
-    if saved and saved.get("items") != table.num_rows:  # e.g. shards added or removed by hand since
-        notes.append(f"_summary.json counts {saved.get('items')} items but the result files hold {table.num_rows}: "
+    if saved and saved.get("items") != sum(file_rows):  # e.g. shards added or removed by hand since
+        notes.append(f"_summary.json counts {saved.get('items')} items but the result files hold {sum(file_rows)}: "
                      "the files changed after the last run; the counts here are the files'.")
-    return Output(uri=output_uri, table=table, saved_summary=saved, notes=notes)
+    return Output(uri=output_uri, where=where, files=files, file_rows=file_rows, column_names=column_names,
+                  saved_summary=saved, notes=notes)
 
 
 def _read_saved_summary(fs, path: str, notes: list[str]) -> dict | None:
@@ -113,7 +155,7 @@ def _read_saved_summary(fs, path: str, notes: list[str]) -> dict | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# What the report states
+# What the report states: the first pass
 
 
 def column(table: pa.Table, name: str, rows: pa.Array | None = None) -> np.ndarray:
@@ -127,6 +169,8 @@ def column(table: pa.Table, name: str, rows: pa.Array | None = None) -> np.ndarr
 
 
 def ok_rows(table: pa.Table) -> pa.Array:
+    if "error" not in table.column_names:
+        return pa.array(np.ones(table.num_rows, dtype=bool))
     return pc.is_null(table.column("error")).combine_chunks()
 
 
@@ -142,35 +186,134 @@ def generation_seconds_per_item(table: pa.Table) -> np.ndarray:
     return batch_ms / batch_size / 1000.0
 
 
-def distinct(table: pa.Table, name: str) -> list:
-    if name not in table.column_names:
-        return []
-    return sorted((v for v in pc.unique(table.column(name)).to_pylist() if v is not None), key=str)
+@dataclass
+class FirstPass:
+    """What one read of every file gathers: the facts, each histogram's value range, the first error rows."""
+
+    facts: dict
+    ranges: dict[str, tuple[float, float]]  # histogram key -> (smallest, largest) value over the ok rows
+    ok_count: int
+    error_count: int
+    first_errors: list[list]  # [id, row index, shard file name, reason] of the first error rows
 
 
-def report_facts(output: Output) -> dict:
-    """Everything the summary section states, in one dict (also handy from Python)."""
-    table = output.table
-    present = [c for c in SUMMARY_COLUMNS if c in table.column_names]
-    facts = summarize(table.select(present), processed_rows=0, processed_generated_tokens=0, wall_s=0.0, extra={})
-    facts.pop("this_run")  # what summarize() can say about a run is only known to the job
-    seconds = generation_seconds_per_item(table)
-    generation_s = float(np.nansum(seconds)) if seconds.size else 0.0
-    generated = float(np.nansum(column(table, "generated_tokens", ok_rows(table))))
+def first_pass(output: Output, error_rows: int) -> FirstPass:
+    distinct: dict[str, set] = {name: set() for name in DISTINCT}
+    ranges = {key: (np.inf, -np.inf) for key in HISTOGRAMS}
+    generation_s = generated = 0.0
+    first_errors: list[list] = []
+    with tempfile.TemporaryDirectory(prefix="hired-report-") as spill:
+        totals = SummaryTotals(spill)
+        for table in output.tables(FIRST_PASS_COLUMNS):
+            totals.add(table)
+            ok = ok_rows(table)
+            generation_s += float(np.nansum(generation_seconds_per_item(table)))
+            generated += float(np.nansum(column(table, "generated_tokens", ok)))
+            for name, values in distinct.items():
+                if name in table.column_names:
+                    values.update(v for v in pc.unique(table.column(name)).to_pylist() if v is not None)
+            for key, (name, scale) in HISTOGRAMS.items():
+                values = column(table, name, ok) * scale
+                values = values[~np.isnan(values)]
+                if values.size:
+                    low, high = ranges[key]
+                    ranges[key] = (min(low, float(values.min())), max(high, float(values.max())))
+            if len(first_errors) < error_rows:
+                first_errors += _error_rows(table.filter(pc.invert(ok)).slice(0, error_rows - len(first_errors)))
+        facts = totals.counts()
     facts["generation_s"] = generation_s
     facts["items_per_generation_s"] = facts["ok"] / generation_s if generation_s > 0 else None
     facts["tokens_per_generation_s"] = generated / generation_s if generation_s > 0 else None
     facts["task"] = "vqa" if output.is_vqa else "caption"
-    for name, plural in (("model", "models"), ("device", "devices"), ("strategy", "strategies"),
-                         ("budget", "budgets"), ("alpha", "alphas"), ("run_id", "run_ids")):
-        facts[plural] = distinct(table, name)
-    facts["result_files"] = len(distinct(table, "source_shard"))
+    for name, plural in DISTINCT.items():
+        facts[plural] = sorted(distinct[name], key=str)
+    facts["result_files"] = len(facts.pop("source_shards"))
+    # The output keeps a budget's two kinds in two columns; here they become floats (fractions)
+    # and ints (token counts) again, which is how hired reads a budget's kind.
+    facts["budgets"] = [float(f) for f in facts.pop("budget_fractions")] + [int(c) for c in facts.pop("budget_counts")]
     saved = output.saved_summary or {}
     facts["last_run_id"] = saved.get("run_id")
     facts["this_run"] = saved.get("this_run")
     facts["shards"] = saved.get("shards")
     facts["failed_shards"] = saved.get("failed_shards") if saved else None
-    return facts
+    return FirstPass(facts=facts, ranges={k: v for k, v in ranges.items() if v[0] <= v[1]}, ok_count=facts["ok"],
+                     error_count=facts["errors"], first_errors=first_errors)
+
+
+def _error_rows(failed: pa.Table) -> list[list]:
+    get = lambda name: failed.column(name).to_pylist() if name in failed.column_names else [None] * failed.num_rows  # noqa: E731
+    return [[i, r, posixpath.basename(s) if s else s, e]
+            for i, r, s, e in zip(get("id"), get("row_index"), get("source_shard"), get("error"))]
+
+
+# ---------------------------------------------------------------------------------------------
+# The second pass: histograms with fixed bins, and an even sample of items for the scatter charts
+
+
+def _even_subset(count: int) -> np.ndarray:
+    """Ordinals of at most ``MAX_PLOTTED_POINTS`` of ``count`` items, evenly spread, first and last included."""
+    limit = MAX_PLOTTED_POINTS
+    return np.arange(count) if count <= limit else np.linspace(0, count - 1, limit).round().astype(int)
+
+
+def histogram_edges(key: str, value_range: tuple[float, float]) -> np.ndarray:
+    """The bins a histogram of all the values would get (numpy's, from their range alone)."""
+    if key == "vqa-accuracy":
+        return VQA_ACCURACY_EDGES
+    return np.histogram_bin_edges(np.asarray(value_range, dtype=np.float64), bins=HISTOGRAM_BINS)
+
+
+@dataclass
+class ChartData:
+    rows: int
+    histograms: dict[str, tuple[np.ndarray, np.ndarray]]  # key -> (bin edges, counts)
+    position: np.ndarray  # the sampled ok items' row positions in output order
+    seconds: np.ndarray  # their share of their batch's generation time
+    cumulative_s: np.ndarray  # generation time summed over every ok item up to and including each
+    full: np.ndarray  # their visual tokens, stock and kept
+    kept: np.ndarray
+    run: np.ndarray  # their run ids
+    error_position: np.ndarray  # an even sample of the error rows' positions
+    boundaries: list[int]  # where each file after the first starts
+
+
+def _pick(wanted: np.ndarray, seen: int, count: int) -> np.ndarray:
+    """Of the wanted ordinals, those among this file's ``count`` (after ``seen``), as local indices."""
+    return wanted[(wanted >= seen) & (wanted < seen + count)] - seen
+
+
+def second_pass(output: Output, first: FirstPass) -> ChartData:
+    edges = {key: histogram_edges(key, first.ranges[key]) for key in HISTOGRAMS if key in first.ranges}
+    counts = {key: np.zeros(len(e) - 1, dtype=np.int64) for key, e in edges.items()}
+    wanted_ok, wanted_errors = _even_subset(first.ok_count), _even_subset(first.error_count)
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("position", "seconds", "cumulative_s", "full", "kept", "run",
+                                                           "error_position")}
+    offset = ok_seen = errors_seen = 0
+    running_s = 0.0
+    for table in output.tables(SECOND_PASS_COLUMNS):
+        ok_mask = ok_rows(table)
+        ok = ok_mask.to_numpy(zero_copy_only=False)
+        for key, (name, scale) in HISTOGRAMS.items():
+            if key in edges:
+                values = column(table, name, ok_mask) * scale
+                counts[key] += np.histogram(values[~np.isnan(values)], bins=edges[key])[0]
+        ok_position, error_position = offset + np.flatnonzero(ok), offset + np.flatnonzero(~ok)
+        seconds = generation_seconds_per_item(table)
+        cumulative = running_s + np.cumsum(np.nan_to_num(seconds))
+        running_s = float(cumulative[-1]) if cumulative.size else running_s
+        pick = _pick(wanted_ok, ok_seen, ok_position.size)
+        for name, values in (("position", ok_position), ("seconds", seconds), ("cumulative_s", cumulative),
+                             ("full", column(table, "visual_tokens_full", ok_mask)),
+                             ("kept", column(table, "visual_tokens_kept", ok_mask))):
+            parts[name].append(values[pick])
+        runs = (table.column("run_id").filter(ok_mask).take(pa.array(pick, pa.int64())).to_pylist()
+                if "run_id" in table.column_names else [None] * pick.size)  # only the sampled rows' strings
+        parts["run"].append(np.asarray(runs, dtype=object).reshape(-1))
+        parts["error_position"].append(error_position[_pick(wanted_errors, errors_seen, error_position.size)])
+        offset, ok_seen, errors_seen = offset + table.num_rows, ok_seen + ok_position.size, errors_seen + error_position.size
+    joined = {k: np.concatenate(v) if v else np.array([]) for k, v in parts.items()}
+    return ChartData(rows=output.rows, histograms={k: (edges[k], counts[k]) for k in edges},
+                     boundaries=list(np.cumsum(output.file_rows)[:-1]), **joined)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,28 +355,25 @@ def _short(text: str, limit: int = 48) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _even_subset(count: int, limit: int = MAX_PLOTTED_POINTS) -> np.ndarray:
-    return np.arange(count) if count <= limit else np.linspace(0, count - 1, limit).round().astype(int)
+def _budget_text(budget: float | int) -> str:
+    """As ``hired.describe_budget`` words it (not imported: hired brings torch, which the report does not need)."""
+    return f"{budget} tokens" if isinstance(budget, int) else f"{100 * budget:g}%"
 
 
-def chart_visual_tokens(table: pa.Table) -> bytes | None:
-    ok = ok_rows(table)
-    full, kept = column(table, "visual_tokens_full", ok), column(table, "visual_tokens_kept", ok)
-    known = ~(np.isnan(full) | np.isnan(kept))
-    full, kept = full[known], kept[known]
+def chart_visual_tokens(data: ChartData, budgets: list) -> bytes | None:
+    known = ~(np.isnan(data.full) | np.isnan(data.kept))
+    full, kept = data.full[known], data.kept[known]
     if not full.size:
         return None
     figure, axes = _new_figure()
-    shown = _even_subset(full.size)
-    axes.scatter(full[shown], kept[shown], s=10, alpha=0.6, label="items", zorder=3)
+    axes.scatter(full, kept, s=10, alpha=0.6, label="items", zorder=3)
     span = np.linspace(0, full.max() * 1.05, 200)
     axes.plot(span, span, ls=":", color="grey", label="all tokens (stock model)")
-    budgets = [b for b in distinct(table, "budget") if isinstance(b, (int, float))]
     for budget in budgets:
-        if budget <= 1:  # a fraction keeps floor(budget * N); a count keeps min(budget, N)
-            axes.plot(span, np.floor(budget * span), color="C3", label=f"budget {budget:g}: floor({budget:g} N)")
+        if isinstance(budget, int):  # a count keeps min(budget, N); a fraction floor(budget * N)
+            axes.plot(span, np.minimum(budget, span), color="C3", label=f"budget {budget} tokens")
         else:
-            axes.plot(span, np.minimum(budget, span), color="C3", label=f"budget {budget:g} tokens")
+            axes.plot(span, np.floor(budget * span), color="C3", label=f"budget {budget:g}: floor({budget:g} N)")
     axes.set_xlabel("visual tokens of the stock model (N)")
     axes.set_ylabel("visual tokens kept")
     axes.set_xlim(0, span[-1])
@@ -243,12 +383,12 @@ def chart_visual_tokens(table: pa.Table) -> bytes | None:
     return _png(figure)
 
 
-def chart_histogram(values: np.ndarray, xlabel: str, *, bins=30, color: str = "C0") -> bytes | None:
-    values = values[~np.isnan(values)]
-    if not values.size:
+def chart_histogram(data: ChartData, key: str, xlabel: str, *, color: str = "C0") -> bytes | None:
+    if key not in data.histograms or not data.histograms[key][1].sum():
         return None
+    edges, counts = data.histograms[key]
     figure, axes = _new_figure(height=3.2)
-    axes.hist(values, bins=bins, color=color, edgecolor="white")
+    axes.hist(edges[:-1], bins=edges, weights=counts, color=color, edgecolor="white")  # bars of the counted bins
     axes.set_xlabel(xlabel)
     axes.set_ylabel("items")
     _whole_numbers(axes.yaxis)
@@ -256,24 +396,21 @@ def chart_histogram(values: np.ndarray, xlabel: str, *, bins=30, color: str = "C
     return _png(figure)
 
 
-def chart_timeline(table: pa.Table) -> bytes | None:
+def chart_timeline(data: ChartData, run_names: list) -> bytes | None:
     """Each item's generation cost and the running total, along the output order."""
-    ok = ok_rows(table).to_numpy(zero_copy_only=False)
-    position = np.arange(table.num_rows)
-    seconds = generation_seconds_per_item(table)
     figure, axes = _new_figure(height=3.8)
-    _plot_item_costs(axes, table, ok, seconds)
-    errors = position[~ok]
-    if errors.size:
-        axes.plot(errors, np.zeros(errors.size), "|", color="C3", markersize=12, label="error rows")
-    boundaries = _mark_shard_boundaries(axes, table)
+    _plot_item_costs(axes, data, run_names)
+    if data.error_position.size:
+        axes.plot(data.error_position, np.zeros(data.error_position.size), "|", color="C3", markersize=12,
+                  label="error rows")
+    boundaries = _mark_shard_boundaries(axes, data.boundaries)
     axes.set_xlabel(f"row in output order (shard files sorted, rows in input order{boundaries})")
     axes.set_ylabel("ms of generation per item")
     axes.set_ylim(bottom=0)
-    axes.set_xlim(-0.5, table.num_rows - 0.5)
+    axes.set_xlim(-0.5, data.rows - 0.5)
     axes.grid(alpha=0.3)
     total = axes.twinx()
-    total.step(position[ok], np.cumsum(np.nan_to_num(seconds)), where="post", color="black", lw=1.2,
+    total.step(data.position, data.cumulative_s, where="post", color="black", lw=1.2,
                label="cumulative generation time")
     total.set_ylabel("cumulative generation time (s)")
     total.set_ylim(bottom=0)
@@ -283,30 +420,23 @@ def chart_timeline(table: pa.Table) -> bytes | None:
     return _png(figure)
 
 
-def _plot_item_costs(axes, table: pa.Table, ok: np.ndarray, seconds: np.ndarray, most_runs: int = 8) -> None:
-    """The ok items' shares of batch time, one colour per run when several runs wrote the output."""
-    ok_position = np.flatnonzero(ok)
-    shown = _even_subset(ok_position.size)
-    run_names = distinct(table, "run_id")
+def _plot_item_costs(axes, data: ChartData, run_names: list, most_runs: int = 8) -> None:
+    """The sampled ok items' shares of batch time, one colour per run when several runs wrote the output."""
+    milliseconds = data.seconds * 1000
     if len(run_names) <= 1:
-        axes.scatter(ok_position[shown], seconds[shown] * 1000, s=8, alpha=0.6, label="items (share of batch time)")
+        axes.scatter(data.position, milliseconds, s=8, alpha=0.6, label="items (share of batch time)")
         return
-    ok_runs = np.asarray(table.column("run_id").filter(pa.array(ok)).to_pylist(), dtype=object)
     for index, run in enumerate(run_names[:most_runs]):
-        mine = shown[ok_runs[shown] == run]
-        axes.scatter(ok_position[mine], seconds[mine] * 1000, s=8, alpha=0.6, color=f"C{index}",
+        mine = data.run == run
+        axes.scatter(data.position[mine], milliseconds[mine], s=8, alpha=0.6, color=f"C{index}",
                      label=f"run {_short(run, 32)}")
-    others = shown[~np.isin(ok_runs[shown], run_names[:most_runs])]
-    if others.size:
-        axes.scatter(ok_position[others], seconds[others] * 1000, s=8, alpha=0.6, color="grey", label="other runs")
+    others = ~np.isin(data.run, np.asarray(run_names[:most_runs], dtype=object))
+    if others.any():
+        axes.scatter(data.position[others], milliseconds[others], s=8, alpha=0.6, color="grey", label="other runs")
 
 
-def _mark_shard_boundaries(axes, table: pa.Table) -> str:
+def _mark_shard_boundaries(axes, starts: list[int]) -> str:
     """Dashed lines where one shard's rows end, if few enough to read; the axis label's mention of them."""
-    if "source_shard" not in table.column_names:
-        return ""
-    shards = table.column("source_shard").to_pylist()
-    starts = [i for i in range(1, len(shards)) if shards[i] != shards[i - 1]]
     if not starts or len(starts) > MAX_SHARD_LINES:
         return ""
     for start in starts:
@@ -328,13 +458,6 @@ def chart_errors_by_reason(errors_by_reason: dict) -> bytes | None:
     _whole_numbers(axes.xaxis)
     axes.set_xlim(0, max(counts) * 1.15)
     return _png(figure)
-
-
-def chart_vqa_accuracy(table: pa.Table) -> bytes | None:
-    # VQA accuracy takes few values (0, 0.3, 0.6, 0.9, 1 and a few between): one bar per tenth.
-    edges = np.linspace(-0.05, 1.05, 12)
-    return chart_histogram(column(table, "vqa_accuracy", ok_rows(table)), "VQA accuracy of the answer", bins=edges,
-                           color="C2")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,7 +551,8 @@ def summary_section(output: Output, facts: dict) -> str:
         ("task", esc(facts["task"])),
         ("model", listing(facts["models"])),
         ("device", listing(facts["devices"])),
-        ("strategy, budget, alpha", f"{listing(facts['strategies'])}; {listing(facts['budgets'])}; {listing(facts['alphas'])}"),
+        ("strategy, budget, alpha", f"{listing(facts['strategies'])}; {listing([_budget_text(b) for b in facts['budgets']])}; "
+                                    f"{listing(facts['alphas'])}"),
         ("runs that wrote rows", f"{len(facts['run_ids'])}: {listing(facts['run_ids'])}"),
         ("shards", shards_html(facts)),
     ]
@@ -453,77 +577,84 @@ def shards_html(facts: dict) -> str:
     return text
 
 
-def charts_section(output: Output, facts: dict) -> str:
-    table = output.table
-    ok = ok_rows(table)
+def charts_section(facts: dict, data: ChartData) -> str:
     devices = ", ".join(esc(d) for d in facts["devices"]) or "unknown"
+    sampled = (f" An even sample of {MAX_PLOTTED_POINTS:,} of the {facts['ok']:,} ok items is plotted."
+               if facts["ok"] > MAX_PLOTTED_POINTS else "")
     figures = [
-        figure_html("visual-tokens", "Visual tokens kept vs full", chart_visual_tokens(table),
+        figure_html("visual-tokens", "Visual tokens kept vs full", chart_visual_tokens(data, facts["budgets"]),
                     "One point per ok item: the tokens the LLM saw against the stock model's count N; "
-                    "the red line is the budget, the dotted one keeping everything.",
+                    "the red line is the budget, the dotted one keeping everything." + sampled,
                     "No ok item to plot."),
-        figure_html("ttft", "Time to first token", chart_histogram(column(table, "ttft_ms", ok), "time to first token (ms)"),
+        figure_html("ttft", "Time to first token", chart_histogram(data, "ttft", "time to first token (ms)"),
                     "Per batch (vision, HiRED and prefill of the whole batch): the items of one batch share a "
                     "value, so each batch counts once per item in it.",
                     "No ok item to plot."),
-        figure_html("tokens-per-s", "Tokens per second", chart_histogram(column(table, "tokens_per_s", ok),
-                                                                         "generated tokens / s, per item", color="C1"),
+        figure_html("tokens-per-s", "Tokens per second",
+                    chart_histogram(data, "tokens-per-s", "generated tokens / s, per item", color="C1"),
                     "Each item's generated tokens over its batch's time to first token plus decode.",
                     "No ok item to plot."),
         figure_html("gpu-memory", "Peak GPU memory",
-                    chart_histogram(column(table, "peak_gpu_mem_bytes", ok) / 2**30, "peak allocated GPU memory (GiB)",
-                                    color="C4"),
+                    chart_histogram(data, "gpu-memory", "peak allocated GPU memory (GiB)", color="C4"),
                     "The peak allocated memory of each item's batch.",
                     f"n/a on CPU: no GPU memory was recorded (device: {devices})."),
-        figure_html("timeline", "Over the output", chart_timeline(table),
+        figure_html("timeline", "Over the output", chart_timeline(data, facts["run_ids"]),
                     "The rows carry no timestamps, so this follows the output order, not the order work ran in "
                     "(generation actors sort items longest first and run shards side by side). Points: each ok "
                     "item's share of its batch's time (time to first token + decode, divided by the batch size); "
-                    "line: their running sum; red ticks: error rows.",
+                    "line: their running sum; red ticks: error rows." + sampled,
                     "No rows to plot."),
         figure_html("errors", "Errors by reason", chart_errors_by_reason(facts["errors_by_reason"]),
-                    "Error rows grouped by the text before the first colon of their reason.",
+                    "Error rows grouped by the kind of their reason (the fixed phrase it starts with).",
                     "No errors."),
     ]
     return '<section id="charts"><h2>Charts</h2>' + "".join(figures) + "</section>"
 
 
-def errors_section(table: pa.Table, limit: int) -> str:
-    failed = pc.invert(ok_rows(table))
-    count = int(pc.sum(failed).as_py() or 0)
+def errors_section(first: FirstPass) -> str:
+    count, rows = first.error_count, first.first_errors
     if not count:
         return '<section id="error-rows"><h2>Error rows</h2><p>None.</p></section>'
-    positions = np.flatnonzero(failed.to_numpy(zero_copy_only=False))[:limit]
-    shown = table.take(pa.array(positions))
-    get = lambda name: shown.column(name).to_pylist() if name in shown.column_names else [None] * len(positions)  # noqa: E731
-    rows = [[i, r, posixpath.basename(s) if s else s, e]
-            for i, r, s, e in zip(get("id"), get("row_index"), get("source_shard"), get("error"))]
     heading = f"first {len(rows)} of {count}" if count > len(rows) else f"all {count}"
     return (f'<section id="error-rows"><h2>Error rows ({heading})</h2>'
             + rows_table(["id", "row", "shard", "error"], rows, "errors") + "</section>")
 
 
+SAMPLE_COLUMNS = ("id", "error", "text", "visual_tokens_kept", "visual_tokens_full", "question", "answers",
+                  "vqa_accuracy", "exact_match")
+
+
+def first_ok_records(output: Output, limit: int) -> list[dict]:
+    """The first ``limit`` ok rows with their text, reading only as many files as that takes."""
+    records: list[dict] = []
+    for table in output.tables(SAMPLE_COLUMNS):
+        if len(records) >= limit:
+            break
+        records += table.filter(ok_rows(table)).slice(0, limit - len(records)).to_pylist()
+    return records
+
+
 def samples_section(output: Output, limit: int) -> str:
     if limit <= 0:
         return ""
-    table = output.table
-    shown = table.filter(ok_rows(table)).slice(0, limit)
-    if not shown.num_rows:
+    records = first_ok_records(output, limit)
+    if not records:
         return '<section id="samples"><h2>Sample outputs</h2><p>No ok rows.</p></section>'
     preview = lambda text: text if text is None or len(text) <= TEXT_PREVIEW_CHARS else text[:TEXT_PREVIEW_CHARS] + "…"  # noqa: E731
-    records = shown.to_pylist()
     if output.is_vqa:
         headers = ["id", "question", "answer", "references", "VQA accuracy", "exact match"]
-        rows = [[r["id"], preview(r.get("question")), preview(r["text"]), preview(", ".join(r.get("answers") or [])),
-                 number(r.get("vqa_accuracy"), 2), r.get("exact_match")] for r in records]
+        rows = [[r["id"], preview(r.get("question")), preview(r.get("text")),
+                 preview(", ".join(r.get("answers") or [])), number(r.get("vqa_accuracy"), 2), r.get("exact_match")]
+                for r in records]
     else:
         headers = ["id", "caption", "visual tokens kept / full"]
-        rows = [[r["id"], preview(r["text"]), f"{r['visual_tokens_kept']} / {r['visual_tokens_full']}"] for r in records]
+        rows = [[r["id"], preview(r.get("text")), f"{r.get('visual_tokens_kept')} / {r.get('visual_tokens_full')}"]
+                for r in records]
     return (f'<section id="samples"><h2>Sample outputs (first {len(rows)} ok rows)</h2>'
             + rows_table(headers, rows, "samples") + "</section>")
 
 
-def vqa_section(output: Output, facts: dict) -> str:
+def vqa_section(output: Output, facts: dict, data: ChartData) -> str:
     if not output.is_vqa:
         return ""
     vqa = facts.get("vqa") or {"scored": 0, "accuracy": None, "exact_match": None}
@@ -532,7 +663,8 @@ def vqa_section(output: Output, facts: dict) -> str:
         ("VQA accuracy", percent(vqa["accuracy"])),
         ("exact-match rate", f'<span id="exact-match">{percent(vqa["exact_match"])}</span>'),
     ]
-    chart = figure_html("vqa-accuracy", "VQA accuracy per answer", chart_vqa_accuracy(output.table),
+    chart = figure_html("vqa-accuracy", "VQA accuracy per answer",
+                        chart_histogram(data, "vqa-accuracy", "VQA accuracy of the answer", color="C2"),
                         "Standard VQA accuracy of each scored answer: min(matching references / 3, 1) averaged "
                         "over the leave-one-out subsets of the references.",
                         "No scored answer (no ok row with reference answers).")
@@ -557,10 +689,12 @@ CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 def render_report(output: Output, *, error_rows: int = DEFAULT_ERROR_ROWS, sample_rows: int = DEFAULT_SAMPLE_ROWS) -> str:
     """The report as one HTML document."""
-    facts = report_facts(output)
+    first = first_pass(output, error_rows)
+    facts = first.facts
+    data = second_pass(output, first)
     with _plain_text():
-        body = (summary_section(output, facts) + vqa_section(output, facts) + charts_section(output, facts)
-                + errors_section(output.table, error_rows) + samples_section(output, sample_rows))
+        body = (summary_section(output, facts) + vqa_section(output, facts, data) + charts_section(facts, data)
+                + errors_section(first) + samples_section(output, sample_rows))
     made = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     title = f"hired run report: {output.uri}"
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -1,60 +1,228 @@
 """The run summary: what the output holds (all shards, this run's and earlier ones'),
-and how fast this run went."""
+and how fast this run went.
+
+Computed from aggregates, never from all rows at once: each result file is read on its own,
+only the columns the summary needs, and folded into running totals with Arrow kernels. The
+driver's memory therefore does not grow with the output (a million rows cost what a thousand
+do, plus the ids spilled to local disk for the duplicate check, see :class:`DuplicateIds`).
+
+``python -m pipeline.summary OUTPUT`` prints the summary of an output location, the same code
+the job runs at its end.
+"""
 
 from __future__ import annotations
 
+import argparse
 import collections
 import json
-import math
+import os
 import posixpath
+import sys
+import tempfile
+from collections.abc import Iterator
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
 
+from .columns import error_kind
+from .io.outputs import output_files
+from .io.retry import with_retries
 from .io.storage import Storage
 
+# The columns the summary reads; captions, prompts and VQA references are never loaded.
+SUMMARY_COLUMNS = ("id", "error", "visual_tokens_kept", "visual_tokens_full", "generated_tokens", "ttft_ms",
+                   "tokens_per_s", "peak_gpu_mem_bytes", "vqa_accuracy", "exact_match")
+# Each mean in the summary and the column it averages over the ok rows.
+MEANS = {"mean_visual_tokens_kept": "visual_tokens_kept", "mean_visual_tokens_full": "visual_tokens_full",
+         "mean_generated_tokens": "generated_tokens", "mean_ttft_ms": "ttft_ms",
+         "mean_tokens_per_s_per_item": "tokens_per_s"}
+DUPLICATE_EXAMPLES = 20
+ID_BUCKETS = 64  # spill files for the duplicate check: each holds about 1/64 of the ids
 
-def _mean(values):
-    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    return sum(values) / len(values) if values else None
+
+def read_columns(where: Storage, path: str, columns) -> pa.Table:
+    """One result file's ``columns`` (those it has), retried as a whole if storage falters."""
+
+    def read() -> pa.Table:
+        with where.fs.open(path, "rb") as f:
+            parquet = pq.ParquetFile(f)
+            present = [c for c in columns if c in parquet.schema_arrow.names]
+            return parquet.read(columns=present)
+
+    return with_retries(read, f"reading {path}")
 
 
-def error_reason(error: str) -> str:
-    """The kind of an error row's reason: its text before the first colon."""
-    return error.split(":", 1)[0].strip()
+def output_tables(output_uri: str, columns) -> Iterator[pa.Table]:
+    """Each result file's projected columns in output order, one file in memory at a time."""
+    where = Storage.at(output_uri)
+    for path in output_files(output_uri):
+        yield read_columns(where, path, columns)
 
 
-def summarize(
-    table: pa.Table | None,
-    *,
-    processed_rows: int,
-    processed_generated_tokens: int,
-    wall_s: float,
-    extra: dict,
-) -> dict:
-    """Counts and means over the output table, plus this run's throughput."""
-    rows = table.to_pylist() if table is not None else []
-    ok = [r for r in rows if r["error"] is None]
-    errors = collections.Counter(error_reason(r["error"]) for r in rows if r["error"] is not None)
-    ids = collections.Counter(r["id"] for r in rows)
-    duplicates = sorted(i for i, count in ids.items() if count > 1)
-    peak = [r["peak_gpu_mem_bytes"] for r in ok if r.get("peak_gpu_mem_bytes") is not None]
-    mean_kept = _mean([r["visual_tokens_kept"] for r in ok])
-    mean_full = _mean([r["visual_tokens_full"] for r in ok])
+class RunningMean:
+    """A mean folded in chunk by chunk. Float values are added one after another in row order
+    (``np.cumsum`` carrying the total across chunks), as Python's ``sum`` over all rows would:
+    the result is bit for bit the row-by-row mean. Integer sums are exact. NaN counts as missing."""
+
+    def __init__(self):
+        self.total: int | float = 0
+        self.count = 0
+
+    def add(self, values: pa.ChunkedArray | pa.Array) -> None:
+        values = pc.drop_null(values)
+        if not len(values):
+            return
+        if pa.types.is_floating(values.type):
+            array = values.to_numpy()
+            array = array[~np.isnan(array)]
+            if array.size:
+                self.total = float(np.cumsum(np.concatenate(([self.total], array)))[-1])
+                self.count += int(array.size)
+        else:
+            self.total += int(pc.sum(values.cast(pa.int64())).as_py())
+            self.count += len(values)
+
+    @property
+    def value(self) -> float | None:
+        return self.total / self.count if self.count else None
+
+
+class DuplicateIds:
+    """Ids that occur more than once across all files, counted exactly in bounded memory.
+
+    Chosen over keeping every id (or a 64-bit hash of each) in memory, which grows with the rows:
+    ids are partitioned by hash into ``buckets`` Arrow files on local disk as the files are read,
+    and afterwards each bucket is counted on its own with ``value_counts``. A duplicate's copies
+    share a bucket, so the counts are exact (no hash collisions to second-guess), and memory holds
+    one bucket: about rows / 64 ids (1.5 million ids at 100 million rows). The disk holds the ids
+    once. Null ids (rows whose input had none) are not ids and are not counted."""
+
+    def __init__(self, directory: str, buckets: int = ID_BUCKETS):
+        self.directory = directory
+        self.buckets = buckets
+        self.writers: dict[int, ipc.RecordBatchStreamWriter] = {}
+
+    def add(self, ids: pa.ChunkedArray | pa.Array) -> None:
+        ids = pc.drop_null(ids)
+        if isinstance(ids, pa.ChunkedArray):
+            ids = ids.combine_chunks()
+        if not len(ids):
+            return
+        ids = ids.cast(pa.string())
+        # Python's string hash: fast, and stable within this process, which is all a partition needs.
+        bucket = np.fromiter(map(hash, ids.to_pylist()), dtype=np.int64, count=len(ids)) % self.buckets
+        order = np.argsort(bucket, kind="stable")
+        grouped = ids.take(pa.array(order))
+        ends = np.cumsum(np.bincount(bucket, minlength=self.buckets))
+        for b in np.flatnonzero(np.diff(ends, prepend=0)):
+            start = int(ends[b - 1]) if b else 0
+            self._writer(int(b)).write_batch(pa.record_batch([grouped.slice(start, int(ends[b]) - start)], names=["id"]))
+
+    def _writer(self, bucket: int) -> ipc.RecordBatchStreamWriter:
+        if bucket not in self.writers:
+            sink = pa.OSFile(os.path.join(self.directory, f"ids-{bucket}.arrow"), "wb")
+            self.writers[bucket] = ipc.new_stream(sink, pa.schema([("id", pa.string())]))
+        return self.writers[bucket]
+
+    def result(self, examples: int = DUPLICATE_EXAMPLES) -> tuple[int, list[str]]:
+        """How many distinct ids occur more than once, and the smallest ``examples`` of them."""
+        count, smallest = 0, []
+        for bucket, writer in sorted(self.writers.items()):
+            writer.close()
+            path = os.path.join(self.directory, f"ids-{bucket}.arrow")
+            with pa.memory_map(path) as source:
+                counted = pc.value_counts(ipc.open_stream(source).read_all().column("id"))
+            repeated = counted.field("values").filter(pc.greater(counted.field("counts"), 1))
+            count += len(repeated)
+            first = pc.array_sort_indices(repeated)[:examples]  # UTF-8 byte order = code point order
+            smallest = sorted(smallest + repeated.take(first).to_pylist())[:examples]
+            os.remove(path)
+        self.writers = {}
+        return count, smallest
+
+
+class SummaryTotals:
+    """The output's counts and means, folded in one table (any slice of the rows) at a time."""
+
+    def __init__(self, spill_directory: str):
+        self.items = 0
+        self.ok = 0
+        self.reasons: collections.Counter[str] = collections.Counter()
+        self.means = {name: RunningMean() for name in MEANS}
+        self.peak_gpu_mem_bytes: int | None = None
+        self.ids = DuplicateIds(spill_directory)
+        self.has_vqa = False
+        self.scored = 0
+        self.accuracy = RunningMean()
+        self.exact_match = RunningMean()
+
+    def add(self, table: pa.Table) -> None:
+        if not table.num_rows:
+            return
+        self.items += table.num_rows
+        errors = table.column("error") if "error" in table.column_names else pa.nulls(table.num_rows, pa.string())
+        ok = pc.is_null(errors)
+        self.ok += int(pc.sum(ok).as_py() or 0)
+        counted = pc.value_counts(pc.drop_null(errors))  # distinct reasons, each kind looked up once
+        for reason, count in zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist()):
+            self.reasons[error_kind(reason)] += count
+        if "id" in table.column_names:
+            self.ids.add(table.column("id"))
+        done = table.filter(ok)
+        for name, column in MEANS.items():
+            if column in done.column_names:
+                self.means[name].add(done.column(column))
+        if "peak_gpu_mem_bytes" in done.column_names:
+            peak = pc.max(done.column("peak_gpu_mem_bytes")).as_py()
+            if peak is not None:
+                self.peak_gpu_mem_bytes = peak if self.peak_gpu_mem_bytes is None else max(peak, self.peak_gpu_mem_bytes)
+        if "vqa_accuracy" in table.column_names:
+            self.has_vqa = True
+            scored = done.filter(pc.is_valid(done.column("vqa_accuracy")))
+            self.scored += scored.num_rows
+            self.accuracy.add(scored.column("vqa_accuracy"))
+            if "exact_match" in scored.column_names:
+                self.exact_match.add(scored.column("exact_match").cast(pa.int64()))
+
+    def counts(self) -> dict:
+        """The summary's keys about the output (the job adds the run's own)."""
+        duplicates, examples = self.ids.result()
+        mean_kept = self.means["mean_visual_tokens_kept"].value
+        mean_full = self.means["mean_visual_tokens_full"].value
+        counts = {
+            "items": self.items,
+            "ok": self.ok,
+            "errors": sum(self.reasons.values()),
+            "errors_by_reason": dict(self.reasons.most_common()),
+            "duplicate_ids": duplicates,
+            "duplicate_id_examples": examples,
+            "mean_visual_tokens_kept": mean_kept,
+            "mean_visual_tokens_full": mean_full,
+            "kept_fraction": (mean_kept / mean_full) if mean_kept is not None and mean_full else None,
+        }
+        counts.update({name: self.means[name].value for name in MEANS if name not in counts})
+        counts["peak_gpu_mem_bytes"] = self.peak_gpu_mem_bytes
+        if self.has_vqa:
+            counts["vqa"] = {"scored": self.scored, "accuracy": self.accuracy.value,
+                             "exact_match": self.exact_match.value}
+        return counts
+
+
+def summarize_tables(tables, *, processed_rows: int, processed_generated_tokens: int, wall_s: float,
+                     extra: dict) -> dict:
+    """The summary of the rows in ``tables`` (an iterable, read one at a time), plus this run's throughput."""
+    with tempfile.TemporaryDirectory(prefix="hired-summary-") as spill:
+        totals = SummaryTotals(spill)
+        for table in tables:
+            totals.add(table)
+        counts = totals.counts()
+    vqa = counts.pop("vqa", None)
     summary = {
         **extra,
-        "items": len(rows),
-        "ok": len(ok),
-        "errors": sum(errors.values()),
-        "errors_by_reason": dict(errors.most_common()),
-        "duplicate_ids": len(duplicates),
-        "duplicate_id_examples": duplicates[:20],
-        "mean_visual_tokens_kept": mean_kept,
-        "mean_visual_tokens_full": mean_full,
-        "kept_fraction": (mean_kept / mean_full) if mean_kept is not None and mean_full else None,
-        "mean_generated_tokens": _mean([r["generated_tokens"] for r in ok]),
-        "mean_ttft_ms": _mean([r["ttft_ms"] for r in ok]),
-        "mean_tokens_per_s_per_item": _mean([r["tokens_per_s"] for r in ok]),
-        "peak_gpu_mem_bytes": max(peak) if peak else None,
+        **counts,
         "this_run": {
             "rows_processed": processed_rows,
             "wall_s": round(wall_s, 3),
@@ -62,14 +230,19 @@ def summarize(
             "generated_tokens_per_s": processed_generated_tokens / wall_s if wall_s > 0 else None,
         },
     }
-    if rows and "vqa_accuracy" in rows[0]:
-        scored = [r for r in ok if r["vqa_accuracy"] is not None]
-        summary["vqa"] = {
-            "scored": len(scored),
-            "accuracy": _mean([r["vqa_accuracy"] for r in scored]),
-            "exact_match": _mean([float(r["exact_match"]) for r in scored]),
-        }
+    if vqa is not None:
+        summary["vqa"] = vqa
     return summary
+
+
+def summarize(table: pa.Table | None, **run) -> dict:
+    """The summary of one in-memory table (tests, small outputs); see :func:`summarize_tables`."""
+    return summarize_tables([] if table is None else [table], **run)
+
+
+def summarize_output(output_uri: str, **run) -> dict:
+    """The summary of every result file under ``output_uri``, read file by file."""
+    return summarize_tables(output_tables(output_uri, SUMMARY_COLUMNS), **run)
 
 
 def write_summary(output_uri: str, summary: dict) -> str:
@@ -92,12 +265,15 @@ def format_summary(summary: dict) -> str:
     def num(v, fmt="{:.1f}"):
         return "n/a" if v is None else fmt.format(v)
 
-    run = summary["this_run"]
+    run = summary.get("this_run")  # absent when summarising an output outside a job
     lines = [
         f"items {summary['items']}  ok {summary['ok']}  errors {summary['errors']}"
         + (f"  ({', '.join(f'{k}: {v}' for k, v in summary['errors_by_reason'].items())})" if summary["errors"] else ""),
-        f"this run: {run['rows_processed']} rows in {run['wall_s']:.1f} s = {num(run['images_per_s'], '{:.2f}')} images/s, "
-        f"{num(run['generated_tokens_per_s'])} generated tokens/s",
+    ]
+    if run is not None:
+        lines.append(f"this run: {run['rows_processed']} rows in {run['wall_s']:.1f} s = "
+                     f"{num(run['images_per_s'], '{:.2f}')} images/s, {num(run['generated_tokens_per_s'])} generated tokens/s")
+    lines += [
         f"visual tokens: {num(summary['mean_visual_tokens_kept'])} kept of {num(summary['mean_visual_tokens_full'])} "
         f"({num(summary['kept_fraction'] and 100 * summary['kept_fraction'])}%)",
         f"mean time to first token {num(summary['mean_ttft_ms'])} ms; peak GPU memory "
@@ -113,3 +289,39 @@ def format_summary(summary: dict) -> str:
         lines.append(f"VQA accuracy {num(vqa['accuracy'] and 100 * vqa['accuracy'])}%  exact match "
                      f"{num(vqa['exact_match'] and 100 * vqa['exact_match'])}% over {vqa['scored']} scored items")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.summary",
+        description="Print the summary of a caption or VQA job's output (counts, errors by kind, duplicate ids, "
+                    "means), computed from the result files one at a time, as the job does at its end. "
+                    "Exit status: 0, or 2 when the location cannot be read.",
+    )
+    parser.add_argument("output_uri", metavar="OUTPUT_URI",
+                        help="the job's --output location: local path, file:// or s3:// URI")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON instead of lines")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if not Storage.at(args.output_uri).exists():
+            parser.exit(2, f"{parser.prog}: error: {args.output_uri} does not exist\n")
+        summary = summarize_output(args.output_uri, processed_rows=0, processed_generated_tokens=0, wall_s=0.0,
+                                   extra={"output": args.output_uri})
+    except Exception as e:  # a malformed URI, missing credentials, a damaged file: one line, no traceback
+        parser.exit(2, f"{parser.prog}: error: cannot summarise {args.output_uri}: {type(e).__name__}: {e}\n")
+    summary.pop("this_run")  # only the job knows its wall time; its _summary.json has it
+    print(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

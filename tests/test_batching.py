@@ -147,7 +147,7 @@ def test_out_of_memory_loses_no_item(predictor, tiny_next, monkeypatch, caplog):
     assert list(out["id"]) == [f"i{k}" for k in range(len(SIZES))]
     for k in range(len(SIZES)):
         if k == poisoned:
-            assert out["error"][k].startswith("out of memory with the item alone in its batch")
+            assert out["error"][k].startswith("out of memory: the item alone in its batch")
             assert "OutOfMemoryError" in out["error"][k] and out["text"][k] is None
         else:
             assert out["error"][k] is None and isinstance(out["text"][k], str) and out["batch_size"][k] <= 2

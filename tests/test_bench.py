@@ -26,3 +26,19 @@ def test_generation_benchmark_smoke(tmp_path):
     assert rows[("stock", "1")]["visual_tokens_llm"] == 2880 + 48
     assert report_path.with_suffix(".png").stat().st_size > 10_000
     assert "x base" in result.stdout
+
+
+def test_summary_benchmark_smoke(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "bench_summary.py"), "--rows", "300", "--small-rows", "30",
+         "--files", "3", "--data", str(tmp_path / "data"), "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (results_path,) = tmp_path.glob("summary-*-300-rows.json")
+    results = json.loads(results_path.read_text())
+    assert set(results["measured"]) == {"summary@30", "summary@300", "report@30", "report@300"}
+    for figures in results["measured"].values():
+        assert figures["wall_s"] > 0 and figures["peak_rss_mib"] > 10
+    assert results["measured"]["summary@300"]["output_tail"].startswith("items 300  ok ")
+    assert "summary peak RSS, 300 rows minus 30 rows" in result.stdout

@@ -170,7 +170,7 @@ def test_a_killed_generation_actor_and_injected_cuda_oom_lose_nothing(tmp_path, 
     rows = [r for p in sorted(out.glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
     assert sorted(r["id"] for r in rows) == sorted(f"{s}-{i}" for s in range(3) for i in range(4))
     (error,) = [r["error"] for r in rows if r["error"]]
-    assert error.startswith("out of memory with the item alone in its batch") and "OutOfMemoryError" in error
+    assert error.startswith("out of memory: the item alone in its batch") and "OutOfMemoryError" in error
     assert all(isinstance(r["text"], str) for r in rows if not r["error"])
     assert Counter(r["batch_size"] for r in rows if not r["error"]) == {4: 4, 2: 4, 1: 3}
 

@@ -642,7 +642,7 @@ def test_a_poisoned_item_becomes_an_error_and_the_rest_run():
     state = AdaptiveBatchSize(8)
     results = run_with_oom_backoff(range(20), gpu.run_batch, state, error_result, free_memory=gpu.free_memory)
     assert len(results) == 20
-    assert results[13].startswith("error 13: out of memory with the item alone in its batch (OutOfMemoryError: CUDA")
+    assert results[13].startswith("error 13: out of memory: the item alone in its batch (OutOfMemoryError: CUDA")
     assert [r for i, r in enumerate(results) if i != 13] == [f"ok {i}" for i in range(20) if i != 13]
     assert sorted(gpu.completed) == [i for i in range(20) if i != 13]
     assert state.failed_items == 1

@@ -16,7 +16,8 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from pipeline.report import main, write_report
+from pipeline import report as report_module
+from pipeline.report import first_pass, load_output, main, second_pass, write_report
 from pipeline.columns import output_schema
 from pipeline.io.inputs import Shard
 from pipeline.io.outputs import write_output
@@ -37,7 +38,7 @@ def result_row(index: int, *, shard: str, run_id: str = "run-1", gpu: bool = Fal
         "id": f"item-{index:03d}", "text": None, "error": error, "visual_tokens_full": None, "visual_tokens_kept": None,
         "prompt_tokens": None, "generated_tokens": None, "ttft_ms": None, "decode_ms": None, "tokens_per_s": None,
         "batch_size": None, "peak_gpu_mem_bytes": None, "device": "cuda:0" if gpu else "cpu", "model": "tiny",
-        "strategy": "hired", "budget": 0.2, "alpha": 0.5, "run_id": run_id, "source_shard": shard, "row_index": index,
+        "strategy": "hired", "budget_fraction": 0.2, "budget_tokens": None, "alpha": 0.5, "run_id": run_id, "source_shard": shard, "row_index": index,
     }
     if error is None:
         ttft, decode, generated = 300.0 + 40 * batch, 900.0 + 25 * batch, 10 + index % 7
@@ -242,6 +243,29 @@ def test_an_output_of_errors_only_still_reports(tmp_path):
     for key in ("timeline", "errors"):
         assert_plausible_chart(embedded_images(charts[key])[0])
     assert "No ok rows." in page
+
+
+def test_charts_of_a_large_output_plot_a_sample_and_count_every_row(tmp_path, monkeypatch):
+    monkeypatch.setattr(report_module, "MAX_PLOTTED_POINTS", 7)
+    errors = {i: "undecodable image: x" for i in range(0, 60, 5)}  # 12 error rows, 48 ok
+    uri, rows = caption_output(tmp_path, count=60, errors=errors)
+    output = load_output(uri)
+    first = first_pass(output, error_rows=3)
+    data = second_pass(output, first)
+    ok_positions = [i for i, r in enumerate(rows) if r["error"] is None]
+    assert (first.ok_count, first.error_count, len(first.first_errors)) == (48, 12, 3)
+    # The scatter charts get an even sample, first and last ok item included, in output order.
+    assert data.position.size == 7 and list(data.position) == sorted(data.position)
+    assert data.position[0] == ok_positions[0] and data.position[-1] == ok_positions[-1]
+    assert set(data.position) <= set(ok_positions) and data.error_position.size == 7
+    # The histograms and the running total count every ok row, not the sample.
+    for key in ("ttft", "tokens-per-s", "gpu-memory"):
+        assert data.histograms[key][1].sum() == 48, key
+    assert data.cumulative_s[-1] == pytest.approx(first.facts["generation_s"])
+    assert data.boundaries == [30]  # where shard b's file starts
+    page = render(uri, tmp_path)
+    assert "An even sample of 7 of the 48 ok items is plotted." in page
+    assert set(figures(page)) == ALL_CHARTS
 
 
 def test_vqa_report_shows_accuracy_and_exact_match(tmp_path):

@@ -18,13 +18,12 @@ import ray
 
 from ..errors import RunAborted, StorageUnavailable
 from ..io.inputs import Shard
-from ..io.outputs import read_outputs
 from ..settings import JobSettings, new_run_id
 from ..stages.generate import CPU_BATCH_SIZE, Predictor
 from ..stages.preprocess import Preprocessor
 from ..stages.read import read_rows
 from ..stages.score import score_vqa
-from ..summary import summarize, write_summary
+from ..summary import summarize, summarize_output, write_summary
 from .collect import ShardCollector
 from .plan import plan
 from .ray_setup import init_ray
@@ -129,14 +128,7 @@ def run_job(settings: JobSettings) -> dict:
     failed += [] if aborted else collector.incomplete()
     wall_s = time.perf_counter() - started
 
-    try:
-        table = read_outputs(settings.output)
-    except StorageUnavailable:
-        if not aborted:
-            raise
-        table = None  # storage is what stopped the run: the counts must wait for the rerun
-    summary = summarize(
-        table,
+    run = dict(
         processed_rows=collector.processed,
         processed_generated_tokens=collector.generated_tokens,
         wall_s=wall_s,
@@ -156,6 +148,12 @@ def run_job(settings: JobSettings) -> dict:
             "failed_shards": [{"shard": f.uri, "reason": f.reason} for f in failed],
         },
     )
+    try:  # file by file, a few columns at a time: the driver never holds the output's rows
+        summary = summarize_output(settings.output, **run)
+    except StorageUnavailable:
+        if not aborted:
+            raise
+        summary = summarize(None, **run)  # storage is what stopped the run: the counts must wait for the rerun
     if aborted:
         summary["aborted"] = aborted
     try:

@@ -614,7 +614,7 @@ def _run_halving(chunk: list, run_batch, make_error, is_oom, free_memory, state:
     free_memory()
     if len(chunk) == 1:
         state.failed_items += 1
-        return [make_error(chunk[0], f"out of memory with the item alone in its batch ({reason})")], 0
+        return [make_error(chunk[0], f"out of memory: the item alone in its batch ({reason})")], 0
     middle = (len(chunk) + 1) // 2
     first, first_ran = _run_halving(chunk[:middle], run_batch, make_error, is_oom, free_memory, state)
     second, second_ran = _run_halving(chunk[middle:], run_batch, make_error, is_oom, free_memory, state)

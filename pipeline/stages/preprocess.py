@@ -61,7 +61,7 @@ class Preprocessor:
             except StorageUnavailable:
                 raise
             except Exception as e:
-                raise BadImage(f"cannot fetch image_uri {image_uri}: {type(e).__name__}: {e}") from None
+                raise BadImage(f"cannot fetch image_uri: {image_uri}: {type(e).__name__}: {e}") from None
         raise BadImage("missing field: neither image nor image_uri is set")
 
     def one(self, image, image_uri, prompt, question) -> dict:
