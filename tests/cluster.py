@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -156,7 +157,7 @@ def short_temp_dir(tag: str) -> Path:
 
 
 def start_head(log_dir: Path, num_cpus: int, resources: dict, env: dict) -> tuple[RayNode, str, str]:
-    temp = short_temp_dir("h")
+    temp = short_temp_dir("2nh")
     gcs, dashboard = free_port(), free_port()
     args = ["ray", "start", "--head", "--block", f"--temp-dir={temp}", "--node-ip-address=127.0.0.1",
             f"--port={gcs}", "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
@@ -168,7 +169,7 @@ def start_head(log_dir: Path, num_cpus: int, resources: dict, env: dict) -> tupl
 
 
 def start_worker(name: str, gcs_address: str, log_dir: Path, num_cpus: int, resources: dict, env: dict) -> RayNode:
-    temp = short_temp_dir("w")
+    temp = short_temp_dir("2nw")
     args = [sys.executable, "-c", WORKER_LAUNCHER, "start", "--block", f"--address={gcs_address}",
             f"--temp-dir={temp}", "--node-ip-address=127.0.0.1", *node_ports(), f"--num-cpus={num_cpus}",
             f"--resources={json.dumps(resources)}", "--disable-usage-stats"]
@@ -177,10 +178,22 @@ def start_worker(name: str, gcs_address: str, log_dir: Path, num_cpus: int, reso
     return RayNode(name, process, temp)
 
 
-def alive_nodes(dashboard: str) -> list[dict]:
+def alive_nodes(dashboard: str) -> list:
     from ray.util.state import list_nodes
 
-    return [n for n in list_nodes(address=dashboard, detail=True, raise_on_missing_output=False) if n.state == "ALIVE"]
+    try:
+        return [n for n in list_nodes(address=dashboard, detail=True, raise_on_missing_output=False) if n.state == "ALIVE"]
+    except Exception:  # the dashboard answers before its state API can: not up yet
+        return []
+
+
+def listening(address: str) -> bool:
+    host, port = address.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+        return True
+    except OSError:
+        return False
 
 
 def wait_until(condition, timeout: float, what: str, every: float = 1.0):
@@ -201,9 +214,11 @@ def start_two_node_cluster(log_dir: Path, num_cpus: int = 4, head_env: dict | No
     head, gcs, dashboard = start_head(log_dir, num_cpus, {"node_a": 1}, cluster_env(head_env))
     cluster = TwoNodeCluster(head, None, gcs, dashboard)
     try:
-        wait_for_http(f"{dashboard}/api/version", timeout=timeout, ok=lambda status: status == 200)
+        # The second node needs only the head's GCS: start it while the head's dashboard is still coming up.
+        wait_until(lambda: listening(gcs), timeout, "the head's GCS listening", every=0.5)
         cluster.second = start_worker("node_b", gcs, log_dir, num_cpus, {"node_b": 1}, cluster_env(worker_env))
-        wait_until(lambda: len(alive_nodes(dashboard)) == 2, timeout, "the second node joining the head", every=2)
+        wait_for_http(f"{dashboard}/api/version", timeout=timeout, ok=lambda status: status == 200)
+        wait_until(lambda: len(alive_nodes(dashboard)) == 2, timeout, "the second node joining the head", every=1)
     except BaseException:
         cluster.stop()
         raise
