@@ -5,7 +5,8 @@ Why it is built this way (Ray 2.60, checked on one machine):
 * ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` keeps every Ray process on 127.0.0.1; set to 1, the CLI rewrites
   the head's address to the machine's interface address, where a loopback head does not listen. But at 0 the
   CLI refuses to start a worker node at all, so the worker's ``ray start`` alone runs through a launcher that
-  lifts that one check (the module constant the CLI reads); its raylet and workers still see the variable at 0.
+  lifts that one check (the CLI module gets its own copy of the constant); the rest of Ray, the node's raylet
+  and workers included, still see 0.
 * Every node gets its own ports (two raylets on one machine would otherwise collide on the fixed defaults,
   such as the dashboard agent's 52365) and its own ``--temp-dir``.
 * Ray puts each worker process in its own process group, so killing a node's process group leaves its workers
@@ -146,9 +147,11 @@ class TwoNodeCluster:
     dashboard: str  # http://127.0.0.1:PORT, for `ray job submit` and the state API
 
     def stop(self) -> None:
-        for node in (self.second, self.head):  # the second node first: it would otherwise wait for the head
-            if node is not None:
-                node.stop()
+        try:
+            if self.second is not None:  # first: it would otherwise keep trying to reach the head
+                self.second.stop()
+        finally:
+            self.head.stop()
 
 
 def short_temp_dir(tag: str) -> Path:
@@ -213,12 +216,17 @@ def start_two_node_cluster(log_dir: Path, num_cpus: int = 4, head_env: dict | No
     ``head_env`` and ``worker_env`` are added to one node's environment only: its processes alone see them."""
     head, gcs, dashboard = start_head(log_dir, num_cpus, {"node_a": 1}, cluster_env(head_env))
     cluster = TwoNodeCluster(head, None, gcs, dashboard)
+    deadline = time.monotonic() + timeout  # one limit for the whole start: callers budget for it
+
+    def left() -> float:
+        return max(1.0, deadline - time.monotonic())
+
     try:
         # The second node needs only the head's GCS: start it while the head's dashboard is still coming up.
-        wait_until(lambda: listening(gcs), timeout, "the head's GCS listening", every=0.5)
+        wait_until(lambda: listening(gcs), left(), "the head's GCS listening", every=0.5)
         cluster.second = start_worker("node_b", gcs, log_dir, num_cpus, {"node_b": 1}, cluster_env(worker_env))
-        wait_for_http(f"{dashboard}/api/version", timeout=timeout, ok=lambda status: status == 200)
-        wait_until(lambda: len(alive_nodes(dashboard)) == 2, timeout, "the second node joining the head", every=1)
+        wait_for_http(f"{dashboard}/api/version", timeout=left(), ok=lambda status: status == 200)
+        wait_until(lambda: len(alive_nodes(dashboard)) == 2, left(), "the second node joining the head", every=1)
     except BaseException:
         cluster.stop()
         raise

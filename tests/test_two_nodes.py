@@ -41,7 +41,8 @@ def two_nodes(tmp_path):
     # One claim file per stage: the first batch of each stage that reaches node_b is held there.
     faults = ";".join(f"{stage}=sleep{HOLD_S}#{held / stage}" for stage in STAGE_ACTORS)
     started = time.monotonic()
-    cluster = start_two_node_cluster(tmp_path, num_cpus=4, head_env=FAST_NODE_DEATH, worker_env={"HIRED_FAULTS": faults})
+    cluster = start_two_node_cluster(tmp_path, num_cpus=4, head_env=FAST_NODE_DEATH, worker_env={"HIRED_FAULTS": faults},
+                                     timeout=180)
     try:
         yield cluster, held, time.monotonic() - started
     finally:
@@ -72,7 +73,11 @@ def tail(path: Path, chars: int = 4000) -> str:
     return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
 
 
+# Its own limit, the sum of what it waits for: the cluster's start (180 s), a held batch (420 s), the job
+# after the kill (480 s), a job left running killed (60 s), each node's processes ending (2 x 2 x 60 s);
+# the suite's 600 s would cut it short.
 @pytest.mark.slow
+@pytest.mark.timeout(1440)
 def test_a_node_lost_mid_run_loses_no_row(two_nodes, tmp_path, tiny_next_path):
     cluster, held, cluster_start_s = two_nodes
     inputs = small_shards(tmp_path / "in", shards=SHARDS, rows=ROWS)
@@ -130,6 +135,7 @@ def test_a_node_lost_mid_run_loses_no_row(two_nodes, tmp_path, tiny_next_path):
     ids = [i for path in files for i in pq.read_table(path).column("id").to_pylist()]
     assert Counter(ids) == Counter(f"{s}-{i}" for s in range(SHARDS) for i in range(ROWS))
     assert [e for path in files for e in pq.read_table(path).column("error").to_pylist() if e is not None] == []
+    assert not list(out.glob(".*.tmp")), "temporary files left behind"
     summary = json.loads((out / "_summary.json").read_text())
     assert summary["items"] == SHARDS * ROWS and summary["errors"] == 0
     assert summary["shards"]["written_this_run"] == SHARDS and summary["shards"]["failed"] == 0
