@@ -14,6 +14,7 @@ from ..columns import (
     answer_lists, batch_column, encode_inputs, object_array, passthrough,
 )
 from ..errors import StorageUnavailable
+from ..faults import failpoint
 from ..io.images import BadImage, decode_image
 from ..io.storage import Storage
 from ..settings import JobSettings
@@ -76,6 +77,7 @@ class Preprocessor:
         return item
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        failpoint("preprocess")  # tests hold a batch here, then lose the node it is on
         n = len(batch[ID])
         out = {c: batch_column(batch, c) for c in passthrough(self.task)}
         if self.task == "vqa":
