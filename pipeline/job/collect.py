@@ -125,9 +125,10 @@ def rows_per_shard(block: pa.Table) -> Iterator[tuple[str, pa.Table]]:
 
 
 def token_sum(rows: pa.Table) -> int:
-    if "generated_tokens" not in rows.column_names or pa.types.is_null(rows.schema.field("generated_tokens").type):
+    """The tokens generated for these rows (as the output will hold them: NaN counts as null)."""
+    if "generated_tokens" not in rows.column_names:
         return 0
-    return int(pc.sum(rows.column("generated_tokens")).as_py() or 0)
+    return pc.sum(as_type(rows.column("generated_tokens"), pa.int64())).as_py() or 0
 
 
 def shard_table(blocks: list[pa.Table], schema: pa.Schema) -> pa.Table:
