@@ -39,17 +39,23 @@ def _hidden(path: str) -> bool:
 
 def list_shards(input_uri: str) -> list[str]:
     """The Parquet files under ``input_uri`` (a file, or a directory searched recursively), sorted."""
+    return [uri for uri, _ in list_shard_sizes(input_uri)]
+
+
+def list_shard_sizes(input_uri: str) -> list[tuple[str, int | None]]:
+    """:func:`list_shards` with each file's size from the same listing (None for a single file),
+    so that reading a footer costs one request."""
     where = Storage.at(input_uri)
     fs, path = where.fs, where.path
     if not with_retries(lambda: fs.exists(path), f"looking for {input_uri}"):
         raise InputError(f"input {input_uri} does not exist")
     if with_retries(lambda: fs.isfile(path), f"looking at {input_uri}"):
-        return [where.uri]
-    found = with_retries(lambda: fs.find(path), f"listing {input_uri}")
+        return [(where.uri, None)]
+    found = with_retries(lambda: fs.find(path, detail=True), f"listing {input_uri}")
     files = sorted(p for p in found if p.endswith(".parquet") and not _hidden(p))
     if not files:
         raise InputError(f"input {input_uri} holds no .parquet shards")
-    return [fs.unstrip_protocol(p) for p in files]
+    return [(fs.unstrip_protocol(p), found[p].get("size")) for p in files]
 
 
 def check_schema(schema: pa.Schema, task: str, uri: str) -> None:
@@ -88,13 +94,14 @@ def shard_names(uris: list[str], input_uri: str) -> list[str]:
     return names
 
 
-def inspect_shard(uri: str, name: str, task: str) -> Shard | FailedShard:
-    """One shard's footer: its row counts, and its schema checked for the task.
+def inspect_shard(uri: str, name: str, task: str, size: int | None = None) -> Shard | FailedShard:
+    """One shard's footer: its row counts, and its schema checked for the task. ``size`` (bytes,
+    from a listing) saves asking the store for it.
 
     A footer that cannot be read makes a failed shard (the others go on); a readable shard
     with the wrong columns stops the run with :class:`InputError`."""
     try:
-        metadata = with_retries(lambda: _footer(Storage.at(uri)), f"reading the footer of {uri}")
+        metadata = with_retries(lambda: read_footer(Storage.at(uri), size), f"reading the footer of {uri}")
         schema = metadata.schema.to_arrow_schema()
     except StorageUnavailable:
         raise
@@ -107,14 +114,37 @@ def inspect_shard(uri: str, name: str, task: str) -> Shard | FailedShard:
 
 def inspect_shards(input_uri: str, task: str) -> tuple[list[Shard], list[FailedShard]]:
     """Every shard under ``input_uri``, inspected: (readable shards, failed shards)."""
-    uris = list_shards(input_uri)
-    inspected = [inspect_shard(uri, name, task) for uri, name in zip(uris, shard_names(uris, input_uri))]
+    listed = list_shard_sizes(input_uri)
+    names = shard_names([uri for uri, _ in listed], input_uri)
+    inspected = [inspect_shard(uri, name, task, size) for (uri, size), name in zip(listed, names)]
     return [s for s in inspected if isinstance(s, Shard)], [s for s in inspected if isinstance(s, FailedShard)]
 
 
-def _footer(where: Storage) -> pq.FileMetaData:
-    with where.open("rb") as f:
-        return pq.ParquetFile(f).metadata
+# A footer read asks for this many bytes from the end of the file: enough for the footer of
+# almost any shard (a 10-column shard with 100 row groups has ~60 KiB), so one request does.
+FOOTER_READ_BYTES = 64 * 1024
+_MAGIC = b"PAR1"
+
+
+def read_footer(where: Storage, size: int | None = None) -> pq.FileMetaData:
+    """A Parquet file's footer in one ranged read when its ``size`` is known, two for larger footers."""
+    fs, path = where.fs, where.path
+    if size is None:
+        size = fs.size(path)
+    start = max(0, size - FOOTER_READ_BYTES)
+    tail = fs.cat_file(path, start=start)  # to the end of the file, whatever its size is now
+    needed = _footer_bytes(tail)
+    if needed > len(tail) and start > 0:
+        tail = fs.cat_file(path, start=max(0, start + len(tail) - needed))
+    # The reader only looks at the end of what it is given, so the tail stands in for the file.
+    return pq.read_metadata(pa.BufferReader(tail))
+
+
+def _footer_bytes(tail: bytes) -> int:
+    """How many bytes at the end of a Parquet file its footer takes (metadata, length, magic)."""
+    if len(tail) < 8 or tail[-4:] != _MAGIC:
+        return len(tail)  # not Parquet: the reader says so
+    return int.from_bytes(tail[-8:-4], "little") + 8
 
 
 def read_row_group(uri: str, row_group: int) -> pa.Table:

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import InputError, StorageUnavailable
-from .inputs import Shard
+from .inputs import Shard, read_footer
 from .retry import with_retries
 from .storage import Storage
 
@@ -31,19 +31,15 @@ def output_path(output_uri: str, shard: Shard) -> str:
     return posixpath.join(output_uri.rstrip("/"), f"{shard.name}.parquet")
 
 
-def _footer(where: Storage) -> pq.FileMetaData:
-    with where.open("rb") as f:
-        return pq.ParquetFile(f).metadata
-
-
-def completed_output(output_uri: str, shard: Shard, settings: dict) -> bool:
+def completed_output(output_uri: str, shard: Shard, settings: dict, size: int | None = None) -> bool:
     """Whether the shard's output exists and is whole. An output made with other settings
-    (another model or budget) is an error: mixing them would silently corrupt the dataset."""
+    (another model or budget) is an error: mixing them would silently corrupt the dataset.
+    ``size`` (bytes, from :func:`listed_outputs`) says the output exists and saves two requests."""
     where = Storage.at(output_path(output_uri, shard))
-    if not where.exists():
+    if size is None and not where.exists():
         return False
     try:
-        metadata = with_retries(lambda: _footer(where), f"reading the footer of {where.path}")
+        metadata = with_retries(lambda: read_footer(where, size), f"reading the footer of {where.path}")
     except StorageUnavailable:
         raise
     except Exception:
@@ -106,7 +102,23 @@ def output_files(output_uri: str) -> list[str]:
     if not where.exists():
         return []
     listed = with_retries(lambda: where.fs.ls(where.path, detail=False), f"listing {output_uri}")
-    return sorted(p for p in listed if p.endswith(".parquet") and not posixpath.basename(p).startswith((".", "_")))
+    return sorted(p for p in listed if _is_result_file(p))
+
+
+def _is_result_file(path: str) -> bool:
+    return path.endswith(".parquet") and not posixpath.basename(path).startswith((".", "_"))
+
+
+def listed_outputs(output_uri: str) -> dict[str, int]:
+    """Every result file directly under ``output_uri`` (its path on the filesystem) with its size,
+    from one fresh listing; empty if the location is missing."""
+    where = Storage.at(output_uri)
+    where.fs.invalidate_cache(where.path)  # a listing cached before a writer ran would be stale
+    try:
+        listed = with_retries(lambda: where.fs.ls(where.path, detail=True), f"listing {output_uri}")
+    except FileNotFoundError:
+        return {}
+    return {e["name"]: e["size"] for e in listed if e["type"] == "file" and _is_result_file(e["name"])}
 
 
 def read_outputs(output_uri: str) -> pa.Table | None:

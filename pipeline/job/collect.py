@@ -1,12 +1,21 @@
-"""The driver's books: result rows gathered per shard, each shard written the moment it is complete."""
+"""The driver's books: result rows gathered per shard, each shard written the moment it is complete.
+
+One driver serves every GPU, so its cost per row bounds the whole job: it keeps result blocks
+as the Arrow tables Ray hands it (no Python object per row), notes which rows of each shard have
+arrived in a bit array, and does the per-row work (ordering, the no-result check) once per
+shard, in Arrow, when it writes.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from ..columns import missing, output_schema
+from ..columns import ERROR, ROW_INDEX, SOURCE_SHARD, missing, output_schema
 from ..faults import failpoint
 from ..io.inputs import FailedShard, Shard
 from ..io.outputs import write_output
@@ -14,46 +23,161 @@ from ..settings import JobSettings
 
 log = logging.getLogger("hired.pipeline")
 
+NO_RESULT = "internal: no result came back for this row"
+
+
+class _ShardRows:
+    """One shard's results so far: blocks of first arrivals, and which rows they cover."""
+
+    def __init__(self, shard: Shard):
+        self.shard = shard
+        self.arrived = np.zeros(shard.num_rows, dtype=bool)
+        self.count = 0
+        self.blocks: list[pa.Table] = []
+
+    @property
+    def complete(self) -> bool:
+        return self.count == self.shard.num_rows
+
+    def add(self, rows: pa.Table) -> pa.Table:
+        """Keep the rows not seen before (a batch Ray retried after a worker died sends its rows
+        again; the first result for a row is kept); return them."""
+        index = rows.column(ROW_INDEX).to_numpy(zero_copy_only=False)
+        fresh = first_arrivals(index, self.arrived)
+        if not fresh.all():
+            rows, index = rows.filter(pa.array(fresh)), index[fresh]
+        if rows.num_rows:
+            self.arrived[index] = True
+            self.count += rows.num_rows
+            self.blocks.append(rows)
+        return rows
+
+
+def first_arrivals(index: np.ndarray, arrived: np.ndarray) -> np.ndarray:
+    """Which of a block's rows (by ``index``, their positions in the shard) are new: in range,
+    not arrived before, and the first of their position within the block."""
+    in_range = (index >= 0) & (index < len(arrived))
+    if not in_range.all():
+        log.error("dropping %d result row(s) with a row_index outside their shard", int((~in_range).sum()))
+    fresh = in_range.copy()
+    fresh[in_range] = ~arrived[index[in_range]]
+    candidates = np.flatnonzero(fresh)
+    if len(candidates) > 1 and not (np.diff(index[candidates]) > 0).all():  # a row twice in the block (rare)
+        _, first = np.unique(index[candidates], return_index=True)
+        if len(first) < len(candidates):
+            fresh[:] = False
+            fresh[candidates[first]] = True
+    return fresh
+
 
 class ShardCollector:
     """Gathers result rows per shard; writes a shard's output the moment it is complete."""
 
     def __init__(self, shards: list[Shard], settings: JobSettings):
-        self.shards = {s.uri: s for s in shards}
-        self.rows: dict[str, dict[int, dict]] = {s.uri: {} for s in shards}
         self.settings = settings
         self.schema = output_schema(settings.task)
+        self.shards: dict[str, _ShardRows | None] = {s.uri: _ShardRows(s) for s in shards}  # None once written
         self.written: list[str] = []
         self.generated_tokens = 0
         self.processed = 0
 
-    def add(self, table: pa.Table) -> None:
-        for row in table.to_pylist():
-            row = {k: None if missing(v) else v for k, v in row.items()}
-            if row["error"] is None and row["text"] is None:  # never a silently empty row
-                row["error"] = "internal: no result came back for this row"
-            uri = row["source_shard"]
-            # Keyed by position: a batch Ray retried after a worker died cannot duplicate a row.
-            if row["row_index"] not in self.rows[uri]:
-                self.processed += 1
-                self.generated_tokens += row.get("generated_tokens") or 0
-            self.rows[uri][row["row_index"]] = row
-            if len(self.rows[uri]) == self.shards[uri].num_rows:
+    def add(self, block: pa.Table) -> None:
+        """A block of result rows as Ray Data hands it (any shards, any order, perhaps repeated)."""
+        for uri, rows in rows_per_shard(block):
+            books = self.shards.get(uri)
+            if books is None:
+                if uri not in self.shards:
+                    log.error("dropping %d result row(s) of a shard this run does not hold: %s", rows.num_rows, uri)
+                continue  # a retried batch's rows for a shard already written
+            fresh = books.add(rows)
+            self.processed += fresh.num_rows
+            self.generated_tokens += token_sum(fresh)
+            if books.complete:
                 self.flush(uri)
 
     def flush(self, uri: str) -> None:
-        shard = self.shards[uri]
-        rows = [self.rows[uri][i] for i in sorted(self.rows[uri])]
-        table = pa.Table.from_pylist(rows, schema=self.schema)
-        self.written.append(write_output(self.settings.output, shard, table, self.settings.result_settings()))
-        log.info("wrote %s (%d rows)", self.written[-1], shard.num_rows)
+        books = self.shards[uri]
+        table = shard_table(books.blocks, self.schema)
+        self.written.append(write_output(self.settings.output, books.shard, table, self.settings.result_settings()))
+        log.info("wrote %s (%d rows)", self.written[-1], books.shard.num_rows)
         failpoint("shard_written")  # tests kill the driver here, between two shards
-        self.rows[uri] = {}
         self.shards[uri] = None  # done
 
     def incomplete(self) -> list[FailedShard]:
         return [
-            FailedShard(uri, f"incomplete: {len(self.rows[uri])} of {shard.num_rows} rows came back")
-            for uri, shard in self.shards.items()
-            if shard is not None
+            FailedShard(uri, f"incomplete: {books.count} of {books.shard.num_rows} rows came back")
+            for uri, books in self.shards.items()
+            if books is not None
         ]
+
+
+def rows_per_shard(block: pa.Table) -> Iterator[tuple[str, pa.Table]]:
+    """A block's rows by source shard (usually a block holds one shard's rows)."""
+    source = block.column(SOURCE_SHARD)
+    if source.null_count:
+        log.error("dropping %d result row(s) without a source shard", source.null_count)
+    uris = [uri for uri in pc.unique(source).to_pylist() if uri is not None]
+    if len(uris) == 1 and not source.null_count:
+        yield uris[0], block
+        return
+    for uri in uris:
+        yield uri, block.filter(pc.equal(source, uri))
+
+
+def token_sum(rows: pa.Table) -> int:
+    """The tokens generated for these rows (as the output will hold them: NaN counts as null)."""
+    if "generated_tokens" not in rows.column_names:
+        return 0
+    return pc.sum(as_type(rows.column("generated_tokens"), pa.int64())).as_py() or 0
+
+
+def shard_table(blocks: list[pa.Table], schema: pa.Schema) -> pa.Table:
+    """A complete shard's rows in input order as the output schema has them, every row with a
+    text or an error. Blocks are joined first and conformed once, as a shard: one cast a column
+    instead of one a column and block (blocks whose types do not join are conformed one by one)."""
+    if not blocks:
+        return schema.empty_table()
+    try:
+        table = conform(pa.concat_tables(blocks, promote_options="permissive"), schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        table = pa.concat_tables([conform(block, schema) for block in blocks])
+    table = table.combine_chunks()
+    table = table.take(pc.sort_indices(table.column(ROW_INDEX)))
+    no_result = pc.and_(pc.is_null(table.column("text")), pc.is_null(table.column(ERROR)))
+    if pc.any(no_result).as_py():  # never a silently empty row
+        errors = pc.if_else(no_result, pa.scalar(NO_RESULT, pa.string()), table.column(ERROR))
+        table = table.set_column(table.schema.get_field_index(ERROR), schema.field(ERROR), errors)
+    return table
+
+
+def conform(block: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A block's columns as the output schema has them: absent columns as nulls, others cast."""
+    columns = []
+    for field in schema:
+        if field.name not in block.column_names:
+            columns.append(pa.nulls(block.num_rows, field.type))
+        else:
+            column = block.column(field.name)
+            columns.append(column if column.type == field.type and not pa.types.is_floating(field.type)
+                           else as_type(column, field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def as_type(column: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray:
+    """``column`` as ``target``. A column that was all nulls in one block travels through Ray as
+    Arrow's null type, and through a numpy stage as float NaN: both are nulls here."""
+    if pa.types.is_null(column.type):
+        return pa.chunked_array([pa.nulls(len(column), target)])
+    if pa.types.is_floating(column.type):
+        nan = pc.is_nan(column)
+        if pc.any(nan).as_py():
+            column = pc.if_else(nan, pa.scalar(None, column.type), column)
+        if column.null_count == len(column):
+            return pa.chunked_array([pa.nulls(len(column), target)])
+    if column.type == target:
+        return column
+    try:
+        return column.cast(target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        # Values Arrow cannot cast as a column (e.g. objects Ray stored pickled): one by one.
+        return pa.chunked_array([pa.array([None if missing(v) else v for v in column.to_pylist()], type=target)])

@@ -1,26 +1,78 @@
 """Planning a run: check the output and the input before any model loads, and split the
-shards into those to do and those a previous run already completed."""
+shards into those to do and those a previous run already completed.
+
+Planning is a request or two per shard (its footer; its output's footer, if it has one), and a
+request waits mostly on the store: against object storage one after another it takes minutes
+for ten thousand shards. So the input and the output are each listed once (a shard whose output
+is not in the listing costs no request), and the footers are read by a pool of threads.
+Results and errors are those of the one-by-one loop: shards stay in input order, and when
+shards raise, the first of them in input order decides (input errors before output errors).
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
-from ..io.inputs import FailedShard, Shard, inspect_shards
-from ..io.outputs import check_output_writable, completed_output, remove_stale_temporaries
+from ..io.inputs import FailedShard, Shard, inspect_shard, list_shard_sizes, shard_names
+from ..io.outputs import check_output_writable, completed_output, listed_outputs, output_path, remove_stale_temporaries
+from ..io.storage import Storage
 from ..settings import JobSettings
 
 log = logging.getLogger("hired.pipeline")
+T = TypeVar("T")
+R = TypeVar("R")
+
+# Footer reads in flight at once. They wait on the store, not on this process: on 2 cores
+# against a loopback S3, 32 planned 2,000 shards about 3x faster than 8; more gained nothing.
+PLAN_THREADS = 32
 
 
-def plan(settings: JobSettings) -> tuple[list[Shard], list[Shard], list[FailedShard]]:
+def plan(settings: JobSettings, threads: int = PLAN_THREADS) -> tuple[list[Shard], list[Shard], list[FailedShard]]:
     """Check the input and output before any model loads; split shards into to-do and done."""
     check_output_writable(settings.output)
     if removed := remove_stale_temporaries(settings.output):
         log.info("removed %d temporary file(s) an interrupted run left in %s", removed, settings.output)
-    shards, failed = inspect_shards(settings.input, settings.task)
-    wanted = settings.result_settings()
+    shards, failed = inspect_all(settings.input, settings.task, threads)
     if settings.overwrite:
         return shards, [], failed
-    done = [s for s in shards if completed_output(settings.output, s, wanted)]
-    done_uris = {s.uri for s in done}
-    return [s for s in shards if s.uri not in done_uris], done, failed
+    complete = outputs_complete(settings.output, shards, settings.result_settings(), threads)
+    done = [s for s, is_complete in zip(shards, complete) if is_complete]
+    return [s for s, is_complete in zip(shards, complete) if not is_complete], done, failed
+
+
+def inspect_all(input_uri: str, task: str, threads: int = PLAN_THREADS) -> tuple[list[Shard], list[FailedShard]]:
+    """Every shard under ``input_uri`` from one listing, footers read in parallel:
+    (readable shards, failed shards), each in input order."""
+    listed = list_shard_sizes(input_uri)
+    names = shard_names([uri for uri, _ in listed], input_uri)
+    jobs = [(uri, name, size) for (uri, size), name in zip(listed, names)]
+    inspected = in_threads(lambda job: inspect_shard(job[0], job[1], task, size=job[2]), jobs, threads)
+    return [s for s in inspected if isinstance(s, Shard)], [s for s in inspected if isinstance(s, FailedShard)]
+
+
+def outputs_complete(output_uri: str, shards: Sequence[Shard], settings: dict, threads: int = PLAN_THREADS) -> list[bool]:
+    """Whether each shard's output is complete; only outputs the listing holds are read."""
+    sizes = listed_outputs(output_uri)
+    output_sizes = [sizes.get(Storage.at(output_path(output_uri, shard)).path) for shard in shards]
+    to_check = [i for i, size in enumerate(output_sizes) if size is not None]
+    checked = in_threads(lambda i: completed_output(output_uri, shards[i], settings, size=output_sizes[i]), to_check, threads)
+    complete = [False] * len(shards)
+    for i, is_complete in zip(to_check, checked):
+        complete[i] = is_complete
+    return complete
+
+
+def in_threads(work: Callable[[T], R], items: Sequence[T], threads: int) -> list[R]:
+    """``[work(x) for x in items]`` with up to ``threads`` calls at once. If calls raise, the one
+    for the earliest item is raised, as the loop would, and calls not yet started are dropped."""
+    if threads <= 1 or len(items) <= 1:
+        return [work(item) for item in items]
+    pool = ThreadPoolExecutor(max_workers=min(threads, len(items)), thread_name_prefix="plan")
+    try:
+        futures = [pool.submit(work, item) for item in items]
+        return [future.result() for future in futures]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
