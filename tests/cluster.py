@@ -23,10 +23,11 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .servers import free_port, wait_for_http
+from .servers import free_port
 
 # The worker's `ray start`, with the CLI's refusal of multi-node clusters lifted for that check alone: the
 # CLI module gets a copy of Ray's constants saying clusters are enabled, while the rest of Ray (which turns
@@ -90,6 +91,19 @@ def process_tree(root_pid: int) -> set[int]:
     return tree
 
 
+def mentioning(text: str) -> set[int]:
+    """Processes whose command line holds ``text``: a node's daemons name its temp dir, and one whose
+    `ray start` died early has been handed to init, out of its tree."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and text in Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace"):
+                found.add(int(entry))
+        except OSError:
+            continue
+    return found
+
+
 def signal_all(pids, signum: int) -> None:
     for pid in pids:
         try:
@@ -120,9 +134,10 @@ class RayNode:
             os.killpg(self.process.pid, signal.SIGSTOP)
         except ProcessLookupError:
             pass
-        tree = process_tree(self.process.pid)
+        tree = process_tree(self.process.pid) | mentioning(f"{self.temp_dir}/")
         signal_all(tree, signal.SIGSTOP)  # workers too: none may notice and clean up as if shut down
-        tree |= process_tree(self.process.pid)  # any started while freezing
+        for pid in list(tree):  # any started while freezing
+            tree |= process_tree(pid)
         signal_all(tree, signal.SIGKILL)
         try:
             os.killpg(self.process.pid, signal.SIGKILL)
@@ -134,7 +149,7 @@ class RayNode:
         return self.killed_pids
 
     def stop(self) -> None:
-        if self.process.poll() is None or len(process_tree(self.process.pid)) > 1:
+        if self.process.poll() is None or len(process_tree(self.process.pid)) > 1 or mentioning(f"{self.temp_dir}/"):
             self.kill()
         subprocess.run(["rm", "-rf", str(self.temp_dir)], check=False)
 
@@ -156,7 +171,7 @@ class TwoNodeCluster:
 
 def short_temp_dir(tag: str) -> Path:
     # Ray's socket paths must stay under ~107 bytes: pytest's tmp_path is too long.
-    return Path("/tmp") / f"r{tag}{os.getpid()}{free_port()}"
+    return Path("/tmp") / f"r{tag}{os.getpid()}-{free_port()}"
 
 
 def start_head(log_dir: Path, num_cpus: int, resources: dict, env: dict) -> tuple[RayNode, str, str]:
@@ -166,7 +181,7 @@ def start_head(log_dir: Path, num_cpus: int, resources: dict, env: dict) -> tupl
             f"--port={gcs}", "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
             f"--ray-client-server-port={free_port()}", *node_ports(), f"--num-cpus={num_cpus}",
             f"--resources={json.dumps(resources)}", "--disable-usage-stats"]
-    log = open(log_dir / "ray-head.log", "wb")
+    log = open(log_dir / "ray-head.log", "ab")  # every try's, one after the other
     process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     return RayNode("head", process, temp), f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}"
 
@@ -176,7 +191,7 @@ def start_worker(name: str, gcs_address: str, log_dir: Path, num_cpus: int, reso
     args = [sys.executable, "-c", WORKER_LAUNCHER, "start", "--block", f"--address={gcs_address}",
             f"--temp-dir={temp}", "--node-ip-address=127.0.0.1", *node_ports(), f"--num-cpus={num_cpus}",
             f"--resources={json.dumps(resources)}", "--disable-usage-stats"]
-    log = open(log_dir / f"ray-{name}.log", "wb")
+    log = open(log_dir / f"ray-{name}.log", "ab")
     process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     return RayNode(name, process, temp)
 
@@ -185,7 +200,8 @@ def alive_nodes(dashboard: str) -> list:
     from ray.util.state import list_nodes
 
     try:
-        return [n for n in list_nodes(address=dashboard, detail=True, raise_on_missing_output=False) if n.state == "ALIVE"]
+        nodes = list_nodes(address=dashboard, detail=True, raise_on_missing_output=False)
+        return [n for n in nodes if n.state == "ALIVE"]
     except Exception:  # the dashboard answers before its state API can: not up yet
         return []
 
@@ -210,27 +226,58 @@ def wait_until(condition, timeout: float, what: str, every: float = 1.0):
         time.sleep(every)
 
 
-def start_two_node_cluster(log_dir: Path, num_cpus: int = 4, head_env: dict | None = None,
-                           worker_env: dict | None = None, timeout: float = 180) -> TwoNodeCluster:
-    """A head (resource ``node_a``) and a second node (``node_b``) joined to it, both alive when this returns.
-    ``head_env`` and ``worker_env`` are added to one node's environment only: its processes alone see them."""
-    head, gcs, dashboard = start_head(log_dir, num_cpus, {"node_a": 1}, cluster_env(head_env))
-    cluster = TwoNodeCluster(head, None, gcs, dashboard)
-    deadline = time.monotonic() + timeout  # one limit for the whole start: callers budget for it
+class NodeStartFailed(RuntimeError):
+    """A node's `ray start` gave up: on an overloaded machine Ray's own 30 s start-up limit can pass."""
 
+
+def running(node: RayNode) -> bool:
+    if node.process.poll() is not None:
+        raise NodeStartFailed(f"`ray start` of {node.name} exited with status {node.process.returncode}")
+    return True
+
+
+def dashboard_answers(dashboard: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{dashboard}/api/version", timeout=5) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def start_cluster_once(log_dir: Path, num_cpus: int, head_env: dict | None, worker_env: dict | None,
+                       deadline: float) -> TwoNodeCluster:
     def left() -> float:
         return max(1.0, deadline - time.monotonic())
 
+    head, gcs, dashboard = start_head(log_dir, num_cpus, {"node_a": 1}, cluster_env(head_env))
+    cluster = TwoNodeCluster(head, None, gcs, dashboard)
     try:
         # The second node needs only the head's GCS: start it while the head's dashboard is still coming up.
-        wait_until(lambda: listening(gcs), left(), "the head's GCS listening", every=0.5)
-        cluster.second = start_worker("node_b", gcs, log_dir, num_cpus, {"node_b": 1}, cluster_env(worker_env))
-        wait_for_http(f"{dashboard}/api/version", timeout=left(), ok=lambda status: status == 200)
-        wait_until(lambda: len(alive_nodes(dashboard)) == 2, left(), "the second node joining the head", every=1)
+        wait_until(lambda: running(head) and listening(gcs), left(), "the head's GCS listening", every=0.5)
+        second = cluster.second = start_worker("node_b", gcs, log_dir, num_cpus, {"node_b": 1}, cluster_env(worker_env))
+        wait_until(lambda: running(head) and dashboard_answers(dashboard), left(), "the head's dashboard", every=0.5)
+        wait_until(lambda: running(head) and running(second) and len(alive_nodes(dashboard)) == 2, left(),
+                   "the second node joining the head", every=1)
     except BaseException:
         cluster.stop()
         raise
     return cluster
+
+
+def start_two_node_cluster(log_dir: Path, num_cpus: int = 4, head_env: dict | None = None,
+                           worker_env: dict | None = None, timeout: float = 300) -> TwoNodeCluster:
+    """A head (resource ``node_a``) and a second node (``node_b``) joined to it, both alive when this returns.
+    ``head_env`` and ``worker_env`` are added to one node's environment only: its processes alone see them.
+    A node whose start-up Ray gives up on is started again, on fresh ports, while ``timeout`` lasts (one
+    limit for the whole start: callers budget for it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return start_cluster_once(log_dir, num_cpus, head_env, worker_env, deadline)
+        except NodeStartFailed as failure:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no two-node cluster within {timeout:.0f} s; last try: {failure}") from failure
+            print(f"{failure}: starting the cluster again (logs in {log_dir})")
 
 
 def node_names(dashboard: str, with_state: bool = False) -> dict:
