@@ -103,7 +103,7 @@ class DuplicateIds:
     def __init__(self, directory: str, buckets: int = ID_BUCKETS):
         self.directory = directory
         self.buckets = buckets
-        self.writers: dict[int, ipc.RecordBatchStreamWriter] = {}
+        self.writers: dict[int, tuple[pa.OSFile, ipc.RecordBatchStreamWriter]] = {}
 
     def add(self, ids: pa.ChunkedArray | pa.Array) -> None:
         ids = pc.drop_null(ids)
@@ -124,14 +124,15 @@ class DuplicateIds:
     def _writer(self, bucket: int) -> ipc.RecordBatchStreamWriter:
         if bucket not in self.writers:
             sink = pa.OSFile(os.path.join(self.directory, f"ids-{bucket}.arrow"), "wb")
-            self.writers[bucket] = ipc.new_stream(sink, pa.schema([("id", pa.string())]))
-        return self.writers[bucket]
+            self.writers[bucket] = (sink, ipc.new_stream(sink, pa.schema([("id", pa.string())])))
+        return self.writers[bucket][1]
 
     def result(self, examples: int = DUPLICATE_EXAMPLES) -> tuple[int, list[str]]:
         """How many distinct ids occur more than once, and the smallest ``examples`` of them."""
         count, smallest = 0, []
-        for bucket, writer in sorted(self.writers.items()):
+        for bucket, (sink, writer) in sorted(self.writers.items()):
             writer.close()
+            sink.close()
             path = os.path.join(self.directory, f"ids-{bucket}.arrow")
             with pa.memory_map(path) as source:
                 counted = pc.value_counts(ipc.open_stream(source).read_all().column("id"))
