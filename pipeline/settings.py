@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 import hired
 
+from .columns import ColumnMap
 from .io.images import DEFAULT_MAX_PIXELS
 from .stages.preprocess import DEFAULT_CAPTION_PROMPT
 
@@ -29,6 +30,7 @@ class JobSettings:
     default_prompt: str = DEFAULT_CAPTION_PROMPT
     overwrite: bool = False
     run_id: str = ""
+    columns: ColumnMap = field(default_factory=ColumnMap)  # which input column is the id, the image, ...
 
     def result_settings(self) -> dict:
         """What decides the results: an output made with other values is not resumed into."""

@@ -22,7 +22,6 @@ class ShardCollector:
         self.shards = {s.uri: s for s in shards}
         self.rows: dict[str, dict[int, dict]] = {s.uri: {} for s in shards}
         self.settings = settings
-        self.schema = output_schema(settings.task)
         self.written: list[str] = []
         self.generated_tokens = 0
         self.processed = 0
@@ -33,6 +32,8 @@ class ShardCollector:
             if row["error"] is None and row["text"] is None:  # never a silently empty row
                 row["error"] = "internal: no result came back for this row"
             uri = row["source_shard"]
+            if row["id"] is not None and self.shards[uri].id_type == "int64":
+                row["id"] = int(row["id"])  # ids travel between stages as strings; the output keeps the input's type
             # Keyed by position: a batch Ray retried after a worker died cannot duplicate a row.
             if row["row_index"] not in self.rows[uri]:
                 self.processed += 1
@@ -44,7 +45,7 @@ class ShardCollector:
     def flush(self, uri: str) -> None:
         shard = self.shards[uri]
         rows = [self.rows[uri][i] for i in sorted(self.rows[uri])]
-        table = pa.Table.from_pylist(rows, schema=self.schema)
+        table = pa.Table.from_pylist(rows, schema=output_schema(self.settings.task, shard.id_type))
         self.written.append(write_output(self.settings.output, shard, table, self.settings.result_settings()))
         log.info("wrote %s (%d rows)", self.written[-1], shard.num_rows)
         failpoint("shard_written")  # tests kill the driver here, between two shards

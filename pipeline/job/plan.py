@@ -17,7 +17,7 @@ def plan(settings: JobSettings) -> tuple[list[Shard], list[Shard], list[FailedSh
     check_output_writable(settings.output)
     if removed := remove_stale_temporaries(settings.output):
         log.info("removed %d temporary file(s) an interrupted run left in %s", removed, settings.output)
-    shards, failed = inspect_shards(settings.input, settings.task)
+    shards, failed = inspect_shards(settings.input, settings.task, settings.columns)
     wanted = settings.result_settings()
     if settings.overwrite:
         return shards, [], failed
