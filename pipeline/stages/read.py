@@ -96,7 +96,7 @@ def parquet_rows(layout: ParquetLayout, batch: pa.RecordBatch, shard_uri: str, s
         ANSWERS: [answer_texts(v, layout.answers_kind) for v in _values(batch, layout.answers)],
     }
     rows[ERROR] = [None if i is not None else "missing field: id is null" for i in ids]
-    if layout.image_kind != "uri" and layout.image_uri is None and layout.image is not None:
+    if layout.image is not None and layout.image_uri is None:
         # One image column and it is null here (img2dataset: a failed download): name it.
         for i in range(n):
             if rows[ERROR][i] is None and images[i] is None and uris[i] is None:
