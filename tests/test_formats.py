@@ -169,8 +169,11 @@ def test_a_wrong_reference_type_exits_2_before_any_model_loads(tmp_path):
 
 def test_an_input_of_mixed_kinds_is_refused(tmp_path):
     hf_caption_parquet(tmp_path / "a.parquet", [1])
-    (tmp_path / "b.jpg").write_bytes(encoded(10, 10, "JPEG"))
-    with pytest.raises(InputError, match=r"mixes kinds of input \(1 folder, 1 parquet files\)"):
+    (tmp_path / "pics").mkdir()
+    (tmp_path / "pics" / "b.jpg").write_bytes(encoded(10, 10, "JPEG"))
+    assert [u.rsplit("/", 1)[1] for u in list_shards(str(tmp_path))] == ["a.parquet"]  # pictures beside shards
+    (tmp_path / "c.tar").write_bytes(b"")
+    with pytest.raises(InputError, match=r"mixes kinds of shards \(1 parquet, 1 webdataset files\)"):
         list_shards(str(tmp_path))
 
 
@@ -190,3 +193,121 @@ def test_one_big_row_group_is_read_in_bounded_slices(tmp_path, monkeypatch):
     assert sum(sizes) == rows and len(slices) >= 9 and max(sizes) <= 105
     assert [i for s in slices for i in s["row_index"]] == list(range(rows))
     assert [b for s in slices for b in s["image"]] == blobs
+
+
+# ---------------------------------------------------------------- the real jobs on them
+
+
+@pytest.fixture(scope="module")
+def img2dataset_shard(tmp_path_factory):
+    """img2dataset's own Parquet output, downloaded from a web server on loopback; one dead link."""
+    root = tmp_path_factory.mktemp("img2dataset")
+    (root / "site").mkdir()
+    for i in range(3):
+        (root / "site" / f"p{i}.jpg").write_bytes(encoded(60 + 10 * i, 80, "JPEG", seed=i))
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                              cwd=root / "site", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        names = ["p0.jpg", "gone.jpg", "p1.jpg", "p2.jpg"]
+        (root / "urls.tsv").write_text("url\tcaption\n" + "".join(
+            f"http://127.0.0.1:{port}/{n}\talt text {n}\n" for n in names))
+        result = subprocess.run(
+            ["img2dataset", "--url_list", str(root / "urls.tsv"), "--input_format", "tsv", "--url_col", "url",
+             "--caption_col", "caption", "--output_format", "parquet", "--output_folder", str(root / "out"),
+             "--processes_count", "1", "--thread_count", "2", "--resize_mode", "no", "--timeout", "5",
+             "--retries", "0", "--enable_wandb", "False"],
+            capture_output=True, text=True, timeout=300, env=job_env({"NO_ALBUMENTATIONS_UPDATE": "1"}))
+        assert result.returncode == 0, result.stderr[-2000:]
+    finally:
+        server.kill()
+        server.wait()
+    (shard,) = sorted((root / "out").glob("*.parquet"))
+    return shard
+
+
+def test_caption_job_on_img2dataset_parquet(img2dataset_shard, tmp_path, tiny_next_path):
+    """The command a user of img2dataset runs: its key is the id, its jpg the image; the dead link is an error row."""
+    source = pq.read_table(img2dataset_shard)
+    assert source.column("jpg").null_count == 1  # what img2dataset wrote for the dead link
+    out = tmp_path / "out"
+    result = subprocess.run(
+        caption_cmd("--input", str(img2dataset_shard.parent), "--output", str(out), "--model", str(tiny_next_path),
+                    "--num-gpus", "0", "--max-new-tokens", "3", "--id-column", "key", "--image-column", "jpg"),
+        capture_output=True, text=True, env=job_env(), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = pq.read_table(out / f"{img2dataset_shard.stem}.parquet")
+    assert table.schema.field("id").type == pa.string()
+    rows = table.to_pylist()
+    assert [r["id"] for r in rows] == source.column("key").to_pylist()  # in the shard's order (img2dataset's)
+    assert sorted(r["id"] for r in rows) == [f"00000000{i}" for i in range(4)]
+    errors = {r["id"]: r["error"] for r in rows}
+    assert errors == {"000000000": None, "000000001": "missing image: column 'jpg' is null",
+                      "000000002": None, "000000003": None}
+    assert all(isinstance(r["text"], str) for r in rows if r["error"] is None)
+
+
+def test_caption_job_on_hf_datasets_parquet(ray_local, tmp_path, tiny_next_path):
+    """Hub-style caption sets (Image() column, with and without ids) and relative image paths, in one input."""
+    from pipeline.job.run import run_job
+    from pipeline.settings import JobSettings
+
+    hf_caption_parquet(tmp_path / "in" / "named.parquet", [1, 2], ids=["cat", "dog"])
+    hf_caption_parquet(tmp_path / "in" / "hub" / "train-00000.parquet", [3, 4])
+    (tmp_path / "in" / "pics").mkdir()
+    (tmp_path / "in" / "pics" / "a.png").write_bytes(encoded(50, 70, seed=9))
+    pq.write_table(pa.table({"id": ["rel", "nowhere"], "image_uri": ["pics/a.png", "pics/none.png"]}),
+                   tmp_path / "in" / "by-path.parquet")
+    summary = run_job(JobSettings(task="caption", input=str(tmp_path / "in"), output=str(tmp_path / "out"),
+                                  model=str(tiny_next_path), num_gpus=0, max_new_tokens=3))
+    assert summary["shards"]["written_this_run"] == 3 and summary["items"] == 6
+    out = {p.stem: pq.read_table(p).to_pylist() for p in (tmp_path / "out").glob("*.parquet")}
+    assert [r["id"] for r in out["named"]] == ["cat", "dog"]
+    assert [r["id"] for r in out["hub__train-00000"]] == ["hub__train-00000/0", "hub__train-00000/1"]
+    assert [r["id"] for r in out["by-path"]] == ["rel", "nowhere"]
+    errors = {r["id"]: r["error"] for rows in out.values() for r in rows}
+    assert errors.pop("nowhere").startswith("cannot fetch image_uri")
+    assert set(errors.values()) == {None}  # the relative path was found beside the shard
+
+
+def expected_answers(model_path: Path, shard: Path, max_new_tokens: int) -> list[str]:
+    """What the tiny model answers to each row, generated in this process, one row at a time."""
+    from pipeline.stages.generate import Predictor
+    from pipeline.stages.preprocess import Preprocessor
+
+    (parsed,), _ = inspect_shards(str(shard), "vqa", ColumnMap(id="question_id"))
+    rows = read_shard(parsed, ColumnMap(id="question_id"), "vqa")
+    batch = Preprocessor(str(model_path), task="vqa")({k: np.array(v, dtype=object) for k, v in rows.items()})
+    out = Predictor(str(model_path), None, max_new_tokens=max_new_tokens, batch_size=1)(batch)
+    return list(out["text"])
+
+
+def test_vqa_job_on_hub_vqav2_on_s3(ray_local, bucket, tmp_path, tiny_next_path):
+    """VQAv2 as on the hub, on S3: integer question ids kept as integers, struct references scored (not a silent 0)."""
+    import s3fs
+
+    from pipeline.job.run import run_job
+    from pipeline.settings import JobSettings
+
+    questions = [(4500, "how many?", 1), (4501, "what color?", 2), (4502, "is it red?", 3)]
+    draft = hub_vqav2_parquet(tmp_path / "draft.parquet", [
+        {"question_id": q, "question": text, "image": picture(seed), "answers": ["x"]} for q, text, seed in questions])
+    said = expected_answers(tiny_next_path, draft, max_new_tokens=3)
+    assert all(said)
+    # References: the model's answer by 10 annotators for the first two, another answer for the third.
+    local = hub_vqav2_parquet(tmp_path / "vqa" / "val.parquet", [
+        {"question_id": q, "question": text, "image": picture(seed), "answers": [said[i]] * 10 if i < 2 else ["zebra"] * 10}
+        for i, (q, text, seed) in enumerate(questions)])
+    s3fs.S3FileSystem(skip_instance_cache=True).put(str(local), f"{bucket}/vqa/val.parquet".removeprefix("s3://"))
+    summary = run_job(JobSettings(task="vqa", input=f"{bucket}/vqa", output=f"{bucket}/vqa-out", model=str(tiny_next_path),
+                                  config=None, num_gpus=0, batch_size=1, max_new_tokens=3,
+                                  columns=ColumnMap(id="question_id")))
+    with s3fs.S3FileSystem(skip_instance_cache=True).open(f"{bucket}/vqa-out/val.parquet".removeprefix("s3://")) as f:
+        table = pq.read_table(f)
+    assert table.schema.field("id").type == pa.int64()
+    rows = table.to_pylist()
+    assert [r["id"] for r in rows] == [4500, 4501, 4502]
+    assert [r["text"] for r in rows] == said
+    assert [r["answers"] for r in rows] == [[said[0]] * 10, [said[1]] * 10, ["zebra"] * 10]
+    assert [r["vqa_accuracy"] for r in rows[:2]] == [1.0, 1.0]
+    assert summary["vqa"]["scored"] == 3 and summary["vqa"]["accuracy"] > 0.6

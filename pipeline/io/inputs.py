@@ -62,14 +62,17 @@ def file_kind(path: str) -> str | None:
 
 
 def input_kind(paths: list[str], input_uri: str) -> str:
-    """The one kind of shard the files at the input hold; a mix of kinds is refused."""
+    """The one kind of shard the files at the input hold. Shard files (.parquet, .tar) win over
+    image files, which may be the pictures a Parquet shard's relative image paths point at; a mix
+    of Parquet and tar shards is refused."""
     kinds = {file_kind(p) for p in paths} - {None}
+    shards = kinds - {"folder"}
+    if len(shards) > 1:
+        counts = ", ".join(f"{sum(file_kind(p) == k for p in paths)} {k}" for k in sorted(shards))
+        raise InputError(f"input {input_uri} mixes kinds of shards ({counts} files); point --input at one kind")
     if not kinds:
         raise InputError(f"input {input_uri} holds no .parquet shards (nor .tar shards or image files)")
-    if len(kinds) > 1:
-        counts = ", ".join(f"{sum(file_kind(p) == k for p in paths)} {k}" for k in sorted(kinds))
-        raise InputError(f"input {input_uri} mixes kinds of input ({counts} files); point --input at one kind")
-    return kinds.pop()
+    return (shards or kinds).pop()
 
 
 def list_files(input_uri: str) -> list[str]:
