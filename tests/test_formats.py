@@ -311,3 +311,36 @@ def test_vqa_job_on_hub_vqav2_on_s3(ray_local, bucket, tmp_path, tiny_next_path)
     assert [r["answers"] for r in rows] == [[said[0]] * 10, [said[1]] * 10, ["zebra"] * 10]
     assert [r["vqa_accuracy"] for r in rows[:2]] == [1.0, 1.0]
     assert summary["vqa"]["scored"] == 3 and summary["vqa"]["accuracy"] > 0.6
+
+
+def test_help_shows_the_column_flags_with_examples():
+    from pipeline.job.cli import build_parser
+
+    caption, vqa = build_parser("caption").format_help(), build_parser("vqa").format_help()
+    assert "--id-column key --image-column jpg" in " ".join(caption.split())
+    assert "--id-column question_id" in " ".join(vqa.split())
+    for flag in ("--id-column", "--image-column", "--prompt-column"):
+        assert flag in caption
+    for flag in ("--id-column", "--image-column", "--question-column", "--answers-column"):
+        assert flag in vqa
+
+
+def test_storage_failing_mid_row_group_resumes_after_the_rows_already_read(tmp_path, monkeypatch):
+    """A dropped connection after the first slice: the row group is reopened and read on from
+    the first row not yet handed out, so no row is lost or repeated."""
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(600)], "image": [b"x" * 10] * 600}), tmp_path / "a.parquet")
+    (shard,), _ = inspect_shards(str(tmp_path), "caption")
+    original, failures = inputs._slices, []
+
+    def flaky(f, layout, first, batches):
+        for n, item in enumerate(original(f, layout, first, batches)):
+            if n == 1 and not failures:
+                failures.append(n)
+                raise ConnectionError("connection reset by peer")
+            yield item
+
+    monkeypatch.setattr(inputs, "_slices", flaky)
+    monkeypatch.setattr(inputs.time, "sleep", lambda s: None)
+    rows = read_shard(shard)
+    assert failures and rows["id"] == [f"r{i}" for i in range(600)] and rows["row_index"] == list(range(600))
+    assert rows["error"] == [None] * 600
