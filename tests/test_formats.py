@@ -23,7 +23,7 @@ from pipeline.stages.read import read_rows, read_tasks
 
 from .data import encoded
 from .servers import free_port
-from .test_jobs import caption_cmd, job_env
+from .test_jobs import job_env
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -226,16 +226,18 @@ def img2dataset_shard(tmp_path_factory):
     return shard
 
 
-def test_caption_job_on_img2dataset_parquet(img2dataset_shard, tmp_path, tiny_next_path):
-    """The command a user of img2dataset runs: its key is the id, its jpg the image; the dead link is an error row."""
+def test_caption_job_on_img2dataset_parquet(img2dataset_shard, ray_local, tmp_path, tiny_next_path):
+    """What a user of img2dataset runs (--id-column key --image-column jpg): the dead link is an error row."""
+    from pipeline.job.run import run_job
+    from pipeline.settings import JobSettings
+
     source = pq.read_table(img2dataset_shard)
     assert source.column("jpg").null_count == 1  # what img2dataset wrote for the dead link
     out = tmp_path / "out"
-    result = subprocess.run(
-        caption_cmd("--input", str(img2dataset_shard.parent), "--output", str(out), "--model", str(tiny_next_path),
-                    "--num-gpus", "0", "--max-new-tokens", "3", "--id-column", "key", "--image-column", "jpg"),
-        capture_output=True, text=True, env=job_env(), timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    summary = run_job(JobSettings(task="caption", input=str(img2dataset_shard.parent), output=str(out),
+                                  model=str(tiny_next_path), num_gpus=0, max_new_tokens=3,
+                                  columns=ColumnMap(id="key", image="jpg")))
+    assert summary["items"] == 4 and summary["errors"] == 1
     table = pq.read_table(out / f"{img2dataset_shard.stem}.parquet")
     assert table.schema.field("id").type == pa.string()
     rows = table.to_pylist()
@@ -314,7 +316,7 @@ def test_vqa_job_on_hub_vqav2_on_s3(ray_local, bucket, tmp_path, tiny_next_path)
 
 
 def test_help_shows_the_column_flags_with_examples():
-    from pipeline.job.cli import build_parser
+    from pipeline.job.cli import build_parser, settings_from_args
 
     caption, vqa = build_parser("caption").format_help(), build_parser("vqa").format_help()
     assert "--id-column key --image-column jpg" in " ".join(caption.split())
@@ -323,6 +325,10 @@ def test_help_shows_the_column_flags_with_examples():
         assert flag in caption
     for flag in ("--id-column", "--image-column", "--question-column", "--answers-column"):
         assert flag in vqa
+    args = build_parser("caption").parse_args(["--input", "x", "--id-column", "key", "--image-column", "jpg"])
+    assert settings_from_args(args, "caption", None).columns == ColumnMap(id="key", image="jpg")
+    args = build_parser("vqa").parse_args(["--id-column", "question_id", "--answers-column", "refs"])
+    assert settings_from_args(args, "vqa", None).columns == ColumnMap(id="question_id", answers="refs")
 
 
 def test_storage_failing_mid_row_group_resumes_after_the_rows_already_read(tmp_path, monkeypatch):
