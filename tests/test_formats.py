@@ -4,6 +4,7 @@ img2dataset (downloading from a web server on loopback). Column mapping, id type
 shapes, relative image paths and bounded reads, then the real jobs on them."""
 
 import io
+import shutil
 import subprocess
 import sys
 import time
@@ -26,6 +27,8 @@ from .servers import free_port
 from .test_jobs import job_env
 
 REPO = Path(__file__).resolve().parent.parent
+# img2dataset's command, installed beside this Python (the dev extra)
+IMG2DATASET = shutil.which("img2dataset") or str(Path(sys.executable).parent / "img2dataset")
 
 
 def picture(seed: int, height: int = 60, width: int = 80) -> Picture.Image:
@@ -213,7 +216,7 @@ def img2dataset_shard(tmp_path_factory):
         (root / "urls.tsv").write_text("url\tcaption\n" + "".join(
             f"http://127.0.0.1:{port}/{n}\talt text {n}\n" for n in names))
         result = subprocess.run(
-            ["img2dataset", "--url_list", str(root / "urls.tsv"), "--input_format", "tsv", "--url_col", "url",
+            [IMG2DATASET, "--url_list", str(root / "urls.tsv"), "--input_format", "tsv", "--url_col", "url",
              "--caption_col", "caption", "--output_format", "parquet", "--output_folder", str(root / "out"),
              "--processes_count", "1", "--thread_count", "2", "--resize_mode", "no", "--timeout", "5",
              "--retries", "0", "--enable_wandb", "False"],
