@@ -104,7 +104,7 @@ def parquet_rows(layout: ParquetLayout, batch: pa.RecordBatch, shard_uri: str, s
     return rows
 
 
-def error_rows(first: int, count: int, reason: str) -> dict:
+def error_rows(count: int, reason: str) -> dict:
     rows = {c: [None] * count for c in INPUT_COLUMNS}
     rows[ERROR] = [reason] * count
     return rows
@@ -118,7 +118,8 @@ def _finish(rows: dict, uri: str, first: int) -> dict[str, np.ndarray]:
 
 
 def _parquet_task(request: dict, columns: ColumnMap, task: str) -> Iterator[dict[str, np.ndarray]]:
-    uri, name = str(request["shard"][0]), str(request["name"][0]) if "name" in request else ""
+    uri = str(request["shard"][0])
+    name = str(request["name"][0]) if "name" in request else posixpath.basename(uri).removesuffix(".parquet")
     group, first, count = int(request["row_group"][0]), int(request["first_row"][0]), int(request["num_rows"][0])
     done = 0
     try:
@@ -134,7 +135,7 @@ def _parquet_task(request: dict, columns: ColumnMap, task: str) -> Iterator[dict
     except Exception as e:
         reason = f"unreadable shard: row group {group}: {type(e).__name__}: {e}"
         if count > done:
-            yield _finish(error_rows(first + done, count - done, reason), uri, first + done)
+            yield _finish(error_rows(count - done, reason), uri, first + done)
 
 
 # One reader per shard kind; each yields slices of the columns above for one read task.
