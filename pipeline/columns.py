@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import re
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -53,10 +54,34 @@ VQA_FIELDS = [
 ]
 
 
-def output_schema(task: str) -> pa.Schema:
-    if task == "vqa":
-        return pa.schema(list(OUTPUT_SCHEMA) + VQA_FIELDS)
-    return OUTPUT_SCHEMA
+# The output's id keeps the input's id type, so users can join results back to their source.
+ID_TYPES = {"string": pa.string(), "int64": pa.int64()}
+
+
+def output_schema(task: str, id_type: str = "string") -> pa.Schema:
+    fields = list(OUTPUT_SCHEMA) + (VQA_FIELDS if task == "vqa" else [])
+    return pa.schema([pa.field(ID, ID_TYPES[id_type]) if f.name == ID else f for f in fields])
+
+
+@dataclass(frozen=True)
+class ColumnMap:
+    """Which input column plays which part (--id-column, --image-column, ...).
+
+    None means the default: ``id`` if the shard has one (else the row's place,
+    ``<shard name>/<row index>``), ``image`` and/or ``image_uri``, ``prompt``, ``question``,
+    ``answers``. A column named here must exist in every shard; a default one may be absent."""
+
+    id: str | None = None
+    image: str | None = None
+    prompt: str | None = None
+    question: str | None = None
+    answers: str | None = None
+
+    FLAGS = {"id": "--id-column", "image": "--image-column", "prompt": "--prompt-column",
+             "question": "--question-column", "answers": "--answers-column"}
+
+    def flag(self, part: str) -> str:
+        return self.FLAGS[part]
 
 
 # Every reason written to the `error` column starts with one of these fixed phrases, then ": "

@@ -6,11 +6,12 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import hired
 
+from .columns import ColumnMap
 from .errors import InputError
 from .io.images import DEFAULT_MAX_PIXELS
 
@@ -36,6 +37,7 @@ class JobSettings:
     overwrite: bool = False
     run_id: str = ""
     ray_address: str | None = None  # None: RAY_ADDRESS if set (ray job submit), else a private local Ray
+    columns: ColumnMap = field(default_factory=ColumnMap)  # which input column is the id, the image, ...
 
     def result_settings(self) -> dict:
         """What decides the results: an output made with other values is not resumed into."""
@@ -46,6 +48,7 @@ class JobSettings:
             "hired": None if config is None else asdict(config),
             "max_new_tokens": self.max_new_tokens,
             "default_prompt": self.default_prompt if self.task == "caption" else None,
+            "columns": asdict(self.columns),
         }
 
 

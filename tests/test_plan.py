@@ -10,11 +10,11 @@ import pytest
 
 from pipeline.columns import OUTPUT_SCHEMA
 from pipeline.errors import InputError, StorageUnavailable
+from pipeline.io import inputs
 from pipeline.io.inputs import FOOTER_READ_BYTES, Shard, inspect_shard, read_footer
 from pipeline.io.outputs import output_path, write_output
-from pipeline.io.storage import Storage
-from pipeline.job import plan as planning
-from pipeline.job.plan import in_threads, plan
+from pipeline.io.storage import Storage, in_threads
+from pipeline.job.plan import plan
 from pipeline.settings import JobSettings
 
 from .data import encoded, write_shard
@@ -111,12 +111,12 @@ def test_storage_down_while_planning_stops_the_run(tmp_path, monkeypatch):
     root = str(tmp_path)
     build(root, shards=20)
 
-    def inspect(uri, name, task, size=None):
+    def inspect(uri, name, task, columns, size=None):
         if name == "part-010":
             raise StorageUnavailable("reading the footer: storage unavailable after 5 attempts")
-        return inspect_shard(uri, name, task, size=size)
+        return inspect_shard(uri, name, task, columns, size=size)
 
-    monkeypatch.setattr(planning, "inspect_shard", inspect)
+    monkeypatch.setattr(inputs, "inspect_shard", inspect)
     with pytest.raises(StorageUnavailable, match="storage unavailable"):
         plan(settings_for(root))
 

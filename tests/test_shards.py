@@ -45,10 +45,11 @@ def test_no_shards_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize(
     "schema, task, message",
     [
-        (pa.schema([("image", pa.binary())]), "caption", "no 'id' column"),
         (pa.schema([("id", pa.string()), ("prompt", pa.string())]), "caption", "neither 'image' nor 'image_uri'"),
-        (pa.schema([("id", pa.string()), ("image", pa.string())]), "caption", "column 'image' has type string"),
-        (pa.schema([("id", pa.int64()), ("image", pa.binary())]), "caption", "column 'id' has type int64"),
+        (pa.schema([("id", pa.string()), ("image", pa.int32())]), "caption",
+         r"column 'image' has type int32; the image column \(--image-column\)"),
+        (pa.schema([("id", pa.float64()), ("image", pa.binary())]), "caption",
+         r"column 'id' has type double; the id column \(--id-column\)"),
         (pa.schema([("id", pa.string()), ("image", pa.binary())]), "vqa", "no 'question' column"),
     ],
 )

@@ -10,10 +10,16 @@ from pipeline.settings import JobSettings
 from pipeline.stages.generate import RESULT_COLUMNS, Predictor
 from pipeline.columns import MODEL_INPUTS, decode_inputs
 from pipeline.stages.preprocess import Preprocessor, build_prompt
-from pipeline.stages.read import read_rows
+from pipeline.stages.read import read_rows as read_slices
 
 from .conftest import noise_image
 from .data import encoded, truncated_jpeg, write_shard
+
+
+def read_rows(request):
+    """The read stage's slices for one request, as one batch."""
+    slices = list(read_slices(request))
+    return {k: np.concatenate([s[k] for s in slices]) for k in slices[0]}
 
 
 def task(uri, group, first, count):

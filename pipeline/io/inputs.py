@@ -1,22 +1,28 @@
 """Input shards on any fsspec filesystem: find them, read their footers, read their rows.
 
-A shard is one Parquet file; its footer gives the row count (so the driver knows when a
-shard's results are complete) and the schema (so a wrong column stops the run before any
-model loads). Rows are read one row group at a time.
+A Parquet shard is one file; its footer gives the row count (so the driver knows when a
+shard's results are complete) and the schema, which decides where each part of a row comes
+from (:class:`ParquetLayout`): a wrong or missing column stops the run before any model
+loads. Rows are read in bounded slices, whatever the size of the file's row groups.
 """
 
 from __future__ import annotations
 
+import logging
 import posixpath
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..columns import ANSWERS, ID, IMAGE, IMAGE_URI, INPUT_COLUMNS, PROMPT, QUESTION
+from ..columns import ColumnMap
 from ..errors import InputError, StorageUnavailable
-from .retry import with_retries
-from .storage import Storage
+from .retry import RETRY_SECONDS, is_transient, with_retries
+from .storage import Storage, in_threads
+
+log = logging.getLogger("hired.pipeline")
 
 
 @dataclass(frozen=True)
@@ -24,7 +30,10 @@ class Shard:
     uri: str  # full URI of the input shard
     name: str  # output file stem, unique among the input's shards
     num_rows: int
-    row_groups: tuple[int, ...]  # rows per row group
+    row_groups: tuple[int, ...] = ()  # Parquet: rows per row group; () for the other kinds
+    kind: str = "parquet"  # "parquet" | "webdataset" | "folder"
+    members: tuple[str, ...] = ()  # folder shards: the image paths of this shard, relative to the input
+    id_type: str = "string"  # the output's id type: "string" or "int64" (an integer id column)
 
 
 @dataclass(frozen=True)
@@ -37,50 +46,225 @@ def _hidden(path: str) -> bool:
     return posixpath.basename(path).startswith((".", "_"))
 
 
-def list_shards(input_uri: str) -> list[str]:
-    """The Parquet files under ``input_uri`` (a file, or a directory searched recursively), sorted."""
-    return [uri for uri, _ in list_shard_sizes(input_uri)]
+# What a file's name says it holds; the input's kind is that of its files (one kind per input).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
-def list_shard_sizes(input_uri: str) -> list[tuple[str, int | None]]:
-    """:func:`list_shards` with each file's size from the same listing (None for a single file),
-    so that reading a footer costs one request."""
+def file_kind(path: str) -> str | None:
+    lower = path.lower()
+    if lower.endswith(".parquet"):
+        return "parquet"
+    if lower.endswith(".tar"):
+        return "webdataset"
+    if lower.endswith(IMAGE_SUFFIXES):
+        return "folder"
+    return None
+
+
+def input_kind(paths: list[str], input_uri: str) -> str:
+    """The one kind of shard the files at the input hold. Shard files (.parquet, .tar) win over
+    image files, which may be the pictures a Parquet shard's relative image paths point at; a mix
+    of Parquet and tar shards is refused."""
+    kinds = {file_kind(p) for p in paths} - {None}
+    shards = kinds - {"folder"}
+    if len(shards) > 1:
+        counts = ", ".join(f"{sum(file_kind(p) == k for p in paths)} {k}" for k in sorted(shards))
+        raise InputError(f"input {input_uri} mixes kinds of shards ({counts} files); point --input at one kind")
+    if not kinds:
+        raise InputError(f"input {input_uri} holds no .parquet shards (nor .tar shards or image files)")
+    return (shards or kinds).pop()
+
+
+def list_files(input_uri: str) -> dict[str, dict]:
+    """Every visible file under ``input_uri`` (a file, or a directory searched recursively): path ->
+    listing info (its ``size`` among others), from one listing, asked of the store itself (s3fs
+    caches listings, and a folder that changed since must be seen as it is)."""
     where = Storage.at(input_uri)
     fs, path = where.fs, where.path
+    fs.invalidate_cache(path)
     if not with_retries(lambda: fs.exists(path), f"looking for {input_uri}"):
         raise InputError(f"input {input_uri} does not exist")
     if with_retries(lambda: fs.isfile(path), f"looking at {input_uri}"):
-        return [(where.uri, None)]
+        return {path: with_retries(lambda: fs.info(path), f"looking at {input_uri}")}
     found = with_retries(lambda: fs.find(path, detail=True), f"listing {input_uri}")
-    files = sorted(p for p in found if p.endswith(".parquet") and not _hidden(p))
-    if not files:
-        raise InputError(f"input {input_uri} holds no .parquet shards")
-    return [(fs.unstrip_protocol(p), found[p].get("size")) for p in files]
+    return {p: found[p] for p in sorted(found) if not _hidden(p)}
 
 
-def check_schema(schema: pa.Schema, task: str, uri: str) -> None:
-    """Refuse a shard whose columns cannot feed the task (before any model loads)."""
+def list_shard_sizes(input_uri: str) -> list[tuple[str, int | None]]:
+    """The Parquet shards under ``input_uri`` as (URI, size in bytes), sorted; a single file is
+    taken whatever its name. The size from the listing lets a footer read cost one request."""
+    where = Storage.at(input_uri)
+    files = list_files(input_uri)
+    if list(files) != [where.path]:
+        kind = input_kind(list(files), input_uri)
+        if kind != "parquet":
+            raise InputError(f"input {input_uri} holds {kind} input, not Parquet shards")
+        files = {p: info for p, info in files.items() if file_kind(p) == "parquet"}
+    return [(where.fs.unstrip_protocol(p), info.get("size")) for p, info in files.items()]
+
+
+def list_shards(input_uri: str) -> list[str]:
+    """The Parquet shards under ``input_uri``, sorted, as URIs."""
+    return [uri for uri, _ in list_shard_sizes(input_uri)]
+
+
+# ---------------------------------------------------------------- where each part of a row comes from
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+
+
+def _is_bytes(t: pa.DataType) -> bool:
+    return (pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t)
+            or pa.types.is_fixed_size_binary(t))
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_list_view(t)
+
+
+def _struct_field(t: pa.DataType, name: str) -> pa.DataType | None:
+    if not pa.types.is_struct(t) or t.get_field_index(name) < 0:
+        return None
+    return t.field(name).type
+
+
+def image_kind(t: pa.DataType) -> str | None:
+    """'bytes' (encoded image), 'struct' (Hugging Face ``Image()``: {bytes, path}), 'uri', or None."""
+    if _is_bytes(t):
+        return "bytes"
+    if _is_text(t):
+        return "uri"
+    data, path = _struct_field(t, "bytes"), _struct_field(t, "path")
+    if data is None and path is None:
+        return None
+    fits = (data is None or _is_bytes(data)) and (path is None or _is_text(path))
+    return "struct" if fits else None
+
+
+def answers_kind(t: pa.DataType) -> str | None:
+    """'list' (of strings), 'string' (one reference), 'structs' (a list of {answer, ...}: VQAv2 on the hub)."""
+    if pa.types.is_null(t):
+        return "list"
+    if _is_text(t):
+        return "string"
+    if _is_list(t):
+        item = t.value_type
+        if _is_text(item) or pa.types.is_null(item):
+            return "list"
+        answer = _struct_field(item, "answer")
+        if answer is not None and _is_text(answer):
+            return "structs"
+    return None
+
+
+def id_type(t: pa.DataType) -> str | None:
+    if _is_text(t) or pa.types.is_null(t):
+        return "string"
+    if pa.types.is_integer(t) and not (pa.types.is_uint64(t)):
+        return "int64"
+    return None
+
+
+@dataclass(frozen=True)
+class ParquetLayout:
+    """Where each part of a row comes from in one Parquet shard (None: not in this shard)."""
+
+    id: str | None  # None: the id is the row's place, '<shard name>/<row index>'
+    id_type: str  # "string" or "int64"
+    image: str | None
+    image_kind: str | None  # see image_kind()
+    image_uri: str | None  # a URI column used where `image` is null (the default layout's image_uri)
+    prompt: str | None
+    question: str | None
+    answers: str | None
+    answers_kind: str | None  # see answers_kind()
+
+    def columns(self) -> list[str]:
+        """The shard's columns to read, each once."""
+        named = [self.id, self.image, self.image_uri, self.prompt, self.question, self.answers]
+        return list(dict.fromkeys(c for c in named if c is not None))
+
+
+IMAGE_TYPES = "encoded bytes (binary), a Hugging Face Image() struct {bytes, path}, or a URI string"
+ANSWER_TYPES = "a list of strings, one string, or a list of structs with an 'answer' string (VQAv2 on the hub)"
+
+
+def resolve_layout(schema: pa.Schema, columns: ColumnMap, task: str, uri: str) -> ParquetLayout:
+    """Match a shard's schema to the task and the column mapping; refuse it with every problem
+    named (column, type, and the flag that picks another column) before any model loads."""
     names = set(schema.names)
-    problems = []
-    if ID not in names:
-        problems.append(f"no '{ID}' column")
-    if IMAGE not in names and IMAGE_URI not in names:
-        problems.append(f"neither '{IMAGE}' nor '{IMAGE_URI}' column")
-    if task == "vqa" and QUESTION not in names:
-        problems.append(f"no '{QUESTION}' column (the VQA job needs questions)")
-    expected = {
-        ID: (pa.types.is_string, pa.types.is_large_string),
-        IMAGE: (pa.types.is_binary, pa.types.is_large_binary),
-        IMAGE_URI: (pa.types.is_string, pa.types.is_large_string),
-        PROMPT: (pa.types.is_string, pa.types.is_large_string, pa.types.is_null),
-        QUESTION: (pa.types.is_string, pa.types.is_large_string, pa.types.is_null),
-        ANSWERS: (pa.types.is_list, pa.types.is_large_list, pa.types.is_null),
-    }
-    for column, checks in expected.items():
-        if column in names and not any(check(schema.field(column).type) for check in checks):
-            problems.append(f"column '{column}' has type {schema.field(column).type}")
+    problems: list[str] = []
+
+    def pick(part: str, default: str | None, required: bool, why: str = "") -> str | None:
+        """The column for ``part``: the one named on the command line (which must exist), else the default if present."""
+        named = getattr(columns, part)
+        if named is not None:
+            if named not in names:
+                problems.append(f"no column '{named}' (given with {columns.flag(part)})")
+                return None
+            return named
+        if default in names:
+            return default
+        if required:
+            problems.append(f"no '{default}' column{why}; name yours with {columns.flag(part)}")
+        return None
+
+    def typed(part: str, column: str | None, check, expected: str):
+        if column is None:
+            return None
+        kind = check(schema.field(column).type)
+        if kind is None:
+            problems.append(f"column '{column}' has type {schema.field(column).type}; the {part} column "
+                            f"({columns.flag(part)}) must hold {expected}")
+        return kind
+
+    ident = pick("id", "id", required=False)
+    identity = typed("id", ident, id_type, "strings or integers")
+
+    image_uri = None
+    if columns.image is not None:
+        image = pick("image", None, required=True)
+    elif "image" in names:
+        image = "image"
+        image_uri = "image_uri" if "image_uri" in names else None
+    elif "image_uri" in names:
+        image = "image_uri"
+    else:
+        image = None
+        problems.append(f"neither 'image' nor 'image_uri' column; name your image column with "
+                        f"{columns.flag('image')} (e.g. --image-column jpg)")
+    shape = typed("image", image, image_kind, IMAGE_TYPES)
+    if image_uri is not None and typed("image", image_uri, lambda t: "uri" if _is_text(t) else None,
+                                       "a URI string") is None:
+        image_uri = None
+    if shape == "uri":
+        image_uri = None  # one URI column is enough
+
+    text = lambda t: "text" if _is_text(t) or pa.types.is_null(t) else None  # noqa: E731
+    prompt = question = answers = None
+    answers_shape = None
+    if task == "vqa":
+        question = pick("question", "question", required=True, why=" (the VQA job needs questions)")
+        typed("question", question, text, "strings")
+        answers = pick("answers", "answers", required=False)
+        answers_shape = typed("answers", answers, answers_kind, ANSWER_TYPES)
+    else:
+        prompt = pick("prompt", "prompt", required=False)
+        typed("prompt", prompt, text, "strings")
     if problems:
         raise InputError(f"shard {uri} does not match the input schema: " + "; ".join(problems))
+    return ParquetLayout(id=ident, id_type=identity or "string", image=image, image_kind=shape, image_uri=image_uri,
+                         prompt=prompt, question=question, answers=answers, answers_kind=answers_shape)
+
+
+def check_schema(schema: pa.Schema, task: str, uri: str, columns: ColumnMap = ColumnMap()) -> None:
+    """Refuse a shard whose columns cannot feed the task (before any model loads)."""
+    resolve_layout(schema, columns, task, uri)
+
+
+# ---------------------------------------------------------------- planning: one shard's footer
 
 
 def shard_names(uris: list[str], input_uri: str) -> list[str]:
@@ -94,7 +278,9 @@ def shard_names(uris: list[str], input_uri: str) -> list[str]:
     return names
 
 
-def inspect_shard(uri: str, name: str, task: str, size: int | None = None) -> Shard | FailedShard:
+def inspect_shard(
+    uri: str, name: str, task: str, columns: ColumnMap = ColumnMap(), size: int | None = None
+) -> Shard | FailedShard:
     """One shard's footer: its row counts, and its schema checked for the task. ``size`` (bytes,
     from a listing) saves asking the store for it.
 
@@ -107,17 +293,29 @@ def inspect_shard(uri: str, name: str, task: str, size: int | None = None) -> Sh
         raise
     except Exception as e:
         return FailedShard(uri, f"unreadable Parquet file: {type(e).__name__}: {e}")
-    check_schema(schema, task, uri)
+    layout = resolve_layout(schema, columns, task, uri)
     groups = tuple(metadata.row_group(i).num_rows for i in range(metadata.num_row_groups))
-    return Shard(uri=uri, name=name, num_rows=metadata.num_rows, row_groups=groups)
+    return Shard(uri=uri, name=name, num_rows=metadata.num_rows, row_groups=groups, id_type=layout.id_type)
 
 
-def inspect_shards(input_uri: str, task: str) -> tuple[list[Shard], list[FailedShard]]:
-    """Every shard under ``input_uri``, inspected: (readable shards, failed shards)."""
+def one_id_type(shards: list[Shard]) -> list[Shard]:
+    """Integer ids stay integers only if every shard's are: outputs of one input share a schema."""
+    if all(s.id_type == "int64" for s in shards):
+        return shards
+    return [replace(s, id_type="string") for s in shards]
+
+
+def inspect_shards(
+    input_uri: str, task: str, columns: ColumnMap = ColumnMap(), threads: int = 1
+) -> tuple[list[Shard], list[FailedShard]]:
+    """Every shard under ``input_uri`` from one listing, footers read by up to ``threads`` at once:
+    (readable shards, failed shards), each in input order."""
     listed = list_shard_sizes(input_uri)
     names = shard_names([uri for uri, _ in listed], input_uri)
-    inspected = [inspect_shard(uri, name, task, size) for (uri, size), name in zip(listed, names)]
-    return [s for s in inspected if isinstance(s, Shard)], [s for s in inspected if isinstance(s, FailedShard)]
+    jobs = [(uri, name, size) for (uri, size), name in zip(listed, names)]
+    inspected = in_threads(lambda job: inspect_shard(job[0], job[1], task, columns, size=job[2]), jobs, threads)
+    return (one_id_type([s for s in inspected if isinstance(s, Shard)]),
+            [s for s in inspected if isinstance(s, FailedShard)])
 
 
 # A footer read asks for this many bytes from the end of the file: enough for the footer of
@@ -147,14 +345,84 @@ def _footer_bytes(tail: bytes) -> int:
     return int.from_bytes(tail[-8:-4], "little") + 8
 
 
-def read_row_group(uri: str, row_group: int) -> pa.Table:
-    """One row group of a shard, the input columns only (retried while storage is down)."""
+# ---------------------------------------------------------------- reading rows in bounded slices
+
+SLICE_ROWS = 256  # at most this many rows per slice ...
+SLICE_BYTES = 32 * 2**20  # ... and about this many bytes (uncompressed), so big images make small slices
+READ_BUFFER = 4 * 2**20  # Parquet column chunks are streamed through a buffer this size, not loaded whole
+
+
+def slice_rows(metadata: pq.FileMetaData, group: int, columns: list[str]) -> int:
+    """Rows per slice for one row group, from its columns' uncompressed size in the footer."""
+    meta = metadata.row_group(group)
+    if meta.num_rows == 0:
+        return 1
+    wanted = set(columns)
+    size = sum(meta.column(i).total_uncompressed_size for i in range(meta.num_columns)
+               if meta.column(i).path_in_schema.split(".")[0] in wanted)
+    return max(1, min(SLICE_ROWS, int(SLICE_BYTES * meta.num_rows / max(size, 1))))
+
+
+def read_row_group_slices(
+    uri: str, group: int, columns: ColumnMap, task: str
+) -> Iterator[tuple[ParquetLayout, pa.RecordBatch]]:
+    """One row group of a shard, in slices of at most :data:`SLICE_ROWS` rows / about
+    :data:`SLICE_BYTES`, with the layout that says what each column is.
+
+    Memory stays bounded by the slice, not the row group: the file is streamed through a small
+    buffer. A transient storage error is retried from the first row not yet handed out."""
     where = Storage.at(uri)
+    what = f"reading row group {group} of {uri}"
+    done, deadline = 0, None
+    while True:
+        stream = with_retries(lambda: _open_slices(where, group, columns, task, done), what)
+        try:
+            for layout, batch in stream:
+                done += batch.num_rows
+                yield layout, batch
+            return
+        except Exception as error:
+            if isinstance(error, StorageUnavailable) or not is_transient(error):
+                raise
+            # Storage failed mid-way: reopen and go on from the first row not yet handed out.
+            deadline = deadline or time.monotonic() + RETRY_SECONDS
+            if time.monotonic() > deadline:
+                raise StorageUnavailable(f"{what}: storage unavailable: {type(error).__name__}: {error}") from None
+            log.warning("%s: %s: %s after %d rows; reopening", what, type(error).__name__, error, done)
+            time.sleep(1.0)
 
-    def read() -> pa.Table:
-        with where.open("rb") as f:
-            parquet = pq.ParquetFile(f)
-            columns = [c for c in parquet.schema_arrow.names if c in INPUT_COLUMNS]
-            return parquet.read_row_group(row_group, columns=columns)
 
-    return with_retries(read, f"reading row group {row_group} of {uri}")
+def _open_slices(where: Storage, group: int, columns: ColumnMap, task: str, skip: int):
+    """Open the shard and return an iterator of (layout, slice) past the first ``skip`` rows;
+    the first slice is read here, so opening errors surface to the caller's retries."""
+    f = where.open("rb")
+    try:
+        parquet = pq.ParquetFile(f, buffer_size=READ_BUFFER, pre_buffer=False)
+        layout = resolve_layout(parquet.schema_arrow, columns, task, where.uri)
+        wanted = layout.columns()
+        rows = slice_rows(parquet.metadata, group, wanted)
+        batches = parquet.iter_batches(batch_size=rows, row_groups=[group], columns=wanted, use_threads=False)
+        first = _skip(batches, skip)
+    except BaseException:
+        f.close()
+        raise
+    return _slices(f, layout, first, batches)
+
+
+def _skip(batches, skip: int) -> pa.RecordBatch | None:
+    """Advance past ``skip`` rows; the first batch at or after it (trimmed), or None at the end."""
+    for batch in batches:
+        if batch.num_rows > skip:
+            return batch.slice(skip)
+        skip -= batch.num_rows
+    return None
+
+
+def _slices(f, layout: ParquetLayout, first: pa.RecordBatch | None, batches):
+    try:
+        if first is not None:
+            yield layout, first
+            for batch in batches:
+                yield layout, batch
+    finally:
+        f.close()

@@ -8,11 +8,17 @@ never from arguments that could end up in logs. Every operation on storage goes 
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import fsspec
 
 from .retry import with_retries
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -55,3 +61,17 @@ class Storage:
                 return f.read()
 
         return with_retries(read, f"reading {self.uri}")
+
+
+def in_threads(work: Callable[[T], R], items: Sequence[T], threads: int) -> list[R]:
+    """``[work(x) for x in items]`` with up to ``threads`` calls at once: requests to a store wait
+    mostly on it. If calls raise, the one for the earliest item is raised, as the loop would, and
+    calls not yet started are dropped."""
+    if threads <= 1 or len(items) <= 1:
+        return [work(item) for item in items]
+    pool = ThreadPoolExecutor(max_workers=min(threads, len(items)), thread_name_prefix="storage")
+    try:
+        futures = [pool.submit(work, item) for item in items]
+        return [future.result() for future in futures]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

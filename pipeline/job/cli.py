@@ -67,6 +67,31 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
         return super()._get_help_string(action)
 
 
+def add_column_flags(group, task: str) -> None:
+    """--id-column and friends: which input column plays which part (pipeline.columns.ColumnMap)."""
+    example = ("img2dataset Parquet: --id-column key --image-column jpg" if task == "caption"
+               else "VQAv2 from the Hugging Face hub: --id-column question_id")
+    group.add_argument("--id-column", metavar="NAME", help="the rows' ids, strings or integers (kept as they are in "
+                       "the output); default: 'id', or, without one, the row's place '<shard name>/<row index>'. "
+                       f"E.g. for {example}")
+    group.add_argument("--image-column", metavar="NAME", help="the image: encoded bytes, a Hugging Face Image() "
+                       "struct, or a URI (absolute, file://, s3://, or a path relative to the shard's folder); "
+                       "default: 'image' and/or 'image_uri'")
+    if task == "caption":
+        group.add_argument("--prompt-column", metavar="NAME", help="per-row instructions (default: 'prompt' if present)")
+    else:
+        group.add_argument("--question-column", metavar="NAME", help="the questions (default: 'question')")
+        group.add_argument("--answers-column", metavar="NAME", help="reference answers: a list of strings, one "
+                           "string, or a list of {answer, ...} structs (default: 'answers' if present)")
+
+
+def column_map_from_args(args):
+    from ..columns import ColumnMap
+
+    return ColumnMap(id=args.id_column, image=args.image_column, prompt=getattr(args, "prompt_column", None),
+                     question=getattr(args, "question_column", None), answers=getattr(args, "answers_column", None))
+
+
 def build_parser(task: str) -> argparse.ArgumentParser:
     what = "captions" if task == "caption" else "answers to visual questions, scored against reference answers"
     parser = argparse.ArgumentParser(
@@ -82,8 +107,10 @@ def build_parser(task: str) -> argparse.ArgumentParser:
     )
     io = parser.add_argument_group("data")
     io.add_argument("--input", help="Parquet shard(s): a file or directory URI (local path, file://, s3://). "
-                    "Columns: id, image (bytes) or image_uri, prompt (optional)"
-                    + (", question, answers (list of references)" if task == "vqa" else ""))
+                    "Columns: id (optional), image (bytes, Image() struct or URI) or image_uri, "
+                    + ("question, answers (optional references)" if task == "vqa" else "prompt (optional)")
+                    + "; other names with the --*-column flags below")
+    add_column_flags(io, task)
     io.add_argument("--output", help="output directory URI (local path, file://, s3://); "
                     f"default with the demo: {DEMO_ROOT}/{task}")
     io.add_argument("--overwrite", action="store_true",
@@ -159,6 +186,7 @@ def settings_from_args(args, task: str, config: hired.HiREDConfig | None) -> Job
         overwrite=args.overwrite,
         run_id=args.run_id or new_run_id(),
         ray_address=args.ray_address,
+        columns=column_map_from_args(args),
     )
 
 

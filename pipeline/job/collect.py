@@ -75,7 +75,6 @@ class ShardCollector:
 
     def __init__(self, shards: list[Shard], settings: JobSettings):
         self.settings = settings
-        self.schema = output_schema(settings.task)
         self.shards: dict[str, _ShardRows | None] = {s.uri: _ShardRows(s) for s in shards}  # None once written
         self.written: list[str] = []
         self.generated_tokens = 0
@@ -97,7 +96,8 @@ class ShardCollector:
 
     def flush(self, uri: str) -> None:
         books = self.shards[uri]
-        table = shard_table(books.blocks, self.schema)
+        # Ids travel between stages as strings; the output keeps the input's id type (cast here).
+        table = shard_table(books.blocks, output_schema(self.settings.task, books.shard.id_type))
         self.written.append(write_output(self.settings.output, books.shard, table, self.settings.result_settings()))
         log.info("wrote %s (%d rows)", self.written[-1], books.shard.num_rows)
         failpoint("shard_written")  # tests kill the driver here, between two shards

@@ -12,18 +12,14 @@ shards raise, the first of them in input order decides (input errors before outp
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from collections.abc import Sequence
 
-from ..io.inputs import FailedShard, Shard, inspect_shard, list_shard_sizes, shard_names
+from ..io.inputs import FailedShard, Shard, inspect_shards
 from ..io.outputs import check_output_writable, completed_output, listed_outputs, output_path, remove_stale_temporaries
-from ..io.storage import Storage
+from ..io.storage import Storage, in_threads
 from ..settings import JobSettings
 
 log = logging.getLogger("hired.pipeline")
-T = TypeVar("T")
-R = TypeVar("R")
 
 # Footer reads in flight at once. They wait mostly on the store: on a busy 2-core machine against
 # a loopback S3, 2,000 footers took about 3x longer with 8 threads than with 32; 64 were no faster.
@@ -36,22 +32,12 @@ def plan(settings: JobSettings, threads: int = PLAN_THREADS) -> tuple[list[Shard
     check_output_writable(settings.output)
     if removed := remove_stale_temporaries(settings.output):
         log.info("removed %d temporary file(s) an interrupted run left in %s", removed, settings.output)
-    shards, failed = inspect_all(settings.input, settings.task, threads)
+    shards, failed = inspect_shards(settings.input, settings.task, settings.columns, threads)
     if settings.overwrite:
         return shards, [], failed
     complete = outputs_complete(settings.output, shards, settings.result_settings(), threads)
     done = [s for s, is_complete in zip(shards, complete) if is_complete]
     return [s for s, is_complete in zip(shards, complete) if not is_complete], done, failed
-
-
-def inspect_all(input_uri: str, task: str, threads: int = PLAN_THREADS) -> tuple[list[Shard], list[FailedShard]]:
-    """Every shard under ``input_uri`` from one listing, footers read in parallel:
-    (readable shards, failed shards), each in input order."""
-    listed = list_shard_sizes(input_uri)
-    names = shard_names([uri for uri, _ in listed], input_uri)
-    jobs = [(uri, name, size) for (uri, size), name in zip(listed, names)]
-    inspected = in_threads(lambda job: inspect_shard(job[0], job[1], task, size=job[2]), jobs, threads)
-    return [s for s in inspected if isinstance(s, Shard)], [s for s in inspected if isinstance(s, FailedShard)]
 
 
 def outputs_complete(output_uri: str, shards: Sequence[Shard], settings: dict, threads: int = PLAN_THREADS) -> list[bool]:
@@ -64,16 +50,3 @@ def outputs_complete(output_uri: str, shards: Sequence[Shard], settings: dict, t
     for i, is_complete in zip(to_check, checked):
         complete[i] = is_complete
     return complete
-
-
-def in_threads(work: Callable[[T], R], items: Sequence[T], threads: int) -> list[R]:
-    """``[work(x) for x in items]`` with up to ``threads`` calls at once. If calls raise, the one
-    for the earliest item is raised, as the loop would, and calls not yet started are dropped."""
-    if threads <= 1 or len(items) <= 1:
-        return [work(item) for item in items]
-    pool = ThreadPoolExecutor(max_workers=min(threads, len(items)), thread_name_prefix="plan")
-    try:
-        futures = [pool.submit(work, item) for item in items]
-        return [future.result() for future in futures]
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)

@@ -21,7 +21,7 @@ from ..io.inputs import Shard
 from ..settings import JobSettings, new_run_id
 from ..stages.generate import CPU_BATCH_SIZE, Predictor
 from ..stages.preprocess import Preprocessor
-from ..stages.read import read_rows
+from ..stages.read import read_rows, read_tasks
 from ..stages.score import score_vqa
 from ..summary import summarize, summarize_output, write_summary
 from .collect import ShardCollector
@@ -40,13 +40,7 @@ PREPROCESS_BATCH_ROWS = 8
 def build_dataset(pending: list[Shard], settings: JobSettings):
     """read row groups -> preprocess (CPU actors) -> generate (GPU actors) [-> VQA scoring]."""
 
-    tasks = []
-    for shard in pending:
-        first = 0
-        for group, rows in enumerate(shard.row_groups):
-            if rows:
-                tasks.append({"shard": shard.uri, "row_group": group, "first_row": first, "num_rows": rows})
-            first += rows
+    tasks = read_tasks(pending)
     gpus = settings.num_gpus
     if gpus is None:
         gpus = int(ray.cluster_resources().get("GPU", 0))
@@ -65,7 +59,9 @@ def build_dataset(pending: list[Shard], settings: JobSettings):
     )
 
     dataset = ray.data.from_items(tasks, override_num_blocks=max(1, len(tasks)))
-    dataset = dataset.map_batches(read_rows, batch_size=1, num_cpus=0.25)
+    # A generator: each row group comes out in bounded slices (see pipeline.io.inputs).
+    dataset = dataset.map_batches(read_rows, batch_size=1, num_cpus=0.25,
+                                  fn_kwargs={"columns": settings.columns, "task": settings.task})
     dataset = dataset.map_batches(
         Preprocessor,
         fn_constructor_kwargs={"settings": settings, "pixel_dtype": pixel_dtype},
