@@ -24,7 +24,9 @@ class Shard:
     uri: str  # full URI of the input shard
     name: str  # output file stem, unique among the input's shards
     num_rows: int
-    row_groups: tuple[int, ...]  # rows per row group
+    row_groups: tuple[int, ...]  # rows per row group (Parquet; () for the other kinds)
+    kind: str = "parquet"  # "parquet" | "webdataset" (pipeline/io/webdataset.py) | "folder" (pipeline/io/folders.py)
+    members: tuple[str, ...] = ()  # folder shards: their image files, relative to the input
 
 
 @dataclass(frozen=True)
@@ -38,18 +40,59 @@ def _hidden(path: str) -> bool:
 
 
 def list_shards(input_uri: str) -> list[str]:
-    """The Parquet files under ``input_uri`` (a file, or a directory searched recursively), sorted."""
+    """The shard files under ``input_uri`` (a file, or a directory searched recursively), sorted:
+    its .parquet files, or its .tar files (WebDataset)."""
+    kind, files = list_input(input_uri)
+    if kind == "folder":
+        raise InputError(f"input {input_uri} holds image files, not shard files")
+    fs = Storage.at(input_uri).fs
+    return [fs.unstrip_protocol(p) for p in sorted(files)]
+
+
+# --- Input kinds: what --input holds decides how it is cut into shards and read. ---
+KINDS = ("parquet", "webdataset", "folder")
+KIND_FILES = {"parquet": ".parquet files", "webdataset": ".tar files", "folder": "image files"}
+
+
+def file_kind(path: str) -> str | None:
+    from . import folders, webdataset
+
+    if path.endswith(".parquet"):
+        return "parquet"
+    if path.endswith(webdataset.TAR_SUFFIX):
+        return "webdataset"
+    return "folder" if folders.is_image_file(path) else None
+
+
+def list_input(input_uri: str) -> tuple[str, dict[str, dict]]:
+    """What ``input_uri`` holds: its kind and its files of that kind (path -> listing info).
+
+    img2dataset writes a ``<n>.parquet`` of download statuses beside each ``<n>.tar``: next to
+    tars, such same-named Parquet files are those sidecars, not shards. Any other mix of kinds
+    is refused: which files are the data would be a guess."""
     where = Storage.at(input_uri)
     fs, path = where.fs, where.path
     if not with_retries(lambda: fs.exists(path), f"looking for {input_uri}"):
         raise InputError(f"input {input_uri} does not exist")
     if with_retries(lambda: fs.isfile(path), f"looking at {input_uri}"):
-        return [where.uri]
-    found = with_retries(lambda: fs.find(path), f"listing {input_uri}")
-    files = sorted(p for p in found if p.endswith(".parquet") and not _hidden(p))
-    if not files:
-        raise InputError(f"input {input_uri} holds no .parquet shards")
-    return [fs.unstrip_protocol(p) for p in files]
+        found = {path: with_retries(lambda: fs.info(path), f"looking at {input_uri}")}
+    else:
+        found = with_retries(lambda: fs.find(path, detail=True), f"listing {input_uri}")
+    by_kind: dict[str, dict[str, dict]] = {kind: {} for kind in KINDS}
+    for p, info in found.items():
+        # A file named on its own is an input whatever its name says (Parquet unless it says otherwise).
+        kind = file_kind(p) or ("parquet" if p == path else None)
+        if kind and (p == path or not _hidden(p)):
+            by_kind[kind][p] = info
+    tars = {p.removesuffix(".tar") for p in by_kind["webdataset"]}
+    by_kind["parquet"] = {p: i for p, i in by_kind["parquet"].items() if p.removesuffix(".parquet") not in tars}
+    kinds = [kind for kind in KINDS if by_kind[kind]]
+    if not kinds:
+        raise InputError(f"input {input_uri} holds no .parquet shards, .tar shards or image files")
+    if len(kinds) > 1:
+        counts = ", ".join(f"{len(by_kind[k])} {KIND_FILES[k]}" for k in kinds)
+        raise InputError(f"input {input_uri} mixes kinds of input ({counts}); point --input at one kind")
+    return kinds[0], by_kind[kinds[0]]
 
 
 def check_schema(schema: pa.Schema, task: str, uri: str) -> None:
@@ -84,7 +127,7 @@ def shard_names(uris: list[str], input_uri: str) -> list[str]:
     for uri in uris:
         path = Storage.at(uri).path
         relative = posixpath.relpath(path, root) if path != root else posixpath.basename(path)
-        names.append(relative.removesuffix(".parquet").replace("/", "__"))
+        names.append(relative.removesuffix(".parquet").removesuffix(".tar").replace("/", "__"))
     return names
 
 
@@ -107,8 +150,20 @@ def inspect_shard(uri: str, name: str, task: str) -> Shard | FailedShard:
 
 def inspect_shards(input_uri: str, task: str) -> tuple[list[Shard], list[FailedShard]]:
     """Every shard under ``input_uri``, inspected: (readable shards, failed shards)."""
-    uris = list_shards(input_uri)
-    inspected = [inspect_shard(uri, name, task) for uri, name in zip(uris, shard_names(uris, input_uri))]
+    from . import folders, webdataset
+
+    kind, files = list_input(input_uri)
+    if kind != "parquet" and task == "vqa":
+        raise InputError(f"the VQA job needs questions: input {input_uri} holds {KIND_FILES[kind]}, "
+                         "give it Parquet shards with a 'question' column")
+    if kind == "folder":  # the listing says it all: shards are runs of files
+        where = Storage.at(input_uri)
+        root = Storage(where.fs, posixpath.dirname(where.path)) if where.path in files else where  # one image: its folder
+        return folders.folder_shards(root.uri, files), []
+    fs = Storage.at(input_uri).fs
+    uris = [fs.unstrip_protocol(p) for p in sorted(files)]
+    inspect = inspect_shard if kind == "parquet" else webdataset.inspect_tar
+    inspected = [inspect(uri, name, task) for uri, name in zip(uris, shard_names(uris, input_uri))]
     return [s for s in inspected if isinstance(s, Shard)], [s for s in inspected if isinstance(s, FailedShard)]
 
 

@@ -17,11 +17,13 @@ import time
 import ray
 
 from ..errors import RunAborted, StorageUnavailable
+from ..io import folders
+from ..io.inputs import Shard
 from ..io.outputs import read_outputs
 from ..settings import JobSettings, new_run_id
 from ..stages.generate import CPU_BATCH_SIZE, Predictor
 from ..stages.preprocess import Preprocessor
-from ..stages.read import read_rows
+from ..stages.read import read_task_rows
 from ..stages.score import score_vqa
 from ..summary import summarize, write_summary
 from .collect import ShardCollector
@@ -42,6 +44,23 @@ def init_ray(address: str | None = None) -> None:
         ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False)
 
 
+def read_tasks(shard: Shard) -> list[dict]:
+    """The read stage's tasks for a shard: one per non-empty row group (Parquet), one per tar
+    (WebDataset: a tar is read in one pass), one per run of files (folder)."""
+    base = {"shard": shard.uri, "kind": shard.kind, "row_group": -1, "members": []}
+    if shard.kind == "webdataset":
+        return [dict(base, first_row=0, num_rows=shard.num_rows)]
+    if shard.kind == "folder":
+        return [dict(base, first_row=t["first_row"], num_rows=len(t["members"]), members=t["members"])
+                for t in folders.read_tasks(shard)]
+    tasks, first = [], 0
+    for group, rows in enumerate(shard.row_groups):
+        if rows:
+            tasks.append(dict(base, row_group=group, first_row=first, num_rows=rows))
+        first += rows
+    return tasks
+
+
 # Rows per preprocessing call. It also sets the blocks the generation stage and the driver see:
 # small blocks keep memory low (pixel values travel in them) and let results, and so complete
 # shards, arrive steadily; 32 was measured no faster than 8 on the soak.
@@ -51,13 +70,7 @@ PREPROCESS_BATCH_ROWS = 8
 def build_dataset(pending: list[Shard], settings: JobSettings):
     """read row groups -> preprocess (CPU actors) -> generate (GPU actors) [-> VQA scoring]."""
 
-    tasks = []
-    for shard in pending:
-        first = 0
-        for group, rows in enumerate(shard.row_groups):
-            if rows:
-                tasks.append({"shard": shard.uri, "row_group": group, "first_row": first, "num_rows": rows})
-            first += rows
+    tasks = [task for shard in pending for task in read_tasks(shard)]
     gpus = settings.num_gpus
     if gpus is None:
         gpus = int(ray.cluster_resources().get("GPU", 0))
@@ -70,12 +83,12 @@ def build_dataset(pending: list[Shard], settings: JobSettings):
     workers = settings.preprocess_workers or max(1, min(cpus // 2, 32))
     pixel_dtype = "float32" if device == "cpu" or settings.dtype == "float32" else "float16"
     log.info(
-        "%d shards, %d row groups; %s generation actors; %d preprocessing actors",
+        "%d shards, %d read tasks; %s generation actors; %d preprocessing actors",
         len(pending), len(tasks), f"{gpus} GPU" if gpus else "1 CPU", workers,
     )
 
     dataset = ray.data.from_items(tasks, override_num_blocks=max(1, len(tasks)))
-    dataset = dataset.map_batches(read_rows, batch_size=1, num_cpus=0.25)
+    dataset = dataset.map_batches(read_task_rows, batch_size=1, num_cpus=0.25)
     dataset = dataset.map_batches(
         Preprocessor,
         fn_constructor_kwargs={

@@ -1,4 +1,5 @@
-"""The read stage: one (shard, row group) task in, its rows out, as column batches.
+"""The read stage: one task in (a shard's row group, a tar, a run of image files), its rows
+out, as column batches.
 
 A row group that cannot be read still yields one error row per row (its row count is
 known from the footer), so the shard completes and reports why.
@@ -10,6 +11,7 @@ import numpy as np
 
 from ..columns import ERROR, ID, INPUT_COLUMNS, ROW_INDEX, SOURCE_SHARD, object_array
 from ..errors import StorageUnavailable
+from ..io import folders, webdataset
 from ..io.inputs import read_row_group
 
 
@@ -39,3 +41,33 @@ def read_rows(task: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     rows[SOURCE_SHARD] = [uri] * n
     rows[ROW_INDEX] = list(range(first, first + n))
     return {k: object_array(v) for k, v in rows.items()}
+
+
+# --- WebDataset tars and image folders: their modules yield rows in bounded slices. ---
+
+
+def _slice_batch(rows: list[dict], uri: str, first: int) -> dict[str, np.ndarray]:
+    """A slice of rows (dicts with some input columns and ``error``) as the stage's column batch."""
+    columns = {c: [row.get(c) for row in rows] for c in (*INPUT_COLUMNS, ERROR)}
+    columns[SOURCE_SHARD] = [uri] * len(rows)
+    columns[ROW_INDEX] = list(range(first, first + len(rows)))
+    return {k: object_array(v) for k, v in columns.items()}
+
+
+def _sliced_rows(slices, uri: str, first: int):
+    for rows in slices:
+        yield _slice_batch(rows, uri, first)
+        first += len(rows)
+
+
+def read_task_rows(task: dict[str, np.ndarray]):
+    """Ray Data stage (a generator, ``batch_size=1``): any read task's rows, dispatched on its
+    shard's kind, in slices of bounded size."""
+    kind, uri = str(task["kind"][0]), str(task["shard"][0])
+    first, count = int(task["first_row"][0]), int(task["num_rows"][0])
+    if kind == "webdataset":
+        yield from _sliced_rows(webdataset.read_tar_rows(uri, count), uri, first)
+    elif kind == "folder":
+        yield from _sliced_rows(folders.read_folder_rows(uri, [str(m) for m in task["members"][0]]), uri, first)
+    else:
+        yield read_rows(task)
