@@ -72,6 +72,7 @@ def list_input(input_uri: str) -> tuple[str, dict[str, dict]]:
     is refused: which files are the data would be a guess."""
     where = Storage.at(input_uri)
     fs, path = where.fs, where.path
+    fs.invalidate_cache(path)  # s3fs caches listings: a folder that changed since must be seen as it is
     if not with_retries(lambda: fs.exists(path), f"looking for {input_uri}"):
         raise InputError(f"input {input_uri} does not exist")
     if with_retries(lambda: fs.isfile(path), f"looking at {input_uri}"):
