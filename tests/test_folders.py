@@ -105,6 +105,7 @@ def test_caption_job_on_an_s3_prefix_resumes_and_redoes_a_changed_shard(ray_loca
 
     def outputs() -> dict[str, list[dict]]:
         tables = {}
+        fs.invalidate_cache()  # outputs were replaced since the last look: no stale sizes or ETags
         for path in sorted(fs.ls(f"{bucket}/out".removeprefix("s3://"))):
             if path.endswith(".parquet"):
                 with fs.open(path, "rb") as f:
