@@ -70,7 +70,9 @@ def build_parser(task: str) -> argparse.ArgumentParser:
     io = parser.add_argument_group("data")
     io.add_argument("--input", help="Parquet shard(s): a file or directory URI (local path, file://, s3://). "
                     "Columns: id, image (bytes) or image_uri, prompt (optional)"
-                    + (", question, answers (list of references)" if task == "vqa" else ""))
+                    + (", question, answers (list of references)" if task == "vqa" else
+                       "; or WebDataset .tar shards (img2dataset's output; id = sample key); "
+                       "or a folder/prefix of image files (id = path below --input, 1,000 files a shard)"))
     io.add_argument("--output", help="output directory URI (local path, file://, s3://); "
                     f"default with the demo: {DEMO_ROOT}/{task}")
     io.add_argument("--overwrite", action="store_true",
