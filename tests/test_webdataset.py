@@ -114,13 +114,24 @@ def test_truncated_and_broken_tars(tmp_path):
     with tarfile.open(inputs / "whole.tar") as tar:
         boundary = [m for m in tar.getmembers() if m.name.startswith("bad/corrupt")][0].offset
     (inputs / "cut-at-member.tar").write_bytes(whole[:boundary])  # no end-of-archive block
+    garbled = bytearray(whole)  # the third sample's first header overwritten: tarfile alone would stop quietly
+    garbled[boundary : boundary + 512] = (b"garbage!" * 64)
+    (inputs / "bad-header.tar").write_bytes(bytes(garbled))
     (inputs / "not-a-tar.tar").write_bytes(b"these bytes are no tar" * 40)
-    (inputs / "empty.tar").write_bytes(b"")
+    (inputs / "zero-bytes.tar").write_bytes(b"")
+    with tarfile.open(inputs / "no-samples.tar", "w"):
+        pass
     shards, failed = inspect_shards(str(inputs), "caption")
     assert {Path(f.uri).name: f.reason.split(":")[0] for f in failed} == {
-        "not-a-tar.tar": "unreadable tar", "empty.tar": "unreadable tar"}
+        "not-a-tar.tar": "unreadable tar", "zero-bytes.tar": "unreadable tar"}
     by_name = {s.name: s for s in shards}
-    assert {name: s.num_rows for name, s in by_name.items()} == {"whole": 4, "cut-in-data": 3, "cut-at-member": 2}
+    assert {name: s.num_rows for name, s in by_name.items()} == {
+        "whole": 4, "cut-in-data": 3, "cut-at-member": 2, "bad-header": 2, "no-samples": 0}
+    assert read_tasks(by_name["no-samples"]) and read_all(by_name["no-samples"]) == []
+
+    bad_header = read_all(by_name["bad-header"])
+    assert [r["id"] for r in bad_header] == ["bad/ok-0", "bad/no-image"]
+    assert bad_header[1]["error"].startswith("unreadable shard: damaged tar: unreadable header (InvalidHeaderError")
 
     cut = read_all(by_name["cut-in-data"])  # the third sample's picture is cut: it is the last row, an error
     assert [r["id"] for r in cut] == ["bad/ok-0", "bad/no-image", "bad/corrupt"]

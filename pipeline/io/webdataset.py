@@ -66,15 +66,44 @@ class UnreadableTar(ValueError):
     """The tar failed before its first sample: the shard cannot be read at all."""
 
 
+def _header_reader(last_header: list):
+    """A TarInfo class that notes how each header read ended. tarfile stops quietly both at the
+    end-of-archive block and at a header it cannot read (a cut, or garbage) after the first
+    member; only the first is a whole tar."""
+
+    class NotingTarInfo(tarfile.TarInfo):
+        @classmethod
+        def fromtarfile(cls, tar):
+            try:
+                info = super().fromtarfile(tar)
+            except tarfile.HeaderError as e:
+                last_header[0] = e
+                raise
+            last_header[0] = None
+            return info
+
+    return NotingTarInfo
+
+
+def _end_problem(error: BaseException | None) -> str | None:
+    """Why the walk stopped early, from the last header read; None at the end-of-archive block."""
+    if isinstance(error, tarfile.EOFHeaderError):
+        return None
+    if isinstance(error, tarfile.EmptyHeaderError) or error is None:
+        return "truncated tar: it ends without its end-of-archive block"
+    return f"damaged tar: unreadable header ({type(error).__name__}: {error})"
+
+
 def iter_samples(fileobj, with_data: bool) -> Iterator[Sample]:
     """The samples of a tar stream, in order; members' bytes only ``with_data``.
 
     Damage (a cut, a corrupt header) marks the sample it is met in and ends the walk; a tar
-    that ends without its end-of-archive block is damage too (it was cut at a member
-    boundary), charged to the last sample, whose later members may be the ones lost."""
+    that stops before its end-of-archive block is damage too, charged to the last sample (its
+    later members may be among those lost)."""
     current: Sample | None = None
+    last_header: list = [None]
     try:
-        tar = tarfile.open(fileobj=fileobj, mode="r|")
+        tar = tarfile.open(fileobj=fileobj, mode="r|", tarinfo=_header_reader(last_header))
     except tarfile.TarError as e:
         raise UnreadableTar(f"not a readable tar: {e}") from None
     try:
@@ -101,17 +130,14 @@ def iter_samples(fileobj, with_data: bool) -> Iterator[Sample]:
         current.error = f"unreadable shard: damaged tar in sample {current.key!r}: {type(e).__name__}: {e}"
         yield current
         return
-    # A whole tar ends with a zero block that tarfile reads and stops at; a cut one just ends.
-    ended_cleanly = tar.fileobj.tell() - tar.offset == tarfile.BLOCKSIZE
+    problem = _end_problem(last_header[0])
     if current is None:
-        if not ended_cleanly:
-            raise UnreadableTar("not a tar: no member and no end-of-archive block")
+        if problem:
+            raise UnreadableTar(f"no sample: {problem}")
         return
-    if not ended_cleanly:
-        current.error = (
-            f"unreadable shard: truncated tar: it ends without its end-of-archive block after sample "
-            f"{current.key!r}; this sample's later members, and any samples after it, are lost"
-        )
+    if problem:
+        current.error = (f"unreadable shard: {problem} after sample {current.key!r}; "
+                         "this sample's later members, and any samples after it, are lost")
     yield current
 
 
