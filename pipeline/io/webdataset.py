@@ -11,6 +11,9 @@ count the samples (the row count the driver waits for), and again by the read ta
 rows. On S3 that pass is one GET stream of the whole object, fetched in READ_BLOCK_BYTES ranges:
 planning costs one read of the input, shard by shard, so it parallelises with the shards. The
 count cannot come cheaper: a tar has no index, and its headers sit between the members' bytes.
+Measured (bench/bench_tar_inspect.py, loopback S3, loaded 2-core machine): a 35 MiB tar of 1,000
+img2dataset-like samples plans in 0.9 s with 5 GETs, against 0.3 s to download it; the rest is
+tarfile parsing three headers a sample (0.4 s from local disk).
 
 Both passes walk the same headers, so they find the same samples, damage included. A tar cut
 short, or corrupt part-way, keeps the samples before the damage; the sample being read when it
