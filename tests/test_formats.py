@@ -176,7 +176,7 @@ def test_an_input_of_mixed_kinds_is_refused(tmp_path):
     (tmp_path / "pics" / "b.jpg").write_bytes(encoded(10, 10, "JPEG"))
     assert [u.rsplit("/", 1)[1] for u in list_shards(str(tmp_path))] == ["a.parquet"]  # pictures beside shards
     (tmp_path / "c.tar").write_bytes(b"")
-    with pytest.raises(InputError, match=r"mixes kinds of shards \(1 parquet, 1 webdataset files\)"):
+    with pytest.raises(InputError, match=r"mixes kinds of input \(1 .parquet files, 1 .tar files\)"):
         list_shards(str(tmp_path))
 
 

@@ -20,65 +20,34 @@ import pyarrow.parquet as pq
 from ..columns import ColumnMap
 from ..errors import InputError, StorageUnavailable
 from .retry import RETRY_SECONDS, is_transient, with_retries
+from . import folders, webdataset
+from .shard import FailedShard, Shard
 from .storage import Storage, in_threads
 
 log = logging.getLogger("hired.pipeline")
-
-
-@dataclass(frozen=True)
-class Shard:
-    uri: str  # full URI of the input shard
-    name: str  # output file stem, unique among the input's shards
-    num_rows: int
-    row_groups: tuple[int, ...] = ()  # Parquet: rows per row group; () for the other kinds
-    kind: str = "parquet"  # "parquet" | "webdataset" | "folder"
-    members: tuple[str, ...] = ()  # folder shards: the image paths of this shard, relative to the input
-    id_type: str = "string"  # the output's id type: "string" or "int64" (an integer id column)
-
-
-@dataclass(frozen=True)
-class FailedShard:
-    uri: str
-    reason: str
 
 
 def _hidden(path: str) -> bool:
     return posixpath.basename(path).startswith((".", "_"))
 
 
-# What a file's name says it holds; the input's kind is that of its files (one kind per input).
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-
-
 def file_kind(path: str) -> str | None:
-    lower = path.lower()
-    if lower.endswith(".parquet"):
+    """What a file's name says it holds."""
+    if path.endswith(".parquet"):
         return "parquet"
-    if lower.endswith(".tar"):
+    if path.endswith(webdataset.TAR_SUFFIX):
         return "webdataset"
-    if lower.endswith(IMAGE_SUFFIXES):
-        return "folder"
-    return None
+    return "folder" if folders.is_image_file(path) else None
 
 
-def input_kind(paths: list[str], input_uri: str) -> str:
-    """The one kind of shard the files at the input hold. Shard files (.parquet, .tar) win over
-    image files, which may be the pictures a Parquet shard's relative image paths point at; a mix
-    of Parquet and tar shards is refused."""
-    kinds = {file_kind(p) for p in paths} - {None}
-    shards = kinds - {"folder"}
-    if len(shards) > 1:
-        counts = ", ".join(f"{sum(file_kind(p) == k for p in paths)} {k}" for k in sorted(shards))
-        raise InputError(f"input {input_uri} mixes kinds of shards ({counts} files); point --input at one kind")
-    if not kinds:
-        raise InputError(f"input {input_uri} holds no .parquet shards (nor .tar shards or image files)")
-    return (shards or kinds).pop()
+KINDS = ("parquet", "webdataset", "folder")
+KIND_FILES = {"parquet": ".parquet files", "webdataset": ".tar files", "folder": "image files"}
 
 
 def list_files(input_uri: str) -> dict[str, dict]:
     """Every visible file under ``input_uri`` (a file, or a directory searched recursively): path ->
-    listing info (its ``size`` among others), from one listing, asked of the store itself (s3fs
-    caches listings, and a folder that changed since must be seen as it is)."""
+    listing info (its ``size`` among others), sorted, from one listing asked of the store itself
+    (s3fs caches listings, and a folder that changed since must be seen as it is)."""
     where = Storage.at(input_uri)
     fs, path = where.fs, where.path
     fs.invalidate_cache(path)
@@ -90,22 +59,41 @@ def list_files(input_uri: str) -> dict[str, dict]:
     return {p: found[p] for p in sorted(found) if not _hidden(p)}
 
 
-def list_shard_sizes(input_uri: str) -> list[tuple[str, int | None]]:
-    """The Parquet shards under ``input_uri`` as (URI, size in bytes), sorted; a single file is
-    taken whatever its name. The size from the listing lets a footer read cost one request."""
-    where = Storage.at(input_uri)
-    files = list_files(input_uri)
-    if list(files) != [where.path]:
-        kind = input_kind(list(files), input_uri)
-        if kind != "parquet":
-            raise InputError(f"input {input_uri} holds {kind} input, not Parquet shards")
-        files = {p: info for p, info in files.items() if file_kind(p) == "parquet"}
-    return [(where.fs.unstrip_protocol(p), info.get("size")) for p, info in files.items()]
+def list_input(input_uri: str) -> tuple[str, dict[str, dict]]:
+    """What ``input_uri`` holds: its kind and its files of that kind (path -> listing info), sorted.
+
+    A file named on its own is an input whatever its name says (Parquet unless it says otherwise).
+    Parquet shards win over image files beside them, which are the pictures their relative image
+    paths point at. img2dataset writes a ``<n>.parquet`` of download statuses
+    beside each ``<n>.tar``: next to tars, such same-named Parquet files are those sidecars, not
+    shards. Any other mix of kinds is refused: which files are the data would be a guess."""
+    path = Storage.at(input_uri).path
+    found = list_files(input_uri)
+    by_kind: dict[str, dict[str, dict]] = {kind: {} for kind in KINDS}
+    for p, info in found.items():
+        kind = file_kind(p) or ("parquet" if p == path else None)
+        if kind:
+            by_kind[kind][p] = info
+    tars = {p.removesuffix(webdataset.TAR_SUFFIX) for p in by_kind["webdataset"]}
+    by_kind["parquet"] = {p: i for p, i in by_kind["parquet"].items() if p.removesuffix(".parquet") not in tars}
+    kinds = [kind for kind in KINDS if by_kind[kind]]
+    if kinds == ["parquet", "folder"]:
+        kinds = ["parquet"]
+    if not kinds:
+        raise InputError(f"input {input_uri} holds no .parquet shards (nor .tar shards or image files)")
+    if len(kinds) > 1:
+        counts = ", ".join(f"{len(by_kind[k])} {KIND_FILES[k]}" for k in kinds)
+        raise InputError(f"input {input_uri} mixes kinds of input ({counts}); point --input at one kind")
+    return kinds[0], by_kind[kinds[0]]
 
 
 def list_shards(input_uri: str) -> list[str]:
-    """The Parquet shards under ``input_uri``, sorted, as URIs."""
-    return [uri for uri, _ in list_shard_sizes(input_uri)]
+    """The shard files (Parquet or WebDataset tars) under ``input_uri``, sorted, as URIs."""
+    kind, files = list_input(input_uri)
+    if kind == "folder":
+        raise InputError(f"input {input_uri} holds image files, not shard files")
+    fs = Storage.at(input_uri).fs
+    return [fs.unstrip_protocol(p) for p in files]
 
 
 # ---------------------------------------------------------------- where each part of a row comes from
@@ -274,7 +262,7 @@ def shard_names(uris: list[str], input_uri: str) -> list[str]:
     for uri in uris:
         path = Storage.at(uri).path
         relative = posixpath.relpath(path, root) if path != root else posixpath.basename(path)
-        names.append(relative.removesuffix(".parquet").replace("/", "__"))
+        names.append(relative.removesuffix(".parquet").removesuffix(webdataset.TAR_SUFFIX).replace("/", "__"))
     return names
 
 
@@ -308,14 +296,25 @@ def one_id_type(shards: list[Shard]) -> list[Shard]:
 def inspect_shards(
     input_uri: str, task: str, columns: ColumnMap = ColumnMap(), threads: int = 1
 ) -> tuple[list[Shard], list[FailedShard]]:
-    """Every shard under ``input_uri`` from one listing, footers read by up to ``threads`` at once:
-    (readable shards, failed shards), each in input order."""
-    listed = list_shard_sizes(input_uri)
-    names = shard_names([uri for uri, _ in listed], input_uri)
-    jobs = [(uri, name, size) for (uri, size), name in zip(listed, names)]
-    inspected = in_threads(lambda job: inspect_shard(job[0], job[1], task, columns, size=job[2]), jobs, threads)
-    return (one_id_type([s for s in inspected if isinstance(s, Shard)]),
-            [s for s in inspected if isinstance(s, FailedShard)])
+    """Every shard under ``input_uri`` from one listing, inspected by up to ``threads`` at once
+    (Parquet footers, tar sample counts; a folder's listing says it all): (readable shards,
+    failed shards), each in input order."""
+    kind, files = list_input(input_uri)
+    if kind != "parquet" and task == "vqa":
+        raise InputError(f"the VQA job needs questions: input {input_uri} holds {KIND_FILES[kind]}, "
+                         "give it Parquet shards with a 'question' column")
+    where = Storage.at(input_uri)
+    if kind == "folder":
+        root = Storage(where.fs, posixpath.dirname(where.path)) if where.path in files else where  # one image: its folder
+        return folders.folder_shards(root.uri, files), []
+    uris = [where.fs.unstrip_protocol(p) for p in files]
+    jobs = list(zip(uris, shard_names(uris, input_uri), [info.get("size") for info in files.values()]))
+    if kind == "webdataset":
+        inspected = in_threads(lambda job: webdataset.inspect_tar(job[0], job[1], task), jobs, threads)
+    else:
+        inspected = in_threads(lambda job: inspect_shard(job[0], job[1], task, columns, size=job[2]), jobs, threads)
+    shards = [s for s in inspected if isinstance(s, Shard)]
+    return one_id_type(shards), [s for s in inspected if isinstance(s, FailedShard)]
 
 
 # A footer read asks for this many bytes from the end of the file: enough for the footer of

@@ -109,7 +109,10 @@ def build_parser(task: str) -> argparse.ArgumentParser:
     io.add_argument("--input", help="Parquet shard(s): a file or directory URI (local path, file://, s3://). "
                     "Columns: id (optional), image (bytes, Image() struct or URI) or image_uri, "
                     + ("question, answers (optional references)" if task == "vqa" else "prompt (optional)")
-                    + "; other names with the --*-column flags below")
+                    + "; other names with the --*-column flags below"
+                    + ("" if task == "vqa" else
+                       ". Or WebDataset .tar shards (img2dataset's output; id = sample key), or a folder or "
+                       "prefix of image files (id = the path below --input, 1,000 files a shard)"))
     add_column_flags(io, task)
     io.add_argument("--output", help="output directory URI (local path, file://, s3://); "
                     f"default with the demo: {DEMO_ROOT}/{task}")

@@ -54,7 +54,7 @@ def build_dataset(pending: list[Shard], settings: JobSettings):
     # Pixel values are the bulk of what crosses to the generation actors: ship them in the model's precision.
     pixel_dtype = "float32" if device == "cpu" or settings.dtype == "float32" else "float16"
     log.info(
-        "%d shards, %d row groups; %s generation actors; %d preprocessing actors",
+        "%d shards, %d read tasks; %s generation actors; %d preprocessing actors",
         len(pending), len(tasks), f"{gpus} GPU" if gpus else "1 CPU", workers,
     )
 

@@ -1,4 +1,5 @@
-"""The read stage: one read task in (a shard's row group, ...), its rows out in bounded slices.
+"""The read stage: one read task in (a Parquet row group, a WebDataset tar, a run of image
+files), its rows out in bounded slices.
 
 A generator, so Ray Data gets a row group as several small batches rather than one that
 grows with the row group. Every slice has the same columns, whatever the input's shape:
@@ -27,19 +28,27 @@ import pyarrow as pa
 from ..columns import ANSWERS, ERROR, ID, IMAGE, IMAGE_URI, INPUT_COLUMNS, PROMPT, QUESTION, ROW_INDEX, SOURCE_SHARD
 from ..columns import ColumnMap, object_array
 from ..errors import StorageUnavailable
+from ..io import folders, webdataset
 from ..io.inputs import ParquetLayout, Shard, read_row_group_slices
 
 
 def read_tasks(shards: list[Shard]) -> list[dict]:
-    """The read stage's work: for Parquet, one task per non-empty row group."""
+    """The read stage's work: one task per non-empty row group (Parquet), one per tar (WebDataset:
+    a tar is read in one pass), one per run of files (folder). Every task has the same keys."""
     tasks = []
     for shard in shards:
-        first = 0
-        for group, rows in enumerate(shard.row_groups):
-            if rows:
-                tasks.append({"shard": shard.uri, "name": shard.name, "kind": shard.kind, "row_group": group,
-                              "first_row": first, "num_rows": rows})
-            first += rows
+        base = {"shard": shard.uri, "name": shard.name, "kind": shard.kind, "row_group": -1, "members": []}
+        if shard.kind == "webdataset":
+            tasks.append(dict(base, first_row=0, num_rows=shard.num_rows))
+        elif shard.kind == "folder":
+            tasks += [dict(base, first_row=t["first_row"], num_rows=len(t["members"]), members=t["members"])
+                      for t in folders.read_tasks(shard)]
+        else:
+            first = 0
+            for group, rows in enumerate(shard.row_groups):
+                if rows:
+                    tasks.append(dict(base, row_group=group, first_row=first, num_rows=rows))
+                first += rows
     return tasks
 
 
@@ -138,8 +147,27 @@ def _parquet_task(request: dict, columns: ColumnMap, task: str) -> Iterator[dict
             yield _finish(error_rows(count - done, reason), uri, first + done)
 
 
+def _slices_of_dicts(slices: Iterator[list[dict]], uri: str, first: int) -> Iterator[dict[str, np.ndarray]]:
+    """Slices given as lists of row dicts (some input columns and ``error``) as the stage's batches."""
+    for rows in slices:
+        columns = {c: [row.get(c) for row in rows] for c in (*INPUT_COLUMNS, ERROR)}
+        yield _finish(columns, uri, first)
+        first += len(rows)
+
+
+def _webdataset_task(request: dict, columns: ColumnMap, task: str) -> Iterator[dict[str, np.ndarray]]:
+    uri, first, count = str(request["shard"][0]), int(request["first_row"][0]), int(request["num_rows"][0])
+    yield from _slices_of_dicts(webdataset.read_tar_rows(uri, count), uri, first)
+
+
+def _folder_task(request: dict, columns: ColumnMap, task: str) -> Iterator[dict[str, np.ndarray]]:
+    uri, first = str(request["shard"][0]), int(request["first_row"][0])
+    members = [str(m) for m in request["members"][0]]
+    yield from _slices_of_dicts(folders.read_folder_rows(uri, members), uri, first)
+
+
 # One reader per shard kind; each yields slices of the columns above for one read task.
-READERS = {"parquet": _parquet_task}
+READERS = {"parquet": _parquet_task, "webdataset": _webdataset_task, "folder": _folder_task}
 
 
 def read_rows(request: dict[str, np.ndarray], columns: ColumnMap = ColumnMap(),

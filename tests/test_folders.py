@@ -1,0 +1,132 @@
+"""A folder (or S3 prefix) of image files as the input: deterministic shards, ids, fingerprints that
+make a changed shard be redone, unreadable files as error rows; the caption job on S3, rerun and resumed."""
+
+import os
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.errors import InputError
+from pipeline.io import folders
+from pipeline.io.inputs import inspect_shards
+
+from pipeline.stages.read import read_rows, read_tasks
+
+from .data import encoded
+from .test_webdataset import read_all, task_batch
+
+def make_folder(root, names: list[str]) -> None:
+    for i, name in enumerate(names):
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(encoded(20 + i, 30, "PNG" if name.endswith(".png") else "JPEG", seed=i))
+
+NAMES = ["b.jpg", "a.png", "sub/c.jpeg", "sub/deeper/d.JPG", "e.webp", "f.jpg", "g.jpg"]
+
+def test_files_are_cut_into_sorted_fixed_size_shards(tmp_path, monkeypatch):
+    monkeypatch.setattr(folders, "FILES_PER_SHARD", 3)
+    make_folder(tmp_path, [n for n in NAMES if not n.endswith(".webp")] + ["e.png"])
+    (tmp_path / "notes.txt").write_text("not a picture")
+    (tmp_path / ".hidden.jpg").write_bytes(b"x")
+    shards, failed = inspect_shards(str(tmp_path), "caption")
+    assert not failed
+    assert [s.name for s in shards] == ["images-00000", "images-00001", "images-00002"]
+    assert [s.members for s in shards] == [("a.png", "b.jpg", "e.png"), ("f.jpg", "g.jpg", "sub/c.jpeg"),
+                                           ("sub/deeper/d.JPG",)]
+    assert [s.num_rows for s in shards] == [3, 3, 1] and {s.kind for s in shards} == {"folder"}
+    assert shards[0].uri.startswith(f"file://{tmp_path}#images-00000.")
+    assert inspect_shards(str(tmp_path), "caption")[0] == shards  # the same folder, the same shards
+
+    (tmp_path / "sub" / "c.jpeg").write_bytes(encoded(50, 50, "JPEG", seed=99))  # rewritten in place
+    (tmp_path / "h.jpg").write_bytes(encoded(10, 10, "JPEG"))  # sorts into the second shard
+    changed, _ = inspect_shards(str(tmp_path), "caption")
+    assert changed[0] == shards[0]  # untouched: resumable
+    assert changed[1].members == ("f.jpg", "g.jpg", "h.jpg") and changed[1].uri != shards[1].uri
+    assert changed[2].members == ("sub/c.jpeg", "sub/deeper/d.JPG") and changed[2].uri != shards[2].uri
+
+def test_a_rewritten_file_changes_its_shards_identity(tmp_path):
+    make_folder(tmp_path, ["a.jpg", "b.jpg"])
+    (before,), _ = inspect_shards(str(tmp_path), "caption")
+    (tmp_path / "b.jpg").write_bytes(encoded(70, 70, "JPEG", seed=5))
+    (after,), _ = inspect_shards(str(tmp_path), "caption")
+    assert before.members == after.members and before.uri != after.uri
+
+def test_rows_ids_and_unreadable_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(folders, "FILES_PER_TASK", 3)
+    monkeypatch.setattr(folders, "FILES_PER_SLICE", 2)
+    make_folder(tmp_path, NAMES)
+    (tmp_path / "junk.jpg").write_bytes(b"not a picture")
+    (shard,), _ = inspect_shards(str(tmp_path), "caption")
+    assert [t["first_row"] for t in read_tasks([shard])] == [0, 3, 6]
+    (tmp_path / "f.jpg").unlink()  # gone between planning and reading
+    rows = read_all(shard)
+    assert [r["id"] for r in rows] == ["a.png", "b.jpg", "e.webp", "f.jpg", "g.jpg", "junk.jpg",
+                                       "sub/c.jpeg", "sub/deeper/d.JPG"]
+    assert [r["row_index"] for r in rows] == list(range(8))
+    assert rows[3]["image"] is None and rows[3]["error"].startswith("unreadable file: FileNotFoundError")
+    assert [r["error"] for i, r in enumerate(rows) if i != 3] == [None] * 7
+    assert rows[5]["image"] == b"not a picture"  # the decode stage makes it an undecodable-image row
+    batches = list(read_rows(task_batch(read_tasks([shard])[1])))
+    assert [list(b["row_index"]) for b in batches] == [[3, 4], [5]]
+
+def test_one_image_file_is_an_input_and_vqa_is_refused(tmp_path):
+    make_folder(tmp_path, ["one.jpg", "two.jpg"])
+    (shard,), _ = inspect_shards(str(tmp_path / "two.jpg"), "caption")
+    assert shard.members == ("two.jpg",) and shard.uri.startswith(f"file://{tmp_path}#")
+    with pytest.raises(InputError, match="the VQA job needs questions"):
+        inspect_shards(str(tmp_path), "vqa")
+
+def test_caption_job_on_an_s3_prefix_resumes_and_redoes_a_changed_shard(ray_local, bucket, tiny_next_path,
+                                                                        monkeypatch):
+    """Seven files in shards of three on S3, one undecodable: run; rerun (nothing to do); add a file
+    to the last shard and rerun (only that shard is redone, with the new file)."""
+    import s3fs
+
+    from pipeline.job.run import run_job
+    from pipeline.settings import JobSettings
+
+    monkeypatch.setattr(folders, "FILES_PER_SHARD", 3)
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    prefix = f"{bucket}/pictures".removeprefix("s3://")
+    for i, name in enumerate(["a.jpg", "b.png", "c/d.jpg", "c/e.jpg", "f.webp", "g.jpg"]):
+        fs.pipe(f"{prefix}/{name}", encoded(30 + i, 40, {"png": "PNG", "webp": "WEBP"}.get(name[-3:], "JPEG"), seed=i))
+    fs.pipe(f"{prefix}/bad.jpg", b"these bytes are no picture")
+
+    def run() -> dict:
+        return run_job(JobSettings(task="caption", input=f"{bucket}/pictures", output=f"{bucket}/out",
+                                   model=str(tiny_next_path), num_gpus=0, max_new_tokens=2))
+
+    def outputs() -> dict[str, list[dict]]:
+        tables = {}
+        fs.invalidate_cache()  # outputs were replaced since the last look: no stale sizes or ETags
+        for path in sorted(fs.ls(f"{bucket}/out".removeprefix("s3://"))):
+            if path.endswith(".parquet"):
+                with fs.open(path, "rb") as f:
+                    tables[path.rsplit("/", 1)[1]] = pq.read_table(f).to_pylist()
+        return tables
+
+    first = run()
+    assert first["shards"] == {"total": 3, "written_this_run": 3, "already_complete": 0, "failed": 0}
+    tables = outputs()
+    assert {name: [r["id"] for r in rows] for name, rows in tables.items()} == {
+        "images-00000.parquet": ["a.jpg", "b.png", "bad.jpg"],
+        "images-00001.parquet": ["c/d.jpg", "c/e.jpg", "f.webp"],
+        "images-00002.parquet": ["g.jpg"],
+    }
+    errors = {r["id"]: r["error"] for rows in tables.values() for r in rows}
+    assert errors.pop("bad.jpg").startswith("undecodable image") and set(errors.values()) == {None}
+    assert first["items"] == 7 and first["errors"] == 1
+
+    again = run()
+    assert again["shards"] == {"total": 3, "written_this_run": 0, "already_complete": 3, "failed": 0}
+
+    fs.pipe(f"{prefix}/h.jpg", encoded(33, 44, "JPEG", seed=7))
+    changed = run()
+    assert changed["shards"] == {"total": 3, "written_this_run": 1, "already_complete": 2, "failed": 0}
+    tables = outputs()
+    assert [r["id"] for r in tables["images-00002.parquet"]] == ["g.jpg", "h.jpg"]
+    runs = {name: {r["run_id"] for r in rows} for name, rows in tables.items()}
+    assert runs["images-00000.parquet"] == runs["images-00001.parquet"] == {first["run_id"]}
+    assert runs["images-00002.parquet"] == {changed["run_id"]}
+    assert changed["items"] == 8 and changed["duplicate_ids"] == 0
+    assert os.environ.get("AWS_SECRET_ACCESS_KEY", "") not in str(changed)
