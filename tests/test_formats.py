@@ -157,17 +157,16 @@ def test_unusable_columns_are_refused_naming_column_type_and_flag(tmp_path, tabl
         inspect_shards(str(tmp_path), task, columns)
 
 
-def test_a_wrong_reference_type_exits_2_before_any_model_loads(tmp_path):
+def test_a_wrong_reference_type_exits_2_before_any_model_loads(tmp_path, tiny_next_path):
     pq.write_table(pa.table({"question_id": [1], "image": [b"x"], "question": ["q"],
                              "answers": pa.array([[1]], pa.list_(pa.int64()))}), tmp_path / "v.parquet")
-    started = time.monotonic()
     result = subprocess.run(
         [sys.executable, str(REPO / "jobs" / "vqa.py"), "--input", str(tmp_path), "--output", str(tmp_path / "out"),
-         "--model", "/nonexistent/model", "--id-column", "question_id"],
+         "--model", str(tiny_next_path), "--id-column", "question_id"],
         capture_output=True, text=True, env=job_env(), timeout=120)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "column 'answers' has type list<element: int64>" in result.stderr and "--answers-column" in result.stderr
-    assert "Traceback" not in result.stderr and time.monotonic() - started < 120
+    assert "Traceback" not in result.stderr
 
 
 def test_an_input_of_mixed_kinds_is_refused(tmp_path):

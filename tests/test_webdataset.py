@@ -267,11 +267,11 @@ def test_caption_job_on_tars_on_s3(ray_local, bucket, tiny_next_path, tmp_path):
         ("bad/ok-0", "ok"), ("bad/no-image", "missing image"), ("bad/corrupt", "unreadable shard")]
     assert summary["items"] == 7 and summary["errors"] == 4
 
-def test_a_mixed_input_exits_2_with_one_line(tmp_path):
+def test_a_mixed_input_exits_2_with_one_line(tmp_path, tiny_next_path):
     write_tar(tmp_path / "in" / "a.tar", bad_samples())
     (tmp_path / "in" / "loose.png").write_bytes(encoded(10, 10))
     result = subprocess.run(caption_cmd("--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
-                                        "--model", "/nonexistent/model"),
+                                        "--model", str(tiny_next_path)),
                             capture_output=True, text=True, env=job_env(), timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "mixes kinds of input (1 .tar files, 1 image files); point --input at one kind" in result.stderr
