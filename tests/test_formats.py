@@ -20,6 +20,7 @@ from pipeline.columns import ColumnMap, output_schema
 from pipeline.errors import InputError
 from pipeline.io import inputs
 from pipeline.io.inputs import inspect_shards, list_shards
+from pipeline.settings import JobSettings
 from pipeline.stages.read import read_rows, read_tasks
 
 from .data import encoded
@@ -175,7 +176,7 @@ def test_an_input_of_mixed_kinds_is_refused(tmp_path):
     (tmp_path / "pics" / "b.jpg").write_bytes(encoded(10, 10, "JPEG"))
     assert [u.rsplit("/", 1)[1] for u in list_shards(str(tmp_path))] == ["a.parquet"]  # pictures beside shards
     (tmp_path / "c.tar").write_bytes(b"")
-    with pytest.raises(InputError, match=r"mixes kinds of input \(1 .parquet files, 1 .tar files\)"):
+    with pytest.raises(InputError, match=r"mixes kinds of input \(1 .parquet files, 1 .tar files, 1 image files\)"):
         list_shards(str(tmp_path))
 
 
@@ -281,8 +282,9 @@ def expected_answers(model_path: Path, shard: Path, max_new_tokens: int) -> list
 
     (parsed,), _ = inspect_shards(str(shard), "vqa", ColumnMap(id="question_id"))
     rows = read_shard(parsed, ColumnMap(id="question_id"), "vqa")
-    batch = Preprocessor(str(model_path), task="vqa")({k: np.array(v, dtype=object) for k, v in rows.items()})
-    out = Predictor(str(model_path), None, max_new_tokens=max_new_tokens, batch_size=1)(batch)
+    settings = JobSettings(task="vqa", model=str(model_path), config=None, max_new_tokens=max_new_tokens, batch_size=1)
+    batch = Preprocessor(settings)({k: np.array(v, dtype=object) for k, v in rows.items()})
+    out = Predictor(settings)(batch)
     return list(out["text"])
 
 

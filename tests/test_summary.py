@@ -145,7 +145,7 @@ def reasons_written_by_the_pipeline(tmp_path) -> list[str]:
         reasons.append(str(failure.value))
     task = {"shard": np.array([f"{tmp_path}/missing.parquet"]), "row_group": np.array([0]),
             "first_row": np.array([0]), "num_rows": np.array([2])}
-    reasons += list(read_rows(task)["error"])
+    reasons += [reason for batch in read_rows(task) for reason in batch["error"]]
     return reasons
 
 

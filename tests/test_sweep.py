@@ -49,9 +49,10 @@ def test_vqa_sweep(ray_local, tmp_path, tiny_next_path, capsys):
         assert {r["strategy"] for r in rows} == {point["strategy"]}
         kept = [r["visual_tokens_kept"] for r in rows]
         if point["strategy"] == "none":
-            assert kept == full and {r["budget"] for r in rows} == {None}
+            assert kept == full and {(r["budget_fraction"], r["budget_tokens"]) for r in rows} == {(None, None)}
         else:
             assert kept == [math.floor(point["budget"] * n) for n in full]
+            assert {(r["budget_fraction"], r["budget_tokens"]) for r in rows} == {(point["budget"], None)}
         assert all(r["vqa_accuracy"] in (0.0, 1.0) for r in rows)  # 7 of 10 said yes: 1.0 or 0.0 (a wrong answer)
         assert summary["vqa"]["scored"] == 3 and summary["items"] == 3
 
