@@ -19,6 +19,7 @@ error row. On a CPU there is no memory figure: a fixed batch size applies.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -58,6 +59,17 @@ class FirstTokenTimer:
 
     def end(self) -> None:
         pass
+
+
+def cpu_threads() -> int:
+    """Threads for generating on a CPU: every core this process may use (``HIRED_CPU_THREADS``
+    overrides). Ray sets OMP_NUM_THREADS to the floor of a task's ``num_cpus``, 1 for the generation
+    actor's 0.5, which left all but one core idle on a CPU run; generation is nearly all of a CPU
+    run's work, so it takes them all (measured: bench/bench_pipeline.py)."""
+    configured = os.environ.get("HIRED_CPU_THREADS")
+    if configured:
+        return max(1, int(configured))
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def resolve_device(device: str) -> torch.device:
@@ -118,6 +130,8 @@ class Predictor:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
             apply_memory_cap(gpu_memory_gb, self.device)  # a big GPU acting as a commodity card
+        else:
+            torch.set_num_threads(cpu_threads())
         started = time.perf_counter()
         if loaded is None:
             from transformers import AutoModelForImageTextToText, AutoProcessor
