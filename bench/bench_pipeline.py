@@ -1,7 +1,8 @@
 """Pipeline efficiency: the whole job's steady-state images/s against the bare ``Predictor``, side by side.
 
     python bench/bench_pipeline.py                    # CPU, the real-geometry scaled-down model, ~10 minutes
-    python bench/bench_pipeline.py --rows 24 --repeats 1 --new-tokens 2    # a smoke run
+    python bench/bench_pipeline.py --rows 16 --shard-rows 2 --no-difference --variants one-thread:HIRED_CPU_THREADS=1,default
+                                                      # side by side: Ray's one thread vs every core (loaded machine)
 
 What is compared, in one process, on the same rows, the same saved model, the same batch size:
 
@@ -9,17 +10,22 @@ What is compared, in one process, on the same rows, the same saved model, the sa
   size the pipeline's generation actor gets; only the ``Predictor`` calls are timed (preprocessing
   overlaps generation in the pipeline, so the bare figure is what the pipeline could at best reach);
 * ``pipeline``: ``run_job`` (Ray Data: read, preprocess actors, the generation actor, the driver's
-  collector and the shard writes) on a private local Ray started once, so that Ray's own start is
-  not counted. Its steady state is measured two ways, start-up excluded from both:
+  collector and the shard writes) on a fresh private local Ray per variant (``--variants``: the
+  environment its workers start with), started before any timing. Its steady state is measured two ways, start-up excluded from both:
 
   - ``difference``: a job over ``--rows`` rows and one over half of them, each timed whole; the
     extra rows over the extra seconds (model loading and actor start cancel out);
-  - ``between shards``: in the larger job, rows written after the first shard over the time
-    from the first shard written to the last.
+  - ``between blocks``: in the larger job, the rows of every result block after the first over the
+    time from the first block reaching the driver to the last (results come a generation task's
+    block at a time, and a block's shards are written together, so blocks mark the steady state).
 
-Also reported, from the pipeline's own rows: the generation actor's time per row (its batches'
-``ttft_ms + decode_ms``), which separates "generation is slower in the actor" from "the rest of the
-pipeline keeps the actor waiting".
+Each variant's jobs run right after a bare run of their own, so that drift in the machine's load hits
+both sides of each ratio alike. Also reported: the generation actor's time per row from the
+pipeline's own rows (its batches' ``ttft_ms + decode_ms``), which separates "generation is slower in
+the actor" from "the rest of the pipeline keeps the actor waiting"; and CPU seconds a row, the bare
+process's against the whole pipeline's (this process and every descendant: Ray's daemons, workers
+and actors, sampled from /proc) between the first and last result block. On a machine that
+others load, wall-clock rates swing with their load; CPU seconds a row are what the pipeline spends.
 
 The model is ``bench_generation``'s CPU model: a scaled-down LLaVA-Next with the real geometry
 (672x672 pictures, a 2x2 grid, 2,880 grid tokens), random weights, saved once to a temporary
@@ -34,7 +40,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import logging
 import os
 import platform
 import shutil
@@ -124,6 +129,7 @@ def split_batches(batches: list[dict], size: int) -> list[dict]:
 
 
 def time_bare(predictor: Predictor, batches: list[dict]) -> dict:
+    cpu_started = time.process_time()
     started = time.perf_counter()
     tokens, errors = 0, 0
     for batch in batches:
@@ -131,51 +137,116 @@ def time_bare(predictor: Predictor, batches: list[dict]) -> dict:
         tokens += sum(t or 0 for t in out["generated_tokens"])
         errors += sum(e is not None for e in out["error"])
     seconds = time.perf_counter() - started
+    cpu_seconds = time.process_time() - cpu_started
     rows = sum(len(b[ID]) for b in batches)
-    return {"rows": rows, "seconds": seconds, "images_per_s": rows / seconds, "generated_tokens": tokens,
-            "errors": errors, "torch_threads": torch.get_num_threads()}
+    return {"rows": rows, "seconds": seconds, "images_per_s": rows / seconds, "cpu_s_per_row": cpu_seconds / rows,
+            "generated_tokens": tokens, "errors": errors, "torch_threads": torch.get_num_threads()}
+
+
+# -- CPU accounting ---------------------------------------------------------------------------------------
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: str) -> tuple[int, float] | None:
+    """(parent pid, user + system CPU seconds) of a process, or None if it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()  # after "pid (name) "
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / TICKS
+
+
+class TreeCpu:
+    """CPU seconds used by this process and all its descendants (Ray's local cluster: GCS, raylet,
+    workers, actors), sampled every ``period`` s so that processes that exit in between still count
+    up to their last sample. On a machine other people load, wall time says little; CPU seconds a
+    row are what the pipeline itself spends."""
+
+    def __init__(self, period: float = 1.0):
+        import threading
+
+        self.seen: dict[int, float] = {}
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(period,), daemon=True)
+        self.thread.start()
+
+    def _run(self, period):
+        while not self.stop.wait(period):
+            self.total()
+
+    def total(self) -> float:
+        stats = {int(p): st for p in os.listdir("/proc") if p.isdigit() and (st := _stat(p))}
+        tree, frontier = {os.getpid()}, [os.getpid()]
+        children: dict[int, list[int]] = {}
+        for pid, (parent, _) in stats.items():
+            children.setdefault(parent, []).append(pid)
+        while frontier:
+            for child in children.get(frontier.pop(), []):
+                if child not in tree:
+                    tree.add(child)
+                    frontier.append(child)
+        with self.lock:
+            for pid in tree:
+                if pid in stats:
+                    self.seen[pid] = stats[pid][1]
+            return sum(self.seen.values())
+
+    def close(self):
+        self.stop.set()
+        self.thread.join()
 
 
 # -- the pipeline -----------------------------------------------------------------------------------------
-class ShardTimes(logging.Handler):
-    """Notes when the driver writes each shard (the collector logs "wrote ...")."""
+def arrivals_recorder(cpu: TreeCpu):
+    """A ShardCollector that notes when each result block reaches the driver, with its row count and
+    the CPU seconds used so far. Results arrive a block (one generation task's rows) at a time, and
+    shards are written in bursts within a block, so blocks, not shards, mark the steady state."""
+    from pipeline.job.collect import ShardCollector
 
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.times: list[float] = []
+    arrivals: list[tuple[float, int, float]] = []
 
-    def emit(self, record):
-        if record.getMessage().startswith("wrote "):
-            self.times.append(time.perf_counter())
+    class Recording(ShardCollector):
+        def add(self, table):
+            super().add(table)
+            arrivals.append((time.perf_counter(), table.num_rows, cpu.total()))
+
+    return Recording, arrivals
 
 
-def time_job(model_dir: Path, input_dir: Path, output_dir: Path, new_tokens: int, budget: float) -> dict:
-    from pipeline.job.run import run_job
+def steady_state(arrivals: list[tuple[float, int, float]]) -> tuple[float | None, float | None]:
+    """(images/s, CPU s a row) from the first block's arrival to the last's: the rows of every later block."""
+    if len(arrivals) < 2 or arrivals[-1][0] <= arrivals[0][0]:
+        return None, None
+    rows = sum(n for _, n, _ in arrivals[1:])
+    return rows / (arrivals[-1][0] - arrivals[0][0]), (arrivals[-1][2] - arrivals[0][2]) / rows
 
-    logger = logging.getLogger("hired.pipeline")
-    logger.setLevel(logging.INFO)
-    shard_times = ShardTimes()
-    logger.addHandler(shard_times)
+
+def time_job(model_dir: Path, input_dir: Path, output_dir: Path, new_tokens: int, budget: float, cpu: TreeCpu) -> dict:
+    from pipeline.job import run
+
+    recording, arrivals = arrivals_recorder(cpu)
     settings = JobSettings(task="caption", input=str(input_dir), output=str(output_dir), model=str(model_dir),
                            config=hired.HiREDConfig(budget=budget), max_new_tokens=new_tokens, num_gpus=0,
                            dtype="float32", overwrite=True)
+    original, run.ShardCollector = run.ShardCollector, recording
     started = time.perf_counter()
     try:
-        summary = run_job(settings)
+        summary = run.run_job(settings)
     finally:
-        logger.removeHandler(shard_times)
+        run.ShardCollector = original
     seconds = time.perf_counter() - started
     table = pq.read_table(output_dir, columns=["error", "generated_tokens", "ttft_ms", "decode_ms", "batch_size"])
     rows = table.num_rows
-    batches = table.to_pylist()
-    actor_seconds = sum((r["ttft_ms"] + r["decode_ms"]) / 1e3 / r["batch_size"] for r in batches if r["error"] is None)
-    written = shard_times.times
-    shard_rows = rows // max(1, len(written))
-    between = (len(written) - 1) * shard_rows / (written[-1] - written[0]) if len(written) > 1 else None
-    return {"rows": rows, "seconds": seconds, "shards": len(written), "first_shard_after_s": written[0] - started,
-            "between_shards_images_per_s": between, "actor_generation_s_per_row": actor_seconds / rows,
-            "generated_tokens": sum(r["generated_tokens"] or 0 for r in batches),
-            "errors": sum(r["error"] is not None for r in batches), "wall_s_in_summary": summary.get("wall_s")}
+    results = table.to_pylist()
+    actor_seconds = sum((r["ttft_ms"] + r["decode_ms"]) / 1e3 / r["batch_size"] for r in results if r["error"] is None)
+    rate, cpu_per_row = steady_state(arrivals)
+    return {"rows": rows, "seconds": seconds, "blocks": len(arrivals), "first_block_after_s": arrivals[0][0] - started,
+            "between_blocks_images_per_s": rate, "between_blocks_cpu_s_per_row": cpu_per_row,
+            "actor_generation_s_per_row": actor_seconds / rows,
+            "generated_tokens": sum(r["generated_tokens"] or 0 for r in results),
+            "errors": sum(r["error"] is not None for r in results), "shards": summary["shards"]["written_this_run"]}
 
 
 # -- the comparison ---------------------------------------------------------------------------------------
@@ -207,34 +278,39 @@ def restart_ray(env: dict, saved: dict) -> None:
     init_ray()
 
 
-def pipeline_variant(name, env, saved, model_dir, work, args, k) -> dict:
+def pipeline_variant(name, env, saved, model_dir, work, args, k, cpu: TreeCpu) -> dict:
     restart_ray(env, saved)
-    small = time_job(model_dir, work / "small", work / f"out-{name}-small-{k}", args.new_tokens, args.budget)
-    large = time_job(model_dir, work / "large", work / f"out-{name}-large-{k}", args.new_tokens, args.budget)
-    difference = (large["rows"] - small["rows"]) / (large["seconds"] - small["seconds"])
-    return {"small_job": small, "large_job": large, "images_per_s_difference": difference,
-            "images_per_s_between_shards": large["between_shards_images_per_s"],
-            "startup_s": small["seconds"] - small["rows"] / difference}
+    large = time_job(model_dir, work / "large", work / f"out-{name}-large-{k}", args.new_tokens, args.budget, cpu)
+    result = {"large_job": large, "images_per_s_between_blocks": large["between_blocks_images_per_s"],
+              "images_per_s_difference": None, "startup_s": None}
+    if args.difference:
+        small = time_job(model_dir, work / "small", work / f"out-{name}-small-{k}", args.new_tokens, args.budget, cpu)
+        difference = (large["rows"] - small["rows"]) / (large["seconds"] - small["seconds"])
+        result.update(small_job=small, images_per_s_difference=difference,
+                      startup_s=small["seconds"] - small["rows"] / difference)
+    return result
 
 
-def one_repeat(variants, saved, model_dir, work, bare_batches, predictor, args, k) -> dict:
-    """The bare predictor, then each variant's small and large jobs, in turn, so that drift on the
-    machine hits every side."""
-    bare = time_bare(predictor, bare_batches)
-    per_row_bare = bare["seconds"] / bare["rows"]
-    result = {"bare": bare, "variants": {}}
-    print(f"repeat {k}: bare {bare['images_per_s']:.2f} img/s ({bare['torch_threads']} threads)", flush=True)
+def one_repeat(variants, saved, model_dir, work, bare_batches, predictor, args, k, cpu: TreeCpu) -> dict:
+    """For each variant: the bare predictor, then the variant's jobs, right after, so that drift in the
+    machine's load hits both sides of each ratio alike."""
+    result = {"variants": {}}
     for name, env in variants:
-        v = pipeline_variant(name, env, saved, model_dir, work, args, k)
-        v["ratio_difference"] = v["images_per_s_difference"] / bare["images_per_s"]
-        v["ratio_between_shards"] = (v["images_per_s_between_shards"] or 0) / bare["images_per_s"]
-        v["actor_vs_bare_generation_per_row"] = v["large_job"]["actor_generation_s_per_row"] / per_row_bare
+        bare = time_bare(predictor, bare_batches)
+        v = pipeline_variant(name, env, saved, model_dir, work, args, k, cpu)
+        v["bare"] = bare
+        v["ratio_difference"] = v["images_per_s_difference"] / bare["images_per_s"] if args.difference else None
+        v["ratio_between_blocks"] = (v["images_per_s_between_blocks"] or 0) / bare["images_per_s"]
+        v["actor_vs_bare_generation_per_row"] = v["large_job"]["actor_generation_s_per_row"] / (bare["seconds"] / bare["rows"])
+        v["cpu_per_row_bare_over_pipeline"] = bare["cpu_s_per_row"] / v["large_job"]["between_blocks_cpu_s_per_row"]
         result["variants"][name] = v
+        difference = f"{v['images_per_s_difference']:.2f} img/s (difference), " if args.difference else ""
         print(
-            f"  {name:14s} pipeline {v['images_per_s_difference']:.2f} img/s (difference), "
-            f"{v['images_per_s_between_shards']:.2f} (between shards) | vs bare {v['ratio_difference']:.2f} / "
-            f"{v['ratio_between_shards']:.2f} | actor generation per row {v['actor_vs_bare_generation_per_row']:.2f}x bare "
-            f"| start-up {v['startup_s']:.1f} s | load {os.getloadavg()[0]:.1f}", flush=True,
+            f"repeat {k} {name:12s} bare {bare['images_per_s']:.2f} img/s | pipeline {difference}"
+            f"{v['images_per_s_between_blocks']:.2f} (between blocks) | vs bare {v['ratio_between_blocks']:.2f} | "
+            f"actor generation per row {v['actor_vs_bare_generation_per_row']:.2f}x bare | CPU s a row bare "
+            f"{bare['cpu_s_per_row']:.2f}, pipeline {v['large_job']['between_blocks_cpu_s_per_row']:.2f} | "
+            f"load {os.getloadavg()[0]:.1f}", flush=True,
         )
     return result
 
@@ -253,6 +329,8 @@ def main(argv=None) -> int:
     parser.add_argument("--variants", default="default",
                         help="pipeline variants, each on its own private Ray: name[:ENV=VALUE;...], comma-separated "
                              "(e.g. 'one-thread:HIRED_CPU_THREADS=1,default')")
+    parser.add_argument("--no-difference", dest="difference", action="store_false",
+                        help="skip the half-size job (only the between-blocks estimate; saves time on a loaded machine)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args(argv)
     if args.rows % (2 * args.shard_rows):
@@ -275,13 +353,17 @@ def main(argv=None) -> int:
         bare_batches = split_batches(preprocessed, CPU_BATCH_SIZE)
         predictor = Predictor(str(model_dir), config=hired.HiREDConfig(budget=args.budget), max_new_tokens=args.new_tokens,
                               device="cpu", dtype="float32")
-        repeats = [one_repeat(variants, saved, model_dir, work, bare_batches, predictor, args, k) for k in range(args.repeats)]
+        cpu = TreeCpu()
+        repeats = [one_repeat(variants, saved, model_dir, work, bare_batches, predictor, args, k, cpu)
+                   for k in range(args.repeats)]
         cluster_cpus = ray.cluster_resources().get("CPU")
     finally:
         ray.shutdown()
+        if "cpu" in locals():
+            cpu.close()
         shutil.rmtree(work, ignore_errors=True)
 
-    tokens_bare = repeats[0]["bare"]["generated_tokens"]
+    tokens_bare = repeats[0]["variants"][variants[0][0]]["bare"]["generated_tokens"]
     report = {
         "what": "steady-state images/s of run_job (Ray Data, CPU) vs the bare Predictor on the same rows",
         "model": "bench_generation's CPU model: scaled-down LLaVA-Next, real geometry (672x672, 2x2 grid), random weights",
@@ -292,7 +374,7 @@ def main(argv=None) -> int:
                     "load_average_at_end": os.getloadavg(), "torch": torch.__version__, "ray_cluster_cpus": cluster_cpus},
         "preprocess_ms_per_row_in_process": 1e3 * preprocess_s_per_row,
         "model_inputs_bytes_per_row_float32": wire_bytes_per_row,
-        "bare_images_per_s": spread([r["bare"]["images_per_s"] for r in repeats]),
+        "bare_images_per_s": spread([v["bare"]["images_per_s"] for r in repeats for v in r["variants"].values()]),
         "variants": {},
         "repeats": repeats,
     }
@@ -300,9 +382,7 @@ def main(argv=None) -> int:
         runs = [r["variants"][name] for r in repeats]
         report["variants"][name] = {
             "same_generated_tokens_as_bare": all(v["large_job"]["generated_tokens"] == tokens_bare for v in runs),
-            **{key: spread([v[key] for v in runs]) for key in (
-                "images_per_s_difference", "images_per_s_between_shards", "ratio_difference", "ratio_between_shards",
-                "actor_vs_bare_generation_per_row", "startup_s")},
+            **{key: spread([v[key] for v in runs]) for key in REPORTED if runs[0][key] is not None},
         }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -311,14 +391,27 @@ def main(argv=None) -> int:
     print(f"\npreprocessing {1e3 * preprocess_s_per_row:.0f} ms a row in-process; {wire_bytes_per_row / 2**20:.1f} MiB of "
           "model inputs a row (float32)")
     print(f"median [min-max] over {args.repeats} repeats; bare {fmt(report['bare_images_per_s'])} images/s")
-    print(f"{'variant':14s}{'img/s (diff)':>22s}{'img/s (shards)':>22s}{'vs bare (diff)':>22s}{'vs bare (shards)':>22s}"
-          f"{'actor gen/row':>22s}")
+    print(f"{'variant':14s}" + "".join(f"{key:>24.24s}" for key in REPORTED))
     for name, v in report["variants"].items():
-        print(f"{name:14s}" + "".join(f"{fmt(v[key]):>22s}" for key in (
-            "images_per_s_difference", "images_per_s_between_shards", "ratio_difference", "ratio_between_shards",
-            "actor_vs_bare_generation_per_row")))
+        print(f"{name:14s}" + "".join(f"{fmt(v[key]) if key in v else '-':>24s}" for key in REPORTED))
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; written {path}")
+    print("\n" + markdown_table(report))
     return 0
+
+
+def markdown_table(report: dict) -> str:
+    """The README's table: one row per variant, median [min-max] over the repeats."""
+    lines = ["| variant | pipeline images/s | bare images/s (run beside it) | pipeline / bare | actor's generation a row / bare's "
+             "| CPU s a row, bare / pipeline |", "| --- | --- | --- | --- | --- | --- |"]
+    for name, v in report["variants"].items():
+        bare = spread([r["variants"][name]["bare"]["images_per_s"] for r in report["repeats"]])
+        lines.append(f"| {name} | {fmt(v['images_per_s_between_blocks'])} | {fmt(bare)} | {fmt(v['ratio_between_blocks'])} "
+                     f"| {fmt(v['actor_vs_bare_generation_per_row'])} | {fmt(v['cpu_per_row_bare_over_pipeline'])} |")
+    return "\n".join(lines)
+
+
+REPORTED = ("images_per_s_between_blocks", "ratio_between_blocks", "images_per_s_difference", "ratio_difference",
+            "actor_vs_bare_generation_per_row", "cpu_per_row_bare_over_pipeline", "startup_s")
 
 
 def fmt(s: dict) -> str:
