@@ -231,18 +231,20 @@ def time_job(model_dir: Path, input_dir: Path, output_dir: Path, new_tokens: int
                            config=hired.HiREDConfig(budget=budget), max_new_tokens=new_tokens, num_gpus=0,
                            dtype="float32", overwrite=True)
     original, run.ShardCollector = run.ShardCollector, recording
+    cpu_started = cpu.total()
     started = time.perf_counter()
     try:
         summary = run.run_job(settings)
     finally:
         run.ShardCollector = original
     seconds = time.perf_counter() - started
+    job_cpu_s = cpu.total() - cpu_started  # start-up included: worker imports, model loads
     table = pq.read_table(output_dir, columns=["error", "generated_tokens", "ttft_ms", "decode_ms", "batch_size"])
     rows = table.num_rows
     results = table.to_pylist()
     actor_seconds = sum((r["ttft_ms"] + r["decode_ms"]) / 1e3 / r["batch_size"] for r in results if r["error"] is None)
     rate, cpu_per_row = steady_state(arrivals)
-    return {"rows": rows, "seconds": seconds, "blocks": len(arrivals), "first_block_after_s": arrivals[0][0] - started,
+    return {"rows": rows, "seconds": seconds, "cpu_s": job_cpu_s, "blocks": len(arrivals), "first_block_after_s": arrivals[0][0] - started,
             "between_blocks_images_per_s": rate, "between_blocks_cpu_s_per_row": cpu_per_row,
             "actor_generation_s_per_row": actor_seconds / rows,
             "generated_tokens": sum(r["generated_tokens"] or 0 for r in results),
@@ -282,12 +284,14 @@ def pipeline_variant(name, env, saved, model_dir, work, args, k, cpu: TreeCpu) -
     restart_ray(env, saved)
     large = time_job(model_dir, work / "large", work / f"out-{name}-large-{k}", args.new_tokens, args.budget, cpu)
     result = {"large_job": large, "images_per_s_between_blocks": large["between_blocks_images_per_s"],
-              "images_per_s_difference": None, "startup_s": None}
+              "images_per_s_difference": None, "startup_s": None,
+              "cpu_s_per_row_difference": None}
     if args.difference:
         small = time_job(model_dir, work / "small", work / f"out-{name}-small-{k}", args.new_tokens, args.budget, cpu)
         difference = (large["rows"] - small["rows"]) / (large["seconds"] - small["seconds"])
         result.update(small_job=small, images_per_s_difference=difference,
-                      startup_s=small["seconds"] - small["rows"] / difference)
+                      startup_s=small["seconds"] - small["rows"] / difference,
+                      cpu_s_per_row_difference=(large["cpu_s"] - small["cpu_s"]) / (large["rows"] - small["rows"]))
     return result
 
 
@@ -299,23 +303,36 @@ def one_repeat(variants, saved, model_dir, work, bare_batches, predictor, args, 
         bare = time_bare(predictor, bare_batches)
         v = pipeline_variant(name, env, saved, model_dir, work, args, k, cpu)
         v["bare"] = bare
+        v["load_average"] = os.getloadavg()[0]
         v["ratio_difference"] = v["images_per_s_difference"] / bare["images_per_s"] if args.difference else None
-        v["ratio_between_blocks"] = (v["images_per_s_between_blocks"] or 0) / bare["images_per_s"]
+        v["ratio_between_blocks"] = ratio(v["images_per_s_between_blocks"], bare["images_per_s"])
         v["actor_vs_bare_generation_per_row"] = v["large_job"]["actor_generation_s_per_row"] / (bare["seconds"] / bare["rows"])
-        v["cpu_per_row_bare_over_pipeline"] = bare["cpu_s_per_row"] / v["large_job"]["between_blocks_cpu_s_per_row"]
+        v["cpu_per_row_bare_over_pipeline"] = ratio(bare["cpu_s_per_row"], v["large_job"]["between_blocks_cpu_s_per_row"])
         result["variants"][name] = v
-        difference = f"{v['images_per_s_difference']:.2f} img/s (difference), " if args.difference else ""
+        difference = f"{number(v['images_per_s_difference'])} img/s (difference), " if args.difference else ""
         print(
             f"repeat {k} {name:12s} bare {bare['images_per_s']:.2f} img/s | pipeline {difference}"
-            f"{v['images_per_s_between_blocks']:.2f} (between blocks) | vs bare {v['ratio_between_blocks']:.2f} | "
+            f"{number(v['images_per_s_between_blocks'])} (between blocks) | vs bare {number(v['ratio_between_blocks'])} | "
             f"actor generation per row {v['actor_vs_bare_generation_per_row']:.2f}x bare | CPU s a row bare "
-            f"{bare['cpu_s_per_row']:.2f}, pipeline {v['large_job']['between_blocks_cpu_s_per_row']:.2f} | "
+            f"{bare['cpu_s_per_row']:.2f}, pipeline {number(v['large_job']['between_blocks_cpu_s_per_row'])} | "
             f"load {os.getloadavg()[0]:.1f}", flush=True,
         )
     return result
 
 
-def spread(values: list[float]) -> dict:
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def number(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def spread(values: list[float | None]) -> dict | None:
+    """Median, min and max of the values that could be measured (a job of one block has no steady state)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "values": values}
 
 
@@ -382,7 +399,7 @@ def main(argv=None) -> int:
         runs = [r["variants"][name] for r in repeats]
         report["variants"][name] = {
             "same_generated_tokens_as_bare": all(v["large_job"]["generated_tokens"] == tokens_bare for v in runs),
-            **{key: spread([v[key] for v in runs]) for key in REPORTED if runs[0][key] is not None},
+            **{key: spread([v[key] for v in runs]) for key in REPORTED},
         }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -393,20 +410,25 @@ def main(argv=None) -> int:
     print(f"median [min-max] over {args.repeats} repeats; bare {fmt(report['bare_images_per_s'])} images/s")
     print(f"{'variant':14s}" + "".join(f"{key:>24.24s}" for key in REPORTED))
     for name, v in report["variants"].items():
-        print(f"{name:14s}" + "".join(f"{fmt(v[key]) if key in v else '-':>24s}" for key in REPORTED))
+        print(f"{name:14s}" + "".join(f"{fmt(v[key]):>24s}" for key in REPORTED))
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; written {path}")
     print("\n" + markdown_table(report))
     return 0
 
 
 def markdown_table(report: dict) -> str:
-    """The README's table: one row per variant, median [min-max] over the repeats."""
-    lines = ["| variant | pipeline images/s | bare images/s (run beside it) | pipeline / bare | actor's generation a row / bare's "
-             "| CPU s a row, bare / pipeline |", "| --- | --- | --- | --- | --- | --- |"]
-    for name, v in report["variants"].items():
-        bare = spread([r["variants"][name]["bare"]["images_per_s"] for r in report["repeats"]])
-        lines.append(f"| {name} | {fmt(v['images_per_s_between_blocks'])} | {fmt(bare)} | {fmt(v['ratio_between_blocks'])} "
-                     f"| {fmt(v['actor_vs_bare_generation_per_row'])} | {fmt(v['cpu_per_row_bare_over_pipeline'])} |")
+    """The README's table: one row per variant and repeat, the bare run beside it on the same line."""
+    lines = ["| variant | repeat | bare images/s | whole job images/s (start-up included) | steady state images/s "
+             "(between blocks) | actor's generation s a row / bare's | load average |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name in report["variants"]:
+        for k, r in enumerate(report["repeats"]):
+            v = r["variants"][name]
+            job, bare = v["large_job"], v["bare"]
+            lines.append(
+                f"| {name} | {k} | {bare['images_per_s']:.2f} | {job['rows'] / job['seconds']:.2f} | "
+                f"{number(v['images_per_s_between_blocks'])} | {job['actor_generation_s_per_row']:.1f} / "
+                f"{bare['seconds'] / bare['rows']:.1f} | {number(v.get('load_average'))} |")
     return "\n".join(lines)
 
 
@@ -414,7 +436,9 @@ REPORTED = ("images_per_s_between_blocks", "ratio_between_blocks", "images_per_s
             "actor_vs_bare_generation_per_row", "cpu_per_row_bare_over_pipeline", "startup_s")
 
 
-def fmt(s: dict) -> str:
+def fmt(s: dict | None) -> str:
+    if s is None:
+        return "n/a"
     return f"{s['median']:.2f} [{s['min']:.2f}-{s['max']:.2f}]"
 
 
