@@ -48,8 +48,8 @@ def test_pipeline_benchmark_smoke(tmp_path):
     report = json.loads(report_path.read_text())
     assert set(report["variants"]) == {"one-thread", "default"}
     (repeat,) = report["repeats"]
-    assert repeat["bare"]["rows"] == 8 and repeat["bare"]["errors"] == 0
     for name, variant in repeat["variants"].items():
+        assert variant["bare"]["rows"] == 8 and variant["bare"]["errors"] == 0  # a bare run beside each variant
         assert variant["small_job"]["rows"] == 4 and variant["large_job"]["rows"] == 8
         assert variant["large_job"]["shards"] == 4 and variant["large_job"]["errors"] == 0
         assert report["variants"][name]["same_generated_tokens_as_bare"], name  # same rows, same model, same tokens
