@@ -1,8 +1,8 @@
 """Pipeline efficiency: the whole job's steady-state images/s against the bare ``Predictor``, side by side.
 
     python bench/bench_pipeline.py                    # CPU, the real-geometry scaled-down model, ~10 minutes
-    python bench/bench_pipeline.py --rows 16 --shard-rows 2 --no-difference --variants one-thread:HIRED_CPU_THREADS=1,default
-                                                      # side by side: Ray's one thread vs every core (loaded machine)
+    python bench/bench_pipeline.py --rows 16 --shard-rows 2 --no-difference --variants one-thread:HIRED_CPU_THREADS=1,all-cores:HIRED_CPU_THREADS=2
+                                                      # side by side: one thread (Ray's) vs two
 
 What is compared, in one process, on the same rows, the same saved model, the same batch size:
 
@@ -345,7 +345,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variants", default="default",
                         help="pipeline variants, each on its own private Ray: name[:ENV=VALUE;...], comma-separated "
-                             "(e.g. 'one-thread:HIRED_CPU_THREADS=1,default')")
+                             "(e.g. 'one-thread:HIRED_CPU_THREADS=1,all-cores:HIRED_CPU_THREADS=2')")
     parser.add_argument("--no-difference", dest="difference", action="store_false",
                         help="skip the half-size job (only the between-blocks estimate; saves time on a loaded machine)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))

@@ -16,15 +16,15 @@ from pipeline.stages.generate import Predictor, cpu_threads
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_cpu_threads_are_every_usable_core_unless_set(monkeypatch):
+def test_cpu_threads_are_left_to_ray_unless_set(monkeypatch):
     monkeypatch.delenv("HIRED_CPU_THREADS", raising=False)
-    assert cpu_threads() == len(os.sched_getaffinity(0))
+    assert cpu_threads() is None
     monkeypatch.setenv("HIRED_CPU_THREADS", "3")
     assert cpu_threads() == 3
 
 
-def test_cpu_predictor_sets_torch_threads_whatever_omp_said(monkeypatch, tiny_next_path):
-    # Ray starts a num_cpus=0.5 actor with OMP_NUM_THREADS=1; the predictor must not stay on one thread.
+def test_cpu_predictor_takes_the_threads_it_is_given(monkeypatch, tiny_next_path):
+    # Ray starts a num_cpus=0.5 actor with OMP_NUM_THREADS=1; HIRED_CPU_THREADS overrides it.
     before = torch.get_num_threads()
     monkeypatch.setenv("HIRED_CPU_THREADS", "2")
     torch.set_num_threads(1)
