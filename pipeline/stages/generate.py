@@ -20,6 +20,7 @@ fixed batch size applies.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -59,6 +60,18 @@ class FirstTokenTimer:
 
     def end(self) -> None:
         pass
+
+
+def cpu_threads() -> int | None:
+    """Threads for generating on a CPU: ``HIRED_CPU_THREADS`` if set, else None (keep what Ray set).
+
+    Ray sets OMP_NUM_THREADS to the floor of a task's ``num_cpus``: 1 for the generation actor's
+    0.5. Measured side by side on a loaded 2-core machine (bench/bench_pipeline.py), every core
+    made the actor's rows up to 2x slower than the bare predictor's, its threads stalling on cores
+    taken by preprocessing and other processes, while one thread kept the job at 1.4-1.6 images/s:
+    so more threads are opt-in, for a dedicated machine."""
+    configured = os.environ.get("HIRED_CPU_THREADS")
+    return max(1, int(configured)) if configured else None
 
 
 def resolve_device(device: str) -> torch.device:
@@ -109,6 +122,8 @@ class Predictor:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
             apply_memory_cap(gpu_memory_gb, self.device)  # a big GPU acting as a commodity card
+        elif cpu_threads():
+            torch.set_num_threads(cpu_threads())
         started = time.perf_counter()
         if loaded is None:
             from transformers import AutoModelForImageTextToText, AutoProcessor

@@ -1,0 +1,56 @@
+"""The pipeline benchmark runs and writes what it promises; the generation actor's CPU threads.
+
+Timings are the benchmark's business: nothing here checks a speed."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.stages.generate import Predictor, cpu_threads
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_cpu_threads_are_left_to_ray_unless_set(monkeypatch):
+    monkeypatch.delenv("HIRED_CPU_THREADS", raising=False)
+    assert cpu_threads() is None
+    monkeypatch.setenv("HIRED_CPU_THREADS", "3")
+    assert cpu_threads() == 3
+
+
+def test_cpu_predictor_takes_the_threads_it_is_given(monkeypatch, tiny_next_path):
+    # Ray starts a num_cpus=0.5 actor with OMP_NUM_THREADS=1; HIRED_CPU_THREADS overrides it.
+    before = torch.get_num_threads()
+    monkeypatch.setenv("HIRED_CPU_THREADS", "2")
+    torch.set_num_threads(1)
+    try:
+        Predictor(str(tiny_next_path), device="cpu", dtype="float32")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.slow  # two small Ray jobs on a private Ray: about a minute on 2 cores
+def test_pipeline_benchmark_smoke(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "bench_pipeline.py"), "--rows", "8", "--shard-rows", "2",
+         "--new-tokens", "2", "--repeats", "1", "--variants", "one-thread:HIRED_CPU_THREADS=1,default",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (report_path,) = tmp_path.glob("pipeline-cpu-*.json")
+    report = json.loads(report_path.read_text())
+    assert set(report["variants"]) == {"one-thread", "default"}
+    (repeat,) = report["repeats"]
+    for name, variant in repeat["variants"].items():
+        assert variant["bare"]["rows"] == 8 and variant["bare"]["errors"] == 0  # a bare run beside each variant
+        assert variant["small_job"]["rows"] == 4 and variant["large_job"]["rows"] == 8
+        assert variant["large_job"]["shards"] == 4 and variant["large_job"]["errors"] == 0
+        assert report["variants"][name]["same_generated_tokens_as_bare"], name  # same rows, same model, same tokens
+    assert "vs bare" in result.stdout
