@@ -114,7 +114,7 @@ def column_batches(rows: list[dict], size: int):
 
 
 def preprocess(model_dir: Path, rows: list[dict]) -> list[dict]:
-    preprocessor = Preprocessor(str(model_dir), pixel_dtype="float32")
+    preprocessor = Preprocessor(JobSettings(model=str(model_dir)), pixel_dtype="float32")
     return [preprocessor(batch) for batch in column_batches(rows, 8)]
 
 
@@ -223,7 +223,7 @@ def steady_state(arrivals: list[tuple[float, int, float]]) -> tuple[float | None
     return rows / (arrivals[-1][0] - arrivals[0][0]), (arrivals[-1][2] - arrivals[0][2]) / rows
 
 
-def time_job(model_dir: Path, input_dir: Path, output_dir: Path, new_tokens: int, budget: float, cpu: TreeCpu) -> dict:
+def time_job(model_dir: Path, input_dir: Path, output_dir: Path, new_tokens: int, budget: float | int, cpu: TreeCpu) -> dict:
     from pipeline.job import run
 
     recording, arrivals = arrivals_recorder(cpu)
@@ -341,7 +341,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", type=int, default=64, help="rows in the larger job (the smaller has half)")
     parser.add_argument("--shard-rows", type=int, default=8, help="rows per input shard")
     parser.add_argument("--new-tokens", type=int, default=16, help="--max-new-tokens of the job")
-    parser.add_argument("--budget", type=float, default=0.2, help="HiRED budget")
+    parser.add_argument("--budget", type=hired.parse_budget, default=0.2, help="HiRED budget (as the jobs read it)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variants", default="default",
                         help="pipeline variants, each on its own private Ray: name[:ENV=VALUE;...], comma-separated "
@@ -368,8 +368,8 @@ def main(argv=None) -> int:
         preprocess_s_per_row = (time.perf_counter() - started) / len(rows)
         wire_bytes_per_row = statistics.mean(len(v) for b in preprocessed for v in b[MODEL_INPUTS])
         bare_batches = split_batches(preprocessed, CPU_BATCH_SIZE)
-        predictor = Predictor(str(model_dir), config=hired.HiREDConfig(budget=args.budget), max_new_tokens=args.new_tokens,
-                              device="cpu", dtype="float32")
+        predictor = Predictor(JobSettings(model=str(model_dir), config=hired.HiREDConfig(budget=args.budget),
+                                          max_new_tokens=args.new_tokens, dtype="float32"), device="cpu")
         cpu = TreeCpu()
         repeats = [one_repeat(variants, saved, model_dir, work, bare_batches, predictor, args, k, cpu)
                    for k in range(args.repeats)]

@@ -13,6 +13,10 @@ from hired.tiny import build_tiny_llava, build_tiny_llava_next
 
 from .servers import start_s3
 
+# img2dataset imports albumentations, which asks the network for a newer version of itself on
+# import: tests make no request outside this machine.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
 
 @pytest.fixture(scope="session")
 def tiny_next_path(tmp_path_factory):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.settings import JobSettings
 from pipeline.stages.generate import Predictor, cpu_threads
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,24 +30,24 @@ def test_cpu_predictor_takes_the_threads_it_is_given(monkeypatch, tiny_next_path
     monkeypatch.setenv("HIRED_CPU_THREADS", "2")
     torch.set_num_threads(1)
     try:
-        Predictor(str(tiny_next_path), device="cpu", dtype="float32")
+        Predictor(JobSettings(model=str(tiny_next_path), dtype="float32"), device="cpu")
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
 
 
-@pytest.mark.slow  # two small Ray jobs on a private Ray: about a minute on 2 cores
+@pytest.mark.slow  # two small Ray jobs on a private Ray: about half a minute on 2 cores
 def test_pipeline_benchmark_smoke(tmp_path):
     result = subprocess.run(
         [sys.executable, str(REPO / "bench" / "bench_pipeline.py"), "--rows", "8", "--shard-rows", "2",
-         "--new-tokens", "2", "--repeats", "1", "--variants", "one-thread:HIRED_CPU_THREADS=1,default",
+         "--new-tokens", "2", "--repeats", "1", "--variants", "one-thread:HIRED_CPU_THREADS=1",
          "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (report_path,) = tmp_path.glob("pipeline-cpu-*.json")
     report = json.loads(report_path.read_text())
-    assert set(report["variants"]) == {"one-thread", "default"}
+    assert set(report["variants"]) == {"one-thread"}
     (repeat,) = report["repeats"]
     for name, variant in repeat["variants"].items():
         assert variant["bare"]["rows"] == 8 and variant["bare"]["errors"] == 0  # a bare run beside each variant

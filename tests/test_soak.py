@@ -1,8 +1,8 @@
-"""A soak: 10,000 small rows over 50 shards with a mix of faults, killed part-way and resumed.
+"""A soak: 5,000 small rows over 25 shards with a mix of faults, killed part-way and resumed.
 
 Marked slow: `python -m pytest -m "not slow"` leaves it out; CI runs it (it fits the time budget).
 A tiny-geometry LLaVA-Next (56 px tiles: 16 tokens a partition, the same anyres logic) keeps
-10,000 generations inside a few minutes on two cores.
+5,000 generations inside two minutes on two cores (the suite's time budget holds it).
 """
 
 import json
@@ -23,7 +23,8 @@ from .data import encoded, truncated_jpeg, write_shard
 from .test_faults import png_header_only
 
 REPO = Path(__file__).resolve().parent.parent
-SHARDS, ROWS_PER_SHARD = 50, 200
+SHARDS, ROWS_PER_SHARD = 25, 200
+ROWS = SHARDS * ROWS_PER_SHARD
 
 
 def soak_input(root: Path) -> tuple[list[str], Counter]:
@@ -54,11 +55,11 @@ def soak_input(root: Path) -> tuple[list[str], Counter]:
 
 
 @pytest.mark.slow
-def test_soak_ten_thousand_rows_with_faults(tmp_path):
+def test_soak_thousands_of_rows_with_faults(tmp_path):
     model = build_tiny_llava_next(tmp_path / "model", tile=56)
     inputs, out = tmp_path / "in", tmp_path / "out"
     ids, expected = soak_input(inputs)
-    assert len(ids) == SHARDS * ROWS_PER_SHARD == 10_000
+    assert len(ids) == ROWS
     # one generation actor dies once; every 40th generation call runs out of memory
     faults = f"generate=kill@6#{tmp_path / 'killed'};generate=oom@9%40"
     env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", PYTHONUNBUFFERED="1", HIRED_FAULTS=faults)
@@ -82,14 +83,14 @@ def test_soak_ten_thousand_rows_with_faults(tmp_path):
 
     rows = [r for p in sorted(out.glob("shard-*.parquet")) for r in pq.read_table(p).to_pylist()]
     assert Counter(r["id"] for r in rows) == Counter(ids)  # exactly one output row per input row
-    assert len({(r["source_shard"], r["row_index"]) for r in rows}) == 10_000
+    assert len({(r["source_shard"], r["row_index"]) for r in rows}) == ROWS
     reasons = Counter(error_kind(r["error"]) for r in rows if r["error"])
     oom = reasons.pop("out of memory", 0)
     assert reasons == expected
     assert all(isinstance(r["text"], str) for r in rows if not r["error"])
 
     summary = json.loads((out / "_summary.json").read_text())
-    assert summary["items"] == 10_000 and summary["errors"] == sum(expected.values()) + oom
+    assert summary["items"] == ROWS and summary["errors"] == sum(expected.values()) + oom
     assert summary["duplicate_ids"] == sum(1 for c in Counter(ids).values() if c > 1)
     assert summary["shards"]["total"] == SHARDS + 2 and summary["shards"]["failed"] == 1
     assert summary["shards"]["already_complete"] >= interrupted_at
