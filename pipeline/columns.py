@@ -88,7 +88,8 @@ class ColumnMap:
 # and the detail (a URI, an exception). The summary groups error rows by the phrase, so a shard
 # of a thousand dead links is one group, not a thousand; the detail stays in the row.
 ERROR_KINDS = (
-    "missing field", "unreadable shard", "cannot fetch image_uri", "empty image", "image too large",
+    "missing field", "missing image", "unreadable shard", "unreadable file", "cannot fetch image_uri",
+    "empty image", "image too large",
     "undecodable image", "image has no pixels", "preprocessing failed", "prompt too long", "out of memory",
     "generation failed", "internal",
 )
