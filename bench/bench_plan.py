@@ -57,6 +57,10 @@ import json, sys, time
 from pipeline.job.plan import plan
 from pipeline.settings import JobSettings
 settings = JobSettings(task="caption", input=sys.argv[1], output=sys.argv[2], model="bench-model")
+# The outputs were written by today's code, whose settings record more fields (e.g. the column
+# mapping): the old planner is told today's record, so it judges completeness, not versions.
+wanted = json.loads(sys.argv[3])
+JobSettings.result_settings = lambda self: wanted
 started, cpu = time.perf_counter(), time.process_time()
 todo, done, failed = plan(settings)
 print(json.dumps({"seconds": time.perf_counter() - started, "planner_cpu_s": time.process_time() - cpu,
@@ -143,7 +147,8 @@ def extract_baseline(ref: str, where: Path) -> Path | None:
 
 def time_baseline(tree: Path, input_uri: str, output_uri: str) -> dict:
     env = dict(os.environ, PYTHONPATH=str(tree))
-    result = subprocess.run([sys.executable, "-c", BASELINE_SCRIPT, input_uri, output_uri],
+    wanted = json.dumps(settings_for(input_uri, output_uri).result_settings())
+    result = subprocess.run([sys.executable, "-c", BASELINE_SCRIPT, input_uri, output_uri, wanted],
                             capture_output=True, text=True, env=env, cwd=tree, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
