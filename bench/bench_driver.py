@@ -2,6 +2,7 @@
 
     python bench/bench_driver.py                     # 100,000 rows, shards of 1,000-5,000, blocks of 8-64
     python bench/bench_driver.py --rows 20000 --repeats 3
+    python bench/bench_driver.py --min-block 8 --max-block 8     # the smallest blocks: the most calls a row
 
 One driver serves every GPU; it must keep up with all of them (target: 10,000 rows/s). This
 feeds ``ShardCollector`` synthetic result blocks as Ray Data hands them to the driver: pyarrow
@@ -38,7 +39,8 @@ TARGET_ROWS_PER_S = 10_000
 RETRIED_BLOCKS = 0.02  # share of blocks delivered a second time
 
 
-def synthetic_blocks(rows: int, seed: int, min_shard: int, max_shard: int, in_flight: int = 4):
+def synthetic_blocks(rows: int, seed: int, min_shard: int, max_shard: int, min_block: int = 8, max_block: int = 64,
+                     in_flight: int = 4):
     """(shards as (uri, rows), blocks) for about ``rows`` result rows, blocks interleaved over
     ``in_flight`` shards at a time, in the order a driver could receive them."""
     import numpy as np
@@ -60,7 +62,7 @@ def synthetic_blocks(rows: int, seed: int, min_shard: int, max_shard: int, in_fl
         number = list(cursors)[int(rng.integers(len(cursors)))]
         uri, size = shards[number]
         first = cursors[number]
-        n = min(int(rng.integers(8, 65)), size - first)
+        n = min(int(rng.integers(min_block, max_block + 1)), size - first)
         blocks.append(result_block(pa, rng, uri, first, n))
         # The same rows again; never after the shard's last rows (the row-wise collector
         # failed on rows of a shard it had already written).
@@ -107,7 +109,7 @@ def worker(args) -> None:
     from pipeline.job.collect import ShardCollector
     from pipeline.settings import JobSettings
 
-    shard_list, blocks = synthetic_blocks(args.rows, args.seed, args.min_shard, args.max_shard)
+    shard_list, blocks = synthetic_blocks(args.rows, args.seed, args.min_shard, args.max_shard, args.min_block, args.max_block)
     with tempfile.TemporaryDirectory(prefix="bench-driver-") as out:
         shards = [Shard(uri=uri, name=uri.rsplit("/", 1)[1][:-8], num_rows=n, row_groups=(n,)) for uri, n in shard_list]
         settings = JobSettings(task="caption", input="s3://bench/input", output=out, model="bench-model")
@@ -136,7 +138,8 @@ def extract_baseline(ref: str, where: Path) -> Path | None:
 
 def run_worker(tree: Path, args) -> dict:
     command = [sys.executable, __file__, "--worker", "--tree", str(tree), "--rows", str(args.rows), "--seed", str(args.seed),
-               "--min-shard", str(args.min_shard), "--max-shard", str(args.max_shard)]
+               "--min-shard", str(args.min_shard), "--max-shard", str(args.max_shard),
+               "--min-block", str(args.min_block), "--max-block", str(args.max_block)]
     env = dict(os.environ, PYTHONPATH=str(tree))
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tree)
     if result.returncode:
@@ -149,6 +152,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--min-shard", type=int, default=1000)
     parser.add_argument("--max-shard", type=int, default=5000)
+    parser.add_argument("--min-block", type=int, default=8)
+    parser.add_argument("--max-block", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--baseline", default=BASELINE, help="git commit whose collector is compared ('' skips)")
@@ -177,7 +182,7 @@ def main() -> None:
     # Rows per second of the driver's own CPU time: what an unloaded core would give.
     rows_per_cpu_s = {name: statistics.median(r["rows"] / r["cpu_s"] for r in rs) for name, rs in runs.items()}
     first = runs["columnar"][0]
-    print(f"\ndriver: {first['rows']:,} result rows, {first['blocks']:,} blocks of 8-64 rows, {first['shards']} shards of "
+    print(f"\ndriver: {first['rows']:,} result rows, {first['blocks']:,} blocks of {args.min_block}-{args.max_block} rows, {first['shards']} shards of "
           f"{args.min_shard:,}-{args.max_shard:,} rows written to local Parquet ({os.cpu_count()} cores, "
           f"load average {load_before[0]:.1f} -> {load_after[0]:.1f}):")
     for name, value in rows_per_s.items():
@@ -191,7 +196,7 @@ def main() -> None:
         "blocks": first["blocks"],
         "shards": first["shards"],
         "shard_rows": [args.min_shard, args.max_shard],
-        "block_rows": [8, 64],
+        "block_rows": [args.min_block, args.max_block],
         "retried_blocks": RETRIED_BLOCKS,
         "repeats": args.repeats,
         "target_rows_per_s": TARGET_ROWS_PER_S,
@@ -207,7 +212,7 @@ def main() -> None:
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "driver-local.json"
+    path = args.out / f"driver-local-blocks-{args.min_block}-{args.max_block}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {path}")
 

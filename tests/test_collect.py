@@ -139,3 +139,18 @@ def test_incomplete_shards_are_reported_and_not_written(tmp_path, writes):
     (failure,) = collector.incomplete()
     assert failure.uri == s.uri and failure.reason == "incomplete: 7 of 10 rows came back"
     assert collector.processed == 7
+
+
+def test_driver_benchmark_runs(tmp_path):
+    """The benchmark feeds and writes every shard (its timings are its own business)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "bench" / "bench_driver.py"
+    result = subprocess.run([sys.executable, str(script), "--rows", "3000", "--min-shard", "200", "--max-shard", "500",
+                             "--baseline", "", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "driver-local-blocks-8-64.json").read_text())
+    assert report["rows"] >= 3000 and report["shards"] >= 6 and report["rows_per_s"]["columnar"] > 0

@@ -153,3 +153,19 @@ def test_in_threads_raises_the_earliest_items_error_and_drops_the_rest():
         in_threads(work, list(range(200)), threads=4)
     assert len(started) < 200  # calls not yet started when it failed were dropped
     assert in_threads(lambda i: i * i, list(range(50)), threads=8) == [i * i for i in range(50)]
+
+
+def test_plan_benchmark_runs(tmp_path):
+    """The benchmark builds its shards, plans them and writes its report (its timings are its own business)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "bench" / "bench_plan.py"
+    result = subprocess.run([sys.executable, str(script), "--shards", "12", "--baseline", "", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "plan-s3-loopback-12.json").read_text())
+    assert {tuple(r["split"]) for rs in report["runs"].values() for r in rs} == {(6, 6, 0)}
+    assert set(report["seconds"]) == {"parallel", "one-thread"} and "of the" in result.stdout
