@@ -247,11 +247,6 @@ def resolve_layout(schema: pa.Schema, columns: ColumnMap, task: str, uri: str) -
                          prompt=prompt, question=question, answers=answers, answers_kind=answers_shape)
 
 
-def check_schema(schema: pa.Schema, task: str, uri: str, columns: ColumnMap = ColumnMap()) -> None:
-    """Refuse a shard whose columns cannot feed the task (before any model loads)."""
-    resolve_layout(schema, columns, task, uri)
-
-
 # ---------------------------------------------------------------- planning: one shard's footer
 
 
