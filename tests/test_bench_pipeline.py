@@ -12,26 +12,40 @@ import pytest
 import torch
 
 from pipeline.settings import JobSettings
-from pipeline.stages.generate import Predictor, cpu_threads
+from pipeline.stages.generate import Predictor, cpu_generation_env, cpu_threads
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_cpu_threads_are_left_to_ray_unless_set(monkeypatch):
+def test_cpu_threads_default_to_every_usable_core(monkeypatch):
     monkeypatch.delenv("HIRED_CPU_THREADS", raising=False)
-    assert cpu_threads() is None
+    assert cpu_threads() == len(os.sched_getaffinity(0))
     monkeypatch.setenv("HIRED_CPU_THREADS", "3")
     assert cpu_threads() == 3
+    monkeypatch.setenv("HIRED_CPU_THREADS", "0")
+    assert cpu_threads() == 1
 
 
-def test_cpu_predictor_takes_the_threads_it_is_given(monkeypatch, tiny_next_path):
-    # Ray starts a num_cpus=0.5 actor with OMP_NUM_THREADS=1; HIRED_CPU_THREADS overrides it.
+def test_cpu_generation_spins_briefly_unless_the_user_says(monkeypatch):
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    assert cpu_generation_env() == {"GOMP_SPINCOUNT": "10000"}
+    monkeypatch.setenv("GOMP_SPINCOUNT", "300000")
+    assert cpu_generation_env() == {"GOMP_SPINCOUNT": "300000"}
+
+
+@pytest.mark.parametrize("configured, expected", [(None, len(os.sched_getaffinity(0))), ("2", 2), ("1", 1)])
+def test_cpu_predictor_undoes_rays_one_thread(monkeypatch, tiny_next_path, configured, expected):
+    # Ray starts a num_cpus=0.5 actor with OMP_NUM_THREADS=1; the CPU predictor takes every core
+    # unless HIRED_CPU_THREADS says otherwise.
     before = torch.get_num_threads()
-    monkeypatch.setenv("HIRED_CPU_THREADS", "2")
-    torch.set_num_threads(1)
+    if configured is None:
+        monkeypatch.delenv("HIRED_CPU_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("HIRED_CPU_THREADS", configured)
+    torch.set_num_threads(1 if expected > 1 else 2)
     try:
         Predictor(JobSettings(model=str(tiny_next_path), dtype="float32"), device="cpu")
-        assert torch.get_num_threads() == 2
+        assert torch.get_num_threads() == expected
     finally:
         torch.set_num_threads(before)
 

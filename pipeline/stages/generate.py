@@ -62,16 +62,32 @@ class FirstTokenTimer:
         pass
 
 
-def cpu_threads() -> int | None:
-    """Threads for generating on a CPU: ``HIRED_CPU_THREADS`` if set, else None (keep what Ray set).
+def cpu_threads() -> int:
+    """Threads for generating on a CPU: ``HIRED_CPU_THREADS`` if set, else every core this process may use.
 
-    Ray sets OMP_NUM_THREADS to the floor of a task's ``num_cpus``: 1 for the generation actor's
-    0.5. Measured side by side on a loaded 2-core machine (bench/bench_pipeline.py), every core
-    made the actor's rows up to 2x slower than the bare predictor's, its threads stalling on cores
-    taken by preprocessing and other processes, while one thread kept the job at 1.4-1.6 images/s:
-    so more threads are opt-in, for a dedicated machine."""
+    Ray starts a worker with OMP_NUM_THREADS at the floor of its ``num_cpus`` (1 for the generation
+    actor's 0.5), which left one of two cores idle: the job ran at 0.48 of the bare predictor
+    (bench/bench_pipeline.py). On a CPU the generation actor is the job's compute, so it takes every
+    core, as torch does by default. On a machine shared with other work, ``HIRED_CPU_THREADS=1``:
+    there threads stall on cores others take (measured 2.5x slower at load 8 on 2 cores)."""
     configured = os.environ.get("HIRED_CPU_THREADS")
-    return max(1, int(configured)) if configured else None
+    if configured:
+        return max(1, int(configured))
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity API (macOS)
+        return os.cpu_count() or 1
+
+
+def cpu_generation_env() -> dict[str, str]:
+    """Environment for a generation actor that computes on the CPU (its Ray ``runtime_env``).
+
+    An idle OpenMP thread spins before it sleeps: libgomp spins 300,000 times by default, sized
+    for a machine the threads have to themselves. The CPU generation actor shares its cores with
+    the preprocessing actors, and a thread spinning at a barrier while its partner waits for a core
+    burns the cycles preprocessing needs. A shorter spin measured 0.88-0.95 of the bare predictor
+    against 0.80-0.86 with the default (2 cores, side by side). A value set by the user wins."""
+    return {"GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT", "10000")}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -122,7 +138,7 @@ class Predictor:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
             apply_memory_cap(gpu_memory_gb, self.device)  # a big GPU acting as a commodity card
-        elif cpu_threads():
+        else:
             torch.set_num_threads(cpu_threads())
         started = time.perf_counter()
         if loaded is None:
