@@ -1,8 +1,8 @@
 """Pipeline efficiency: the whole job's steady-state images/s against the bare ``Predictor``, side by side.
 
     python bench/bench_pipeline.py                    # CPU, the real-geometry scaled-down model, ~10 minutes
-    python bench/bench_pipeline.py --rows 128 --variants default,long-spin:GOMP_SPINCOUNT=300000,one-thread:HIRED_CPU_THREADS=1
-                                                      # side by side: the job as shipped, libgomp's default spin, one thread
+    python bench/bench_pipeline.py --rows 128 --variants default,one-thread:HIRED_CPU_THREADS=1
+                                                      # side by side: the job as shipped (every core) and one thread
 
 What is compared, in one process, on the same rows, the same saved model, the same batch size:
 
@@ -351,7 +351,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variants", default="default",
                         help="pipeline variants, each on its own private Ray: name[:ENV=VALUE;...], comma-separated "
-                             "(e.g. 'default,long-spin:GOMP_SPINCOUNT=300000,one-thread:HIRED_CPU_THREADS=1')")
+                             "(e.g. 'default,one-thread:HIRED_CPU_THREADS=1')")
     parser.add_argument("--no-difference", dest="difference", action="store_false",
                         help="skip the half-size job (only the between-blocks estimate; saves time on a loaded machine)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))

@@ -19,7 +19,7 @@ import ray
 from ..errors import RunAborted, StorageUnavailable
 from ..io.inputs import Shard
 from ..settings import JobSettings, new_run_id
-from ..stages.generate import CPU_BATCH_SIZE, Predictor, cpu_generation_env
+from ..stages.generate import CPU_BATCH_SIZE, Predictor
 from ..stages.preprocess import Preprocessor
 from ..stages.read import read_rows, read_tasks
 from ..stages.score import score_vqa
@@ -79,7 +79,6 @@ def build_dataset(pending: list[Shard], settings: JobSettings):
         # A fraction: the actor's real work is on the GPU, and whole CPUs reserved by idle
         # actors starve the read and preprocessing stages on small nodes.
         num_cpus=0.5,
-        runtime_env=None if gpus else {"env_vars": cpu_generation_env()},
     )
     if settings.task == "vqa":
         dataset = dataset.map_batches(score_vqa, batch_size=256, num_cpus=0.25)

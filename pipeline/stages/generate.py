@@ -79,17 +79,6 @@ def cpu_threads() -> int:
         return os.cpu_count() or 1
 
 
-def cpu_generation_env() -> dict[str, str]:
-    """Environment for a generation actor that computes on the CPU (its Ray ``runtime_env``).
-
-    An idle OpenMP thread spins before it sleeps: libgomp spins 300,000 times by default, sized
-    for a machine the threads have to themselves. The CPU generation actor shares its cores with
-    the preprocessing actors, and a thread spinning at a barrier while its partner waits for a core
-    burns the cycles preprocessing needs. A shorter spin measured 0.88-0.95 of the bare predictor
-    against 0.80-0.86 with the default (2 cores, side by side). A value set by the user wins."""
-    return {"GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT", "10000")}
-
-
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

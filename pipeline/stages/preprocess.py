@@ -71,7 +71,7 @@ class Preprocessor:
         inputs = self.processor(images=[picture], text=[text], return_tensors="np")
         item = {
             "input_ids": inputs["input_ids"][0].astype(np.int32),
-            "pixel_values": inputs["pixel_values"][0].astype(self.pixel_dtype),
+            "pixel_values": inputs["pixel_values"][0].astype(self.pixel_dtype, copy=False),  # no copy when already in that dtype
             "image_sizes": np.asarray(inputs.get("image_sizes", [[picture.height, picture.width]])[0], dtype=np.int64),
         }
         return item
