@@ -1,6 +1,6 @@
 """Pipeline efficiency: the whole job's steady-state images/s against the bare ``Predictor``, side by side.
 
-    python bench/bench_pipeline.py                    # CPU, the real-geometry scaled-down model, ~10 minutes
+    python bench/bench_pipeline.py                    # CPU, the real-geometry scaled-down model, about 12 minutes (3 repeats of 128 and 64 rows)
     python bench/bench_pipeline.py --rows 128 --variants default,one-thread:HIRED_CPU_THREADS=1
                                                       # side by side: the job as shipped (every core) and one thread
 
