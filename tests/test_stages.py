@@ -8,7 +8,7 @@ import pytest
 import hired
 from pipeline.settings import JobSettings
 from pipeline.stages.generate import RESULT_COLUMNS, Predictor
-from pipeline.columns import MODEL_INPUTS, decode_inputs
+from pipeline.columns import MODEL_INPUTS, decode_inputs, encode_inputs
 from pipeline.stages.preprocess import Preprocessor, build_prompt
 from pipeline.stages.read import read_rows as read_slices
 
@@ -95,6 +95,28 @@ def test_pixels_can_travel_in_half_precision(mixed_shard, tiny_next_path):
     uri, _ = mixed_shard
     out = Preprocessor(JobSettings(model=str(tiny_next_path)), pixel_dtype="float16")(read_rows(task(uri, 0, 0, 4)))
     assert decode_inputs(out[MODEL_INPUTS][0])["pixel_values"].dtype == np.float16
+
+
+def test_model_inputs_round_trip_exactly():
+    """Every dtype and shape the processor gives (0-d included), a non-contiguous view, and an
+    empty array come back equal, in their own dtype and shape, and writable (torch takes them)."""
+    arrays = {
+        "input_ids": np.arange(7, dtype=np.int32),
+        "pixel_values": np.random.default_rng(0).standard_normal((5, 3, 4, 4)).astype(np.float16),
+        "image_sizes": np.array([672, 336], dtype=np.int64),
+        "strided": np.arange(12, dtype=np.float32).reshape(3, 4)[:, ::2],
+        "scalar": np.array(3.5),
+        "empty": np.zeros((0, 3), dtype=np.uint8),
+    }
+    data = encode_inputs(arrays)
+    back = decode_inputs(data)
+    assert list(back) == list(arrays)
+    for name, a in arrays.items():
+        assert back[name].dtype == a.dtype and back[name].shape == a.shape, name
+        np.testing.assert_array_equal(back[name], a)
+        assert back[name].flags.writeable, name
+    pixels = np.ones((5, 3, 336, 336), np.float32)
+    assert len(encode_inputs({"pixel_values": pixels})) <= pixels.nbytes + 128  # a header, no more
 
 
 @pytest.fixture(scope="module")
