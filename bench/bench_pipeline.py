@@ -24,8 +24,9 @@ What is compared, in one process, on the same rows, the same saved model, the sa
   has finished, on the cores generation also needs, before most blocks arrive; in a long run it
   cannot run ahead further than the store holds and shares the cores all along.
 
-Each variant's jobs run right after a bare run of their own, so that drift in the machine's load hits
-both sides of each ratio alike. Also reported: the generation actor's time per row from the
+Each variant is judged against the bare predictor timed just before and just after its jobs (the mean
+of the two, with Ray shut down, as the predictor runs outside the pipeline), so that drift in the
+machine's speed hits both sides of each ratio alike. Also reported: the generation actor's time per row from the
 pipeline's own rows (its batches' ``ttft_ms + decode_ms``), which separates "generation is slower in
 the actor" from "the rest of the pipeline keeps the actor waiting"; and CPU seconds a row, the bare
 process's against the whole pipeline's (this process and every descendant: Ray's daemons, workers
@@ -270,12 +271,9 @@ def parse_variants(text: str) -> list[tuple[str, dict]]:
 
 def restart_ray(env: dict, saved: dict) -> None:
     """A fresh private Ray whose workers see ``env`` (workers inherit the environment at start)."""
-    import ray
-
     from pipeline.job.run import init_ray
 
-    if ray.is_initialized():
-        ray.shutdown()
+    shut_down_ray()
     for key, value in saved.items():  # undo the previous variant's settings
         if value is None:
             os.environ.pop(key, None)
@@ -286,9 +284,12 @@ def restart_ray(env: dict, saved: dict) -> None:
 
 
 def pipeline_variant(name, env, saved, model_dir, work, args, k, cpu: TreeCpu) -> dict:
+    import ray
+
     restart_ray(env, saved)
+    cluster_cpus = ray.cluster_resources().get("CPU")
     large = time_job(model_dir, work / "large", work / f"out-{name}-large-{k}", args.new_tokens, args.budget, cpu)
-    result = {"large_job": large, "images_per_s_between_blocks": large["between_blocks_images_per_s"],
+    result = {"ray_cluster_cpus": cluster_cpus, "large_job": large, "images_per_s_between_blocks": large["between_blocks_images_per_s"],
               "images_per_s_difference": None, "startup_s": None,
               "cpu_s_per_row_difference": None}
     if args.difference:
@@ -301,12 +302,17 @@ def pipeline_variant(name, env, saved, model_dir, work, args, k, cpu: TreeCpu) -
 
 
 def one_repeat(variants, saved, model_dir, work, bare_batches, predictor, args, k, cpu: TreeCpu) -> dict:
-    """For each variant: the bare predictor, then the variant's jobs, right after, so that drift in the
-    machine's load hits both sides of each ratio alike."""
+    """The bare predictor, then each variant's jobs followed by the bare predictor again: every
+    variant is judged against the mean of the bare runs just before and just after its jobs, so
+    that drift in the machine's speed hits both sides of each ratio alike."""
     result = {"variants": {}}
+    before = time_bare(predictor, bare_batches)
     for name, env in variants:
-        bare = time_bare(predictor, bare_batches)
         v = pipeline_variant(name, env, saved, model_dir, work, args, k, cpu)
+        shut_down_ray()  # the bare predictor runs alone, as it would outside the pipeline
+        after = time_bare(predictor, bare_batches)
+        bare = mean_bare(before, after)
+        before = after
         v["bare"] = bare
         v["load_average"] = os.getloadavg()[0]
         v["ratio_difference"] = v["images_per_s_difference"] / bare["images_per_s"] if args.difference else None
@@ -317,13 +323,31 @@ def one_repeat(variants, saved, model_dir, work, bare_batches, predictor, args, 
         difference = (f"{number(v['images_per_s_difference'])} img/s steady state (difference), "
                       f"{number(v['ratio_difference'])} of bare; " if args.difference else "")
         print(
-            f"repeat {k} {name:12s} bare {bare['images_per_s']:.2f} img/s | pipeline {difference}"
+            f"repeat {k} {name:12s} bare {bare['images_per_s']:.2f} img/s (before {bare['before_images_per_s']:.2f}, "
+            f"after {bare['after_images_per_s']:.2f}) | pipeline {difference}"
             f"{number(v['images_per_s_between_blocks'])} between blocks, {number(v['ratio_between_blocks'])} of bare | "
             f"actor generation per row {v['actor_vs_bare_generation_per_row']:.2f}x bare | CPU s a row bare "
             f"{bare['cpu_s_per_row']:.2f}, pipeline {number(v['large_job']['between_blocks_cpu_s_per_row'])} | "
             f"load {os.getloadavg()[0]:.1f}", flush=True,
         )
     return result
+
+
+def mean_bare(before: dict, after: dict) -> dict:
+    """The two bare runs around a variant's jobs as one: rows over their total seconds."""
+    rows, seconds = before["rows"] + after["rows"], before["seconds"] + after["seconds"]
+    return {"rows": rows, "seconds": seconds, "images_per_s": rows / seconds,
+            "cpu_s_per_row": (before["cpu_s_per_row"] * before["rows"] + after["cpu_s_per_row"] * after["rows"]) / rows,
+            "generated_tokens": before["generated_tokens"], "errors": before["errors"] + after["errors"],
+            "torch_threads": before["torch_threads"],
+            "before_images_per_s": before["images_per_s"], "after_images_per_s": after["images_per_s"]}
+
+
+def shut_down_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -361,8 +385,6 @@ def main(argv=None) -> int:
     variants = parse_variants(args.variants)
     saved = {key: os.environ.get(key) for _, env in variants for key in env}
 
-    import ray
-
     work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     try:
         model_dir = save_model(work / "model")
@@ -379,9 +401,8 @@ def main(argv=None) -> int:
         cpu = TreeCpu()
         repeats = [one_repeat(variants, saved, model_dir, work, bare_batches, predictor, args, k, cpu)
                    for k in range(args.repeats)]
-        cluster_cpus = ray.cluster_resources().get("CPU")
     finally:
-        ray.shutdown()
+        shut_down_ray()
         if "cpu" in locals():
             cpu.close()
         shutil.rmtree(work, ignore_errors=True)
@@ -394,7 +415,7 @@ def main(argv=None) -> int:
                      "generation_batch_rows": CPU_BATCH_SIZE, "repeats": args.repeats,
                      "variants": {name: env for name, env in variants}},
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "load_average_at_end": os.getloadavg(), "torch": torch.__version__, "ray_cluster_cpus": cluster_cpus},
+                    "load_average_at_end": os.getloadavg(), "torch": torch.__version__, "ray_cluster_cpus": repeats[0]["variants"][variants[0][0]]["ray_cluster_cpus"]},
         "preprocess_ms_per_row_in_process": 1e3 * preprocess_s_per_row,
         "model_inputs_bytes_per_row_float32": wire_bytes_per_row,
         "bare_images_per_s": spread([v["bare"]["images_per_s"] for r in repeats for v in r["variants"].values()]),

@@ -57,7 +57,8 @@ def test_pipeline_benchmark_smoke(tmp_path):
     assert set(report["variants"]) == {"one-thread"}
     (repeat,) = report["repeats"]
     for name, variant in repeat["variants"].items():
-        assert variant["bare"]["rows"] == 8 and variant["bare"]["errors"] == 0  # a bare run beside each variant
+        bare = variant["bare"]  # the bare runs just before and just after the variant's jobs, as one
+        assert bare["rows"] == 16 and bare["errors"] == 0 and bare["before_images_per_s"] > 0 and bare["after_images_per_s"] > 0
         assert variant["small_job"]["rows"] == 4 and variant["large_job"]["rows"] == 8
         assert variant["large_job"]["shards"] == 4 and variant["large_job"]["errors"] == 0
         assert report["variants"][name]["same_generated_tokens_as_bare"], name  # same rows, same model, same tokens
