@@ -196,3 +196,23 @@ def test_ray_job_submit(ray_head, tmp_path, tiny_next_path, s3_server, bucket):
             assert pq.read_table(f).column("id").to_pylist() == [f"{s}-{i}" for i in range(3)]
     # The secret key never shows up in what the job printed.
     assert s3_server.env["AWS_SECRET_ACCESS_KEY"] not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("configured, expected", [(None, "0"), ("10", "10")])
+def test_a_private_ray_runs_its_workers_at_normal_priority(monkeypatch, configured, expected):
+    """Ray's processes read RAY_worker_niceness from the environment they start with (checked by
+    hand: an actor then reports os.nice(0) == 0 instead of Ray's 15); a value the user set stays."""
+    import ray
+
+    from pipeline.job import ray_setup
+
+    for key in ("RAY_ADDRESS", "RAY_worker_niceness"):
+        monkeypatch.delenv(key, raising=False)
+    if configured is not None:
+        monkeypatch.setenv("RAY_worker_niceness", configured)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "test-token")
+    seen = {}
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: seen.update(kwargs, niceness=os.environ.get("RAY_worker_niceness")))
+    ray_setup.init_ray()
+    assert seen["address"] == "local" and seen["niceness"] == expected
