@@ -46,7 +46,7 @@ def test_cpu_predictor_undoes_rays_one_thread(monkeypatch, tiny_next_path, confi
 @pytest.mark.slow  # two small Ray jobs on a private Ray: about half a minute on 2 cores
 def test_pipeline_benchmark_smoke(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "bench_pipeline.py"), "--rows", "8", "--shard-rows", "2",
+        [sys.executable, str(REPO / "bench" / "bench_pipeline.py"), "--rows", "4", "--shard-rows", "1",
          "--new-tokens", "2", "--repeats", "1", "--variants", "one-thread:HIRED_CPU_THREADS=1",
          "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": str(REPO)},
@@ -58,8 +58,8 @@ def test_pipeline_benchmark_smoke(tmp_path):
     (repeat,) = report["repeats"]
     for name, variant in repeat["variants"].items():
         bare = variant["bare"]  # the bare runs just before and just after the variant's jobs, as one
-        assert bare["rows"] == 16 and bare["errors"] == 0 and bare["before_images_per_s"] > 0 and bare["after_images_per_s"] > 0
-        assert variant["small_job"]["rows"] == 4 and variant["large_job"]["rows"] == 8
+        assert bare["rows"] == 8 and bare["errors"] == 0 and bare["before_images_per_s"] > 0 and bare["after_images_per_s"] > 0
+        assert variant["small_job"]["rows"] == 2 and variant["large_job"]["rows"] == 4
         assert variant["large_job"]["shards"] == 4 and variant["large_job"]["errors"] == 0
         assert report["variants"][name]["same_generated_tokens_as_bare"], name  # same rows, same model, same tokens
     assert "of bare" in result.stdout and "steady state (difference)" in result.stdout
