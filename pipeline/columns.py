@@ -141,16 +141,17 @@ def encode_inputs(arrays: dict[str, np.ndarray]) -> bytes:
     layout, offset = [], 0
     for name, a in arrays.items():
         layout.append([name, a.dtype.str, list(a.shape), offset])
-        offset += a.nbytes + len(_padding(a.nbytes))
+        offset += _aligned(a.nbytes)
     header = json.dumps(layout).encode()
-    parts = [_HEADER_LENGTH.pack(len(header)), header, _padding(_HEADER_LENGTH.size + len(header))]
+    header_end = _HEADER_LENGTH.size + len(header)
+    parts = [_HEADER_LENGTH.pack(len(header)), header, bytes(_aligned(header_end) - header_end)]
     for a in arrays.values():
-        parts += [memoryview(a.reshape(-1)).cast("B"), _padding(a.nbytes)]
+        parts += [memoryview(a.reshape(-1)).cast("B"), bytes(_aligned(a.nbytes) - a.nbytes)]
     return b"".join(parts)  # the one copy
 
 
-def _padding(size: int) -> bytes:
-    return bytes(-size % _ALIGN)
+def _aligned(size: int) -> int:
+    return size + -size % _ALIGN
 
 
 def decode_inputs(data: bytes) -> dict[str, np.ndarray]:
@@ -158,7 +159,7 @@ def decode_inputs(data: bytes) -> dict[str, np.ndarray]:
     buffer = bytearray(data)  # bytes are read-only, and torch warns on tensors over read-only memory
     (length,) = _HEADER_LENGTH.unpack_from(buffer, 0)
     layout = json.loads(bytes(buffer[_HEADER_LENGTH.size : _HEADER_LENGTH.size + length]))
-    start = _HEADER_LENGTH.size + length + len(_padding(_HEADER_LENGTH.size + length))
+    start = _aligned(_HEADER_LENGTH.size + length)
     out = {}
     for name, dtype, shape, at in layout:
         dtype = np.dtype(dtype)
