@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-import pytest
-import torch
-from PIL import Image
-
-from hired.tiny import build_tiny_llava, build_tiny_llava_next
-
-from .servers import start_s3
-
-# img2dataset imports albumentations, which asks the network for a newer version of itself on
-# import: tests make no request outside this machine.
+# Tests make no request outside this machine. img2dataset imports albumentations, which asks the
+# network for a newer version of itself on import; huggingface_hub reads HF_HUB_OFFLINE once, at
+# its import, so it is set before anything here imports it (a hub id then fails at once instead of
+# after network timeouts). Jobs the tests start inherit both.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from hired.tiny import build_tiny_llava, build_tiny_llava_next  # noqa: E402
+
+from .servers import start_s3  # noqa: E402
 
 
 @pytest.fixture(scope="session")
