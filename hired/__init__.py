@@ -6,14 +6,45 @@
 Other strategies for comparison at the same budget: ``HiREDConfig(strategy="uniform" | "random" | "prumerge+")``.
 
 See README.md. The package needs torch and transformers only.
+
+The budget and the config are plain Python and load at once; what runs the model (``generate``,
+``prepare_inputs`` and the rest) loads torch and transformers on first use. So a process that only
+reads settings, such as the job's driver checking a command line, starts in a second, not in the
+seconds those two take to import.
 """
+
+from __future__ import annotations
+
+import importlib
 
 from .budget import budget_kind, describe_budget, largest_remainder, parse_budget, split_budget, token_budget
 from .config import NO_DROPPING, STRATEGIES, HiREDConfig
-from .generation import GenerationResult, generate
-from .prepare import ItemLengths, PreparedInputs, expected_lengths, prepare_inputs
-from .vision import NoClsTokenError
-from . import tiny  # noqa: E402  (tiny checkpoints for tests and the demo; imports transformers lazily)
+
+# name -> the submodule that defines it, imported on first access (PEP 562)
+_LAZY = {
+    "GenerationResult": "generation",
+    "generate": "generation",
+    "ItemLengths": "prepare",
+    "PreparedInputs": "prepare",
+    "expected_lengths": "prepare",
+    "prepare_inputs": "prepare",
+    "NoClsTokenError": "vision",
+    "tiny": None,  # the submodule itself: tiny checkpoints for tests and the demo
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'hired' has no attribute {name!r}")
+    module = importlib.import_module(f".{_LAZY[name] or name}", __name__)
+    value = module if _LAZY[name] is None else getattr(module, name)
+    globals()[name] = value  # found directly from now on
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "HiREDConfig",
@@ -29,5 +60,8 @@ __all__ = [
     "token_budget",
     "split_budget",
     "largest_remainder",
+    "parse_budget",
+    "budget_kind",
+    "describe_budget",
 ]
 __version__ = "0.1.0"

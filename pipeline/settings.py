@@ -3,6 +3,7 @@ handed whole to every stage (``Preprocessor(settings)``, ``Predictor(settings)``
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
@@ -75,14 +76,25 @@ def check_model(model: str) -> None:
             raise InputError(f"--model {model}: the folder holds no config.json, so it is not a Hugging Face checkpoint")
     elif not _HUB_ID.match(model):
         raise InputError(f"--model {model!r}: neither an existing local folder nor a hub id such as owner/name")
-    from transformers import AutoConfig
-
     try:
-        config = AutoConfig.from_pretrained(str(path) if looks_local else model)
+        model_type = _local_model_type(path) if looks_local else None
+        if model_type is None:  # a hub id, or a config that leaves its type to transformers to work out
+            from transformers import AutoConfig  # imports torch: seconds, so only when needed
+
+            model_type = AutoConfig.from_pretrained(str(path) if looks_local else model).model_type
     except Exception as e:
         first = (str(e).strip().splitlines() or [""])[0]
         where = "" if looks_local else " (not a local folder; as a hub id it is neither cached nor reachable)"
         raise InputError(f"--model {model}: cannot read its config{where}: {type(e).__name__}: {first}") from None
-    if config.model_type not in MODEL_TYPES:
-        raise InputError(f"--model {model}: a {config.model_type!r} model; hired runs LLaVA-Next and LLaVA-1.5 "
+    if model_type not in MODEL_TYPES:
+        raise InputError(f"--model {model}: a {model_type!r} model; hired runs LLaVA-Next and LLaVA-1.5 "
                          f"({', '.join(MODEL_TYPES)})")
+
+
+def _local_model_type(folder: Path) -> str | None:
+    """The ``model_type`` a checkpoint's ``config.json`` declares (what AutoConfig dispatches on),
+    read as JSON: the driver checks a local model without importing transformers and torch."""
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    if not isinstance(config, dict):
+        raise ValueError("config.json does not hold a JSON object")
+    return config.get("model_type")

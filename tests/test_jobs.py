@@ -44,6 +44,10 @@ def wrong_settings_cases(tmp_path, tiny_next_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "no-config").mkdir()
     (tmp_path / "a-file").write_text("not a folder")
+    (tmp_path / "a-bert").mkdir()
+    (tmp_path / "a-bert" / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))
+    (tmp_path / "broken-config").mkdir()
+    (tmp_path / "broken-config" / "config.json").write_text('{"model_type": "llava_next", ')
     good = ["--input", str(shards), "--output", str(tmp_path / "out"), "--model", str(tiny_next_path)]
 
     def with_(**changes):
@@ -57,6 +61,8 @@ def wrong_settings_cases(tmp_path, tiny_next_path):
         (with_(model=str(tmp_path / "no-config")), "holds no config.json"),
         (with_(model="not a hub id!"), "neither an existing local folder nor a hub id"),
         (with_(model="owner/does-not-exist-offline"), "cannot read its config (not a local folder"),
+        (with_(model=str(tmp_path / "a-bert")), "a 'bert' model; hired runs LLaVA-Next and LLaVA-1.5"),
+        (with_(model=str(tmp_path / "broken-config")), "broken-config: cannot read its config: JSONDecodeError"),
         (with_(output=str(tmp_path / "a-file")), "is a file, not a folder"),
         (with_(input=str(tmp_path / "empty")), "holds no .parquet shards"),
         (with_(input=str(tmp_path / "nowhere")), "does not exist"),
@@ -71,7 +77,12 @@ def test_wrong_settings_exit_2_with_one_line_before_anything_heavy(tmp_path, tin
     """A wrong model, budget, input or output: exit 2 and one line naming it, before Ray starts."""
     from pipeline.job import cli, run
 
+    import huggingface_hub.constants
+
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import (already done in this process): set both,
+    # or the hub-id case waits on network timeouts instead of failing at once as offline.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(run, "init_ray", lambda *a: pytest.fail("Ray was started"))
     for args, expected in wrong_settings_cases(tmp_path, tiny_next_path):
         try:
@@ -100,6 +111,25 @@ def test_a_wrong_model_path_from_the_shell_starts_no_ray(tmp_path):
         f"error: --model {tmp_path / 'nope'}: no such folder"
     ]
     assert not list(temp.iterdir()), "something was started or written"
+
+
+def test_settings_are_checked_without_importing_torch(tmp_path, tiny_next_path):
+    """The driver refuses wrong settings, and reads a local checkpoint's type, with neither torch nor
+    transformers imported: they cost seconds, and the driver only needs them once the run starts."""
+    shards = small_shards(tmp_path / "in", 1, 2)
+    (tmp_path / "a-bert").mkdir()
+    (tmp_path / "a-bert" / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    probe = (
+        "import sys; from pipeline.job import cli\n"
+        "from pipeline.settings import check_model\n"
+        f"check_model({str(tiny_next_path)!r})\n"  # a good local checkpoint passes
+        f"status = cli.main('caption', ['--input', {str(shards)!r}, '--output', {str(tmp_path / 'out')!r},"
+        f" '--model', {str(tmp_path / 'a-bert')!r}])\n"
+        "print(status, sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.stdout.splitlines()[-1:] == ["2 []"], result.stdout + result.stderr[-2000:]
+    assert "a 'bert' model" in result.stderr
 
 
 def test_budget_list_parses_each_budget_once():

@@ -19,7 +19,6 @@ import ray
 from ..errors import RunAborted, StorageUnavailable
 from ..io.inputs import Shard
 from ..settings import JobSettings, new_run_id
-from ..stages.generate import CPU_BATCH_SIZE, Predictor
 from ..stages.preprocess import Preprocessor
 from ..stages.read import read_rows, read_tasks
 from ..stages.score import score_vqa
@@ -39,6 +38,9 @@ PREPROCESS_BATCH_ROWS = 8
 
 def build_dataset(pending: list[Shard], settings: JobSettings):
     """read row groups -> preprocess (CPU actors) -> generate (GPU actors) [-> VQA scoring]."""
+    # torch and transformers load here, once the run is certain to start: a command that fails its
+    # checks exits in a second, without the seconds they take to import.
+    from ..stages.generate import CPU_BATCH_SIZE, Predictor
 
     tasks = read_tasks(pending)
     gpus = settings.num_gpus

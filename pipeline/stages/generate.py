@@ -28,7 +28,6 @@ import numpy as np
 import torch
 
 import hired
-from hired.generation import eos_token_ids, trim_at_eos
 
 from ..columns import ANSWERS, ERROR, ID, MODEL_INPUTS, PASSTHROUGH, VQA_PASSTHROUGH, answer_lists, batch_column, decode_inputs, object_array
 from ..faults import failpoint
@@ -143,6 +142,8 @@ class Predictor:
         self.max_new_tokens = max_new_tokens
         self.run_id = settings.run_id
         self.generate_kwargs: dict = {}  # extra model.generate arguments (benchmarks fix the length)
+        from hired.generation import eos_token_ids  # transformers: imported in the actor, never by the driver
+
         self.eos_ids = eos_token_ids(self.model)
         self.pad_token_id = self.model.generation_config.pad_token_id
         if self.pad_token_id is None:
@@ -199,6 +200,8 @@ class Predictor:
             decode_ms=(finished - first) * 1e3,
             peak_gpu_mem_bytes=int(torch.cuda.max_memory_allocated(self.device)) if on_gpu else None,
         )
+        from hired.generation import trim_at_eos  # already loaded by __init__
+
         return [trim_at_eos(row, self.eos_ids) for row in output.tolist()], prepared, timing
 
     def _run(self, chunk: list[tuple[dict, hired.ItemLengths]]) -> list[ItemResult]:
