@@ -215,21 +215,25 @@ def background_caption(*args, env):
             os.killpg(job.pid, signal.SIGKILL)
 
 
-def test_s3_stopped_and_restarted_during_a_run(own_s3, tmp_path, tiny_next_path):
-    """A short outage is ridden out by retries; a long one stops the run clearly and a rerun repairs it."""
-    server, fs = own_s3
+def flaky_input(fs, model) -> tuple[list[str], list[str]]:
+    """Four 2-row shards on the test's own S3 server: the job's arguments (output left to the test) and every id."""
     for s in range(4):
         with fs.open(f"flaky/in/part-{s}.parquet", "wb") as f:
             rows = [{"id": f"{s}-{i}", "image": encoded(40, 60, seed=s * 3 + i)} for i in range(2)]
             pq.write_table(pa.Table.from_pylist(rows, schema=INPUT_SCHEMA), f)
-    args = ["--input", "s3://flaky/in", "--model", str(tiny_next_path), "--num-gpus", "0", "--batch-size", "1",
-            "--max-new-tokens", "2"]
-    pause = {"HIRED_FAULTS": "shard_written=sleep6@1"}  # the driver waits 6 s after its first shard: S3 goes down then
-    all_ids = sorted(f"{s}-{i}" for s in range(4) for i in range(2))
+    args = ["--input", "s3://flaky/in", "--model", str(model), "--num-gpus", "0", "--batch-size", "1", "--max-new-tokens", "2"]
+    return args, sorted(f"{s}-{i}" for s in range(4) for i in range(2))
 
-    # 1. Down for a few seconds after the first shard is written: retries carry the run through.
+
+PAUSE = {"HIRED_FAULTS": "shard_written=sleep6@1"}  # the driver waits 6 s after its first shard: S3 goes down then
+
+
+def test_a_short_s3_outage_is_ridden_out_by_retries(own_s3, tiny_next_path):
+    """S3 down for a few seconds after the first shard is written: retries carry the run through."""
+    server, fs = own_s3
+    args, all_ids = flaky_input(fs, tiny_next_path)
     with background_caption(*args, "--output", "s3://flaky/out1",
-                            env=job_env(**server.env, **FAIL_FAST, **pause, HIRED_IO_RETRY_SECONDS="120")) as job:
+                            env=job_env(**server.env, **FAIL_FAST, **PAUSE, HIRED_IO_RETRY_SECONDS="120")) as job:
         wait_for_outputs(fs, "flaky/out1", 1, job)
         server.stop()
         time.sleep(8)  # past the driver's pause: its next reads and writes meet the outage
@@ -242,9 +246,14 @@ def test_s3_stopped_and_restarted_during_a_run(own_s3, tmp_path, tiny_next_path)
             for r in pq.read_table(fs.open(p, "rb")).to_pylist()]
     assert sorted(r["id"] for r in rows) == all_ids and all(r["error"] is None for r in rows)
 
-    # 2. Down for longer than the retries last: the run stops with a clear message, writing nothing partial.
+
+def test_a_long_s3_outage_stops_the_run_clearly_and_a_rerun_repairs_it(own_s3, tiny_next_path):
+    """S3 down for longer than the retries last: the run stops with a clear message, writing nothing
+    partial; once S3 is back, the same command finishes the job with each row exactly once."""
+    server, fs = own_s3
+    args, all_ids = flaky_input(fs, tiny_next_path)
     with background_caption(*args, "--output", "s3://flaky/out2",
-                            env=job_env(**server.env, **FAIL_FAST, **pause, HIRED_IO_RETRY_SECONDS="6")) as job:
+                            env=job_env(**server.env, **FAIL_FAST, **PAUSE, HIRED_IO_RETRY_SECONDS="6")) as job:
         written = wait_for_outputs(fs, "flaky/out2", 1, job)
         server.stop()
         log, _ = job.communicate(timeout=600)
