@@ -77,6 +77,25 @@ def test_preprocess_turns_bad_rows_into_reasons(mixed_shard, tiny_next_path):
     assert list(inputs["image_sizes"]) == [240, 320]
 
 
+def test_preprocessing_yields_to_generation_on_the_same_cpus(tiny_next_path, monkeypatch):
+    """Beside CPU generation a preprocessing actor drops to the lowest priority (or what
+    HIRED_PREPROCESS_NICENESS says); otherwise, as beside a GPU, it keeps its priority."""
+    from pipeline.stages import preprocess
+
+    settings = JobSettings(model=str(tiny_next_path))
+    calls = []
+    monkeypatch.setattr(preprocess.os, "nice", calls.append)  # this test process keeps its own priority
+    monkeypatch.delenv("HIRED_PREPROCESS_NICENESS", raising=False)
+    Preprocessor(settings)
+    Preprocessor(settings, beside_cpu_generation=False)
+    assert calls == []
+    Preprocessor(settings, beside_cpu_generation=True)
+    assert calls == [19]
+    monkeypatch.setenv("HIRED_PREPROCESS_NICENESS", "5")
+    Preprocessor(settings, beside_cpu_generation=True)
+    assert calls == [19, 5]
+
+
 def test_prompts(tiny_next):
     _, processor = tiny_next
     assert build_prompt(processor, "what is this") == "USER: <image>\nwhat is this ASSISTANT:"

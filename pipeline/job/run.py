@@ -66,7 +66,7 @@ def build_dataset(pending: list[Shard], settings: JobSettings):
                                   fn_kwargs={"columns": settings.columns, "task": settings.task})
     dataset = dataset.map_batches(
         Preprocessor,
-        fn_constructor_kwargs={"settings": settings, "pixel_dtype": pixel_dtype},
+        fn_constructor_kwargs={"settings": settings, "pixel_dtype": pixel_dtype, "beside_cpu_generation": device == "cpu"},
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
         batch_size=PREPROCESS_BATCH_ROWS,
         num_cpus=1,
