@@ -45,8 +45,8 @@ def niceness_beside_cpu_generation() -> int:
     at normal priority, the actor's rows took 1.20-1.33x the bare predictor's time, far more than
     the CPU preprocessing used (about a tenth of one core for a 672x672 picture). At the lowest
     priority preprocessing runs mostly in the gaps generation leaves (its single-threaded stretches
-    between operators and decoding steps) and still keeps ahead: 1.11-1.14x, and the whole job went
-    from 0.68 and 0.84 of the bare predictor to 0.99 and 0.98 on 2 cores (bench/bench_pipeline.py,
+    between operators and decoding steps) and still keeps ahead: 1.10-1.14x, and over two runs the
+    whole job went from 0.68-0.84 of the bare predictor to 0.91-0.99 on 2 cores (bench/bench_pipeline.py,
     README). On a GPU, generation leaves the cores free and preprocessing keeps normal priority."""
     configured = os.environ.get("HIRED_PREPROCESS_NICENESS")
     return 19 if configured is None else max(0, int(configured))
