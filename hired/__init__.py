@@ -18,7 +18,8 @@ from __future__ import annotations
 import importlib
 
 from .budget import budget_kind, describe_budget, largest_remainder, parse_budget, split_budget, token_budget
-from .config import NO_DROPPING, STRATEGIES, HiREDConfig
+from .config import NO_DROPPING, HiREDConfig
+from .strategies import NAMES as STRATEGIES
 
 # name -> the submodule that defines it, imported on first access (PEP 562)
 _LAZY = {

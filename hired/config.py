@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from . import strategies
 from .budget import parse_budget, token_budget
 
 NEWLINE_MODES = ("none", "kept_rows", "all")
 HEAD_REDUCTIONS = ("sum", "max")
-STRATEGIES = ("hired", "uniform", "random", "prumerge+")
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class HiREDConfig:
     final_layer: int | None = None
     head_reduction: Literal["sum", "max"] = "sum"
     newlines: Literal["none", "kept_rows", "all"] = "none"
-    strategy: Literal["hired", "uniform", "random", "prumerge+"] = "hired"
+    strategy: str = "hired"  # a name in hired.strategies.REGISTRY
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -87,8 +87,8 @@ class HiREDConfig:
             raise ValueError(f"head_reduction must be one of {HEAD_REDUCTIONS}, got {self.head_reduction!r}")
         if self.newlines not in NEWLINE_MODES:
             raise ValueError(f"newlines must be one of {NEWLINE_MODES}, got {self.newlines!r}")
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.strategy not in strategies.REGISTRY:
+            raise ValueError(f"strategy must be one of {strategies.NAMES}, got {self.strategy!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
         for name in ("initial_layer", "final_layer"):

@@ -7,7 +7,7 @@ placeholders, left-pad the batch again, and hand the LLM ``inputs_embeds`` with
 the kept visual features (and newline embeddings) scattered into the
 placeholders. Any transformers ``generate`` then runs unchanged.
 
-Which tokens are kept is the strategy's business (``hired.strategies``): it
+Which tokens are kept is the strategy's business (``hired.strategies``, one registry entry each): it
 returns kept indices per partition and, if it merges tokens (PruMerge+), their
 new vision features, which replace the originals before the projector. The
 rest of the path is the same for every strategy.
@@ -22,8 +22,8 @@ import torch
 
 from .config import NO_DROPPING, HiREDConfig
 from .models import NEWLINE, Partitions, adapter_for
-from .strategies import ImageSignals, Selection, select_tokens, vision_needs
-from .strategy import keep_all
+from . import strategies
+from .strategies.base import ImageSignals, keep_all
 from .vision import encode
 
 
@@ -150,11 +150,11 @@ def prepare_inputs(model, inputs: Mapping, config: HiREDConfig | None = None) ->
     initial = tower.layer_index(config.initial_layer, "initial_layer")
     final = tower.layer_index(default_final if config.final_layer is None else config.final_layer, "final_layer")
     dropping = any(b < p.grid_tokens for b, p in zip(budgets, parts))
-    attention_layers, key_layers = vision_needs(config.strategy, initial, final) if dropping else ([], [])
+    needs = strategies.get(config.strategy).needs(initial, final) if dropping else strategies.VisionNeeds()
 
     device, vision_dtype = model.device, next(tower.module.parameters()).dtype
     pixel_batch = torch.cat(pixels).to(device=device, dtype=vision_dtype)
-    vision = encode(tower, pixel_batch, feature_layers, attention_layers, config.head_reduction, key_layers)
+    vision = encode(tower, pixel_batch, feature_layers, needs.attention_layers, config.head_reduction, needs.key_layers)
 
     image_token_id = model.config.image_token_id
     embed = model.get_input_embeddings()
@@ -164,7 +164,7 @@ def prepare_inputs(model, inputs: Mapping, config: HiREDConfig | None = None) ->
         span = slice(offset, offset + p.num_partitions)
         offset += p.num_partitions
         if budgets[i] == p.grid_tokens:
-            selection = Selection(keep_all(p))
+            selection = keep_all(p)
         else:
             signals = ImageSignals(
                 pixel_values=pixels[i],
@@ -173,7 +173,7 @@ def prepare_inputs(model, inputs: Mapping, config: HiREDConfig | None = None) ->
                 final_attention=_rows(vision.cls_attention, final, span),
                 final_keys=vision.keys[final][span] if final in vision.keys else None,
             )
-            selection = select_tokens(p, signals, config)
+            selection = strategies.get(config.strategy).select(p, signals, config)
         kept = selection.kept
         order = adapter.token_order(p, kept, config.newlines).to(device)
         # Merged features (PruMerge+) replace the kept tokens' own before the projector, as in PruMerge.

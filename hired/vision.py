@@ -15,6 +15,7 @@ no more than the two CLS rows once encoding is done.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -116,9 +117,9 @@ def encode(
     tower: VisionTower,
     pixel_values: torch.Tensor,
     feature_layers: list[int],
-    attention_layers: list[int],
+    attention_layers: Sequence[int],
     head_reduction: str = "sum",
-    key_layers: list[int] | tuple[int, ...] = (),
+    key_layers: Sequence[int] = (),
 ) -> VisionOutput:
     """Encode ``pixel_values`` ``(P, 3, H, W)``.
 

@@ -171,7 +171,8 @@ def budget_argument(text: str) -> float | int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import NEWLINE_MODES, STRATEGIES
+    from .config import NEWLINE_MODES
+    from .strategies import NAMES as STRATEGIES
 
     parser = argparse.ArgumentParser(
         prog="python -m hired.viz",

@@ -12,7 +12,7 @@ from hired import HiREDConfig, prepare_inputs
 from hired.budget import round_half_up
 from hired.generation import trim_at_eos
 from hired.models import adapter_for
-from hired.strategy import partition_budgets
+from hired.strategies.hired import partition_budgets
 from hired.vision import VisionTower, encode
 
 from .conftest import chat_prompt, noise_image

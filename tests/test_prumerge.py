@@ -4,7 +4,7 @@ and the final layer's keys that the merge compares."""
 import numpy as np
 import torch
 
-from hired.prumerge import iqr_outliers, merge_dropped, prumerge_plus_tokens
+from hired.strategies.prumerge import iqr_outliers, merge_dropped, prumerge_plus_tokens
 from hired.selection import spread_tokens
 from hired.vision import VisionTower, encode
 

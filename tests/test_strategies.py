@@ -10,13 +10,16 @@ from hired import HiREDConfig, prepare_inputs
 from hired.budget import largest_remainder
 from hired.models import adapter_for
 from hired.prepare import _pixel_values_per_image
-from hired.strategies import ImageSignals, partition_seed, select_tokens, vision_needs
+from hired import strategies
+from hired.strategies import VisionNeeds
+from hired.strategies.base import ImageSignals
+from hired.strategies.random_subset import partition_seed
 from hired.vision import encode
 
 from .conftest import chat_prompt, noise_image
 from .test_hired import SIZES, expected_budget
 
-STRATEGIES = ["hired", "uniform", "random", "prumerge+"]
+STRATEGIES = ["hired", "uniform", "random", "prumerge+"]  # written out: a strategy dropped from the registry fails here
 BASELINES = ["uniform", "random", "prumerge+"]
 BUDGETS = [0.05, 0.2, 0.4, 0.999, 1.0, 1, 64, 320, 640, 5000]
 ODD_LATTICE = [y * 24 + x for y in range(1, 24, 2) for x in range(1, 24, 2)]
@@ -63,7 +66,7 @@ def test_budget_contract(evidence, strategy, alpha):
         config = HiREDConfig(budget=budget, alpha=alpha, strategy=strategy)
         for parts, signals in evidence:
             n, b = parts.grid_tokens, expected_budget(budget, parts.grid_tokens)
-            selection = select_tokens(parts, signals, config)
+            selection = strategies.get(strategy).select(parts, signals, config)
             shares = [len(k) for k in selection.kept]
             assert len(shares) == parts.num_partitions and sum(shares) == b
             for p, kept in enumerate(selection.kept):
@@ -263,10 +266,21 @@ def test_prumerge_plus_at_full_budget_is_the_stock_input(tiny_next):
 
 
 def test_only_prumerge_plus_asks_for_keys_and_baselines_need_no_attention():
-    assert vision_needs("hired", 0, 2) == ([0, 2], [])
-    assert vision_needs("hired", 2, 2) == ([2], [])
-    assert vision_needs("uniform", 0, 2) == vision_needs("random", 0, 2) == ([], [])
-    assert vision_needs("prumerge+", 0, 2) == ([2], [2])
+    needs = {name: strategies.get(name).needs(0, 2) for name in STRATEGIES}
+    assert needs["hired"] == VisionNeeds(attention_layers=(0, 2))
+    assert strategies.get("hired").needs(2, 2) == VisionNeeds(attention_layers=(2,))
+    assert needs["uniform"] == needs["random"] == VisionNeeds()
+    assert needs["prumerge+"] == VisionNeeds(attention_layers=(2,), key_layers=(2,))
+    # What the tower's hooks hold until it has run: q and k per attention layer, k per other key layer.
+    assert [needs[name].captured_projections for name in STRATEGIES] == [4, 0, 0, 2]
+    assert VisionNeeds(attention_layers=(2,), key_layers=(0,)).captured_projections == 3
+
+
+def test_the_registry_is_what_config_and_command_lines_offer():
+    assert tuple(STRATEGIES) == strategies.NAMES
+    with pytest.raises(ValueError, match="unknown strategy 'fastv'; choose from hired, uniform"):
+        strategies.get("fastv")
+    assert strategies.STOCK not in strategies.REGISTRY  # "none" keeps every token: not a strategy
 
 
 @pytest.mark.parametrize(

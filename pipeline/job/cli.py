@@ -16,7 +16,7 @@ from ..settings import DEFAULT_CAPTION_PROMPT, JobSettings, check_model, new_run
 from ..summary import format_summary
 
 DEMO_ROOT = Path("demo_output")  # under the working directory
-STRATEGY_CHOICES = (*hired.STRATEGIES, "none")
+STRATEGY_CHOICES = (*hired.strategies.NAMES, hired.strategies.STOCK)
 
 EXIT_STATUSES = f"""exit status:
   {EXIT_OK}  every shard written (unusable rows are error rows in the output, with their reason)

@@ -24,7 +24,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .selection import spread_tokens, top_tokens
+from ..config import HiREDConfig
+from ..models import Partitions
+from ..selection import spread_tokens, top_tokens
+from .base import ImageSignals, Selection, proportional_budgets
 
 IQR_FACTOR = 1.5  # Tukey's fences, as PruMerge uses
 
@@ -92,3 +95,13 @@ def merge_dropped(
     # can also underflow to exactly 0, leaving nothing to weight by: such a token stays as it was too.
     merged = torch.where((joined & (mass > 0))[:, None], merged, features[kept].float())
     return merged.to(features.dtype)
+
+
+def select(parts: Partitions, signals: ImageSignals, config: HiREDConfig) -> Selection:
+    """Each partition's proportional share by PruMerge+, then the dropped tokens merged into the kept ones."""
+    budgets = proportional_budgets(parts, config.tokens_to_keep(parts.grid_tokens))
+    attention, valid = signals.final_attention, parts.valid
+    partitions = range(parts.num_partitions)
+    kept = [prumerge_plus_tokens(attention[p], valid[p], budgets[p]) for p in partitions]
+    merged = [merge_dropped(signals.features[p], signals.final_keys[p], attention[p], kept[p], valid[p]) for p in partitions]
+    return Selection(kept, merged)
