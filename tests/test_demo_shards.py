@@ -8,12 +8,12 @@ from pipeline.io.inputs import inspect_shards
 
 
 def test_the_pipeline_accepts_the_demo_and_rejects_exactly_its_broken_picture(tmp_path):
-    written = write_demo_shards(tmp_path)
+    paths = write_demo_shards(tmp_path)
     for task in ("caption", "vqa"):
         shards, failed = inspect_shards(str(tmp_path), task)
         assert [s.num_rows for s in shards] == [8, 8, 8] and not failed
     broken = []
-    for path in written.paths:
+    for path in paths:
         for row in pq.read_table(path).to_pylist():
             try:
                 decode_image(row["image"])
