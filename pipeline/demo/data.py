@@ -3,7 +3,7 @@
 A picture holds a few shapes of one colour and kind (the ones its questions ask about) and a few
 others, one to a grid cell so none hides another. The shards look like a real image dataset: six
 sizes and aspect ratios (so LLaVA-Next picks different anyres grids), JPEG, PNG and WebP, rows
-without a prompt, one truncated JPEG (an error row), ten "human" answers a question. The same
+without a prompt, one truncated JPEG (an error row), ten "human" answers to each question. The same
 seed gives the same bytes.
 """
 
