@@ -7,7 +7,7 @@ the stock model drops as padding are shaded, and each panel's title gives its
 share of the budget. Sub-image panels sit in their grid arrangement to the
 right of the full view.
 
-    python -m hired.viz photo.jpg --budget 0.2 --model llava-hf/llava-v1.6-vicuna-7b-hf -o kept.png
+    hired viz photo.jpg --budget 0.2 --model llava-hf/llava-v1.6-vicuna-7b-hf -o kept.png
 
 Drawn with PIL (a dependency already), so the figure's pixel layout is exact
 and known in advance: :func:`panel_boxes` says where each panel lands.
@@ -15,11 +15,8 @@ and known in advance: :func:`panel_boxes` says where each panel lands.
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,7 +35,6 @@ GAP = 28  # between the full view and the sub-image grid
 TITLE = 22  # height of a panel's title line
 HEADER = 30  # height of the figure's title line
 FONT_SIZE = 14
-DEFAULT_MODEL = "llava-hf/llava-v1.6-vicuna-7b-hf"
 
 
 def denormalize(pixel_values: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -155,134 +151,3 @@ def render_prepared(prepared, inputs, processor, item: int = 0, title: str = "")
     pixels = _pixel_values_per_image(inputs, [p.num_partitions for p in prepared.partitions])[item]
     ip = processor.image_processor
     return render(pixels, parts, prepared.kept_indices[item], ip.image_mean, ip.image_std, title)
-
-
-# The command line.
-
-
-def budget_argument(text: str) -> float | int:
-    """``--budget``, read by :func:`hired.parse_budget` as the jobs read it."""
-    from .budget import parse_budget
-
-    try:
-        return parse_budget(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from .config import NEWLINE_MODES
-    from .strategies import NAMES as STRATEGIES
-
-    parser = argparse.ArgumentParser(
-        prog="python -m hired.viz",
-        description="Draw which visual tokens a strategy keeps of one image: the full view and every "
-        "high-resolution sub-image as the model sees them, kept tokens outlined in red, padding tokens "
-        "(dropped by the stock model too) shaded grey, each panel titled with its share of the budget.",
-    )
-    parser.add_argument("image", metavar="IMAGE", help="the picture to draw (any format PIL reads)")
-    parser.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        help=f"a LLaVA-Next or LLaVA-1.5 checkpoint: a local path or a hub id (default: {DEFAULT_MODEL})",
-    )
-    parser.add_argument(
-        "--budget",
-        type=budget_argument,
-        default=0.2,
-        help="tokens to keep: a fraction with a decimal point or a percentage (0.2 or 20%%; 1.0 = all) "
-        "or a whole token count (640) (default: 0.2)",
-    )
-    parser.add_argument(
-        "--alpha",
-        type=float,
-        default=0.5,
-        help="HiRED only: the share of the budget for the full view (default: 0.5)",
-    )
-    parser.add_argument(
-        "--strategy", choices=STRATEGIES, default="hired", help="how tokens are chosen (default: hired)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="the seed of --strategy random (default: 0)")
-    parser.add_argument(
-        "--newlines",
-        choices=NEWLINE_MODES,
-        default="none",
-        help="image_newline tokens sent to the LLM; they are not drawn, only counted in the figure's "
-        "title (default: none)",
-    )
-    parser.add_argument(
-        "--device",
-        default=None,
-        help="where to run the vision tower, e.g. cpu or cuda (default: cuda if available, else cpu)",
-    )
-    parser.add_argument(
-        "-o",
-        "--output",
-        type=Path,
-        default=None,
-        help="the PNG to write (default: IMAGE's name with _<strategy>_kept.png, in the current folder)",
-    )
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-
-    from .config import HiREDConfig
-
-    try:
-        config = HiREDConfig(
-            budget=args.budget, alpha=args.alpha, strategy=args.strategy, seed=args.seed, newlines=args.newlines
-        )
-    except ValueError as error:
-        parser.error(str(error))
-
-    # The picture first: a typo should not cost a model load.
-    try:
-        with Image.open(args.image) as opened:
-            image = opened.convert("RGB")
-    except (OSError, ValueError) as error:  # missing, a folder, not an image, truncated
-        parser.exit(2, f"{parser.prog}: error: cannot read image {args.image!r}: {error}\n")
-    output = args.output or Path(f"{Path(args.image).stem}_{args.strategy.replace('+', 'plus')}_kept.png")
-
-    import transformers
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    from .prepare import prepare_inputs
-
-    transformers.utils.logging.disable_progress_bar()
-    model_path = Path(args.model).expanduser()
-    if not model_path.exists() and (args.model.startswith(("/", ".", "~")) or args.model.count("/") > 1):
-        # Looks like a path, not a hub id ("owner/name"): say so rather than let the hub client complain.
-        parser.exit(2, f"{parser.prog}: error: cannot load model {args.model!r}: no such folder\n")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.float32 if device == "cpu" else torch.float16
-    try:
-        processor = AutoProcessor.from_pretrained(args.model)
-        model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=dtype).to(device).eval()
-    except (OSError, ValueError) as error:
-        parser.exit(2, f"{parser.prog}: error: cannot load model {args.model!r}: {error}\n")
-
-    image_token = getattr(processor, "image_token", "<image>")
-    inputs = processor(images=[image], text=[image_token], return_tensors="pt")
-    try:
-        prepared = prepare_inputs(model, inputs, config)
-    except (TypeError, ValueError) as error:  # an unsupported model, a layer out of range
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
-    kept, full, llm = prepared.visual_tokens_kept[0], prepared.visual_tokens_full[0], prepared.visual_tokens_llm[0]
-    title = (
-        f"{Path(args.image).name}: {config.strategy}, budget {args.budget}: keeps {kept} of {full} "
-        f"grid tokens ({kept / full:.1%}); the LLM sees {llm} visual tokens"
-    )
-    figure = render_prepared(prepared, inputs, processor, 0, title)
-    try:
-        figure.save(output, format="PNG")
-    except OSError as error:
-        parser.exit(2, f"{parser.prog}: error: cannot write {str(output)!r}: {error}\n")
-    print(f"wrote {output} ({figure.width}x{figure.height}): {title}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,5 +1,10 @@
-"""The job's settings: built once from the command line, checked before Ray starts, and
-handed whole to every stage (``Preprocessor(settings)``, ``Predictor(settings)``)."""
+"""The job's settings: every knob in one place, each with its description, its flag or environment
+variable, and whether it decides the results. Built once at the edge (the command line, or a
+caller), checked before Ray starts, and handed whole to every stage.
+
+The command lines' flags and ``--help`` come from the fields here (``pipeline.cli.flags``);
+environment variables are read once, by :func:`environment_settings`, never deep in the code.
+"""
 
 from __future__ import annotations
 
@@ -7,54 +12,189 @@ import json
 import re
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any, Callable
 
 import hired
 
-from .columns import ColumnMap
 from .errors import InputError
 from .io.images import DEFAULT_MAX_PIXELS
+from .io.location import Location
+from .io.retry import RetryPolicy
 
 DEFAULT_CAPTION_PROMPT = "Write a short caption for this image."
 MODEL_TYPES = ("llava_next", "llava")  # what hired's adapters handle
+TASKS = ("caption", "vqa")
+
+
+@dataclass(frozen=True)
+class Knob:
+    """What a setting means and how it is set."""
+
+    help: str
+    flag: str | None = None  # the command-line flag
+    env: str | None = None  # the environment variable (read once, at the edge)
+    group: str = "resources"  # the --help section
+    parse: Callable[[str], Any] | None = None  # text -> value, raising ValueError with the reason
+    choices: tuple | None = None
+    metavar: str | None = None
+    tasks: tuple[str, ...] = TASKS  # the jobs that have it
+    decides_results: bool = False  # recorded in every output; an output made otherwise is not resumed into
+
+
+def knob(default=MISSING, *, default_factory=MISSING, **meaning) -> Any:
+    return field(default=default, default_factory=default_factory, metadata={"knob": Knob(**meaning)})
+
+
+def at_least(low: int | float, kind: type = int) -> Callable[[str], int | float]:
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise ValueError(f"not a{'n integer' if kind is int else ' number'}: {text!r}") from None
+        if value < low:
+            raise ValueError(f"must be at least {low}, got {text}")
+        return value
+
+    return parse
+
+
+@dataclass(frozen=True)
+class ColumnMap:
+    """Which input column plays which part. None means the default: ``id`` if the shard has one
+    (else the row's place, ``<shard name>/<row index>``), ``image`` and/or ``image_uri``,
+    ``prompt``, ``question``, ``answers``. A column named here must exist in every shard."""
+
+    id: str | None = knob(None, flag="--id-column", group="data", metavar="NAME", help=(
+        "the rows' ids, strings or integers (kept as they are in the output); default: 'id', or, without one, "
+        "the row's place '<shard name>/<row index>'"))
+    image: str | None = knob(None, flag="--image-column", group="data", metavar="NAME", help=(
+        "the image: encoded bytes, a Hugging Face Image() struct, or a URI (absolute, file://, s3://, or a path "
+        "relative to the shard's folder); default: 'image' and/or 'image_uri'"))
+    prompt: str | None = knob(None, flag="--prompt-column", group="data", metavar="NAME", tasks=("caption",),
+                              help="per-row instructions (default: 'prompt' if present)")
+    question: str | None = knob(None, flag="--question-column", group="data", metavar="NAME", tasks=("vqa",),
+                                help="the questions (default: 'question')")
+    answers: str | None = knob(None, flag="--answers-column", group="data", metavar="NAME", tasks=("vqa",), help=(
+        "reference answers: a list of strings, one string, or a list of {answer, ...} structs "
+        "(default: 'answers' if present)"))
+
+    def flag(self, part: str) -> str:
+        return next(f for f in fields(self) if f.name == part).metadata["knob"].flag
 
 
 @dataclass(frozen=True)
 class JobSettings:
-    task: str = "caption"  # "caption" or "vqa"
-    input: str = ""  # URI of the input shards
-    output: str = ""  # URI of the output folder
-    model: str = ""  # hub id or local folder
-    config: hired.HiREDConfig | None = hired.HiREDConfig()  # None: every visual token (the stock model)
-    max_new_tokens: int = 64
-    batch_size: int | None = None  # items per generation batch; None: sized by GPU memory (CPU: 4)
-    gpu_memory_gb: float | None = None  # cap each GPU at this much, to act as a smaller card
-    num_gpus: int | None = None  # GPU actors; None: every GPU in the cluster; 0: CPU
-    preprocess_workers: int | None = None  # None: half the cluster's CPUs, at most 32
-    dtype: str = "auto"
-    max_image_pixels: int = DEFAULT_MAX_PIXELS
-    default_prompt: str = DEFAULT_CAPTION_PROMPT  # captions: for rows without a prompt
-    overwrite: bool = False
-    run_id: str = ""
-    ray_address: str | None = None  # None: RAY_ADDRESS if set (ray job submit), else a private local Ray
-    columns: ColumnMap = field(default_factory=ColumnMap)  # which input column is the id, the image, ...
+    task: str = knob("caption", help="caption or vqa", decides_results=True)
+    input: Location | None = knob(None, flag="--input", metavar="URI", group="data", help=(
+        "the input: a file, folder or prefix (local path, file://, s3://) of Parquet shards, WebDataset .tar "
+        "shards or image files"))
+    output: Location | None = knob(None, flag="--output", metavar="URI", group="data",
+                                   help="the output folder (local path, file://, s3://)")
+    overwrite: bool = knob(False, flag="--overwrite", group="data",
+                           help="redo every shard even if its output is complete (default: resume)")
+    columns: ColumnMap = field(default_factory=ColumnMap, metadata={"knob": Knob(
+        help="which input column is the id, the image, ...", decides_results=True)})
+    model: str = knob("", flag="--model", metavar="MODEL", group="model", decides_results=True, help=(
+        "a LLaVA-Next (or LLaVA-1.5) checkpoint: hub id or local folder"))
+    dtype: str = knob("auto", flag="--dtype", group="model", choices=("auto", "float16", "bfloat16", "float32"),
+                      help="weights' precision; auto = bfloat16 (or float16) on GPU, float32 on CPU")
+    max_new_tokens: int | None = knob(None, flag="--max-new-tokens", metavar="N", group="model", parse=at_least(1),
+                                      decides_results=True,
+                                      help="most tokens generated per item (default: 64 for captions, 16 for VQA)")
+    default_prompt: str = knob(DEFAULT_CAPTION_PROMPT, flag="--prompt", metavar="TEXT", group="model", tasks=("caption",),
+                               decides_results=True, help="instruction for rows whose prompt is null or missing")
+    # None: every visual token (the stock model). Set from the token-dropping flags (pipeline.cli.jobs).
+    config: hired.HiREDConfig | None = knob(hired.HiREDConfig(), help="HiRED's settings", decides_results=True)
+    num_gpus: int | None = knob(None, flag="--num-gpus", metavar="N", parse=at_least(0),
+                                help="GPU actors (one per GPU); default: every GPU in the cluster; 0 runs on CPU")
+    batch_size: int | None = knob(None, flag="--batch-size", metavar="N", parse=at_least(1), help=(
+        "items generated together; default: as many as fit in GPU memory, computed per batch from each "
+        "item's token count (HiRED fixes it in advance); 4 on CPU"))
+    gpu_memory_gb: float | None = knob(None, flag="--gpu-memory-gb", metavar="GIB", parse=at_least(0.5, float), help=(
+        "use at most this much of each GPU, e.g. 22 to size batches like an A10G on a larger card"))
+    preprocess_workers: int | None = knob(None, flag="--preprocess-workers", metavar="N", parse=at_least(1), help=(
+        "CPU actors decoding and preprocessing; default: half the cluster's CPUs, at most 32"))
+    max_image_pixels: int = knob(DEFAULT_MAX_PIXELS, flag="--max-image-pixels", metavar="N", parse=at_least(1),
+                                 help="larger images become error rows (decompression-bomb guard)")
+    ray_address: str | None = knob(None, flag="--ray-address", metavar="ADDRESS", env="RAY_ADDRESS", help=(
+        "the Ray cluster to join (ray job submit sets RAY_ADDRESS); default: a private local Ray"))
+    run_id: str = knob("", flag="--run-id", metavar="NAME", help="a name for this run (default: a timestamp); stored in every row")
+    io_retry_s: float = knob(120.0, env="HIRED_IO_RETRY_SECONDS", parse=at_least(0, float), help=(
+        "how long one stall of storage is retried before the run stops (exit 4; a rerun finishes it)"))
+    cpu_threads: int | None = knob(None, env="HIRED_CPU_THREADS", parse=at_least(1), help=(
+        "threads for generating on a CPU; default: every core the process may use (1 on a machine shared "
+        "with other work)"))
+    preprocess_niceness: int = knob(19, env="HIRED_PREPROCESS_NICENESS", parse=at_least(0), help=(
+        "how far preprocessing lowers its priority when generation runs on the same CPUs (0: normal); "
+        "GPU runs keep normal priority"))
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise InputError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        retry = RetryPolicy(window_s=self.io_retry_s)
+        for name in ("input", "output"):  # resolved once, here; handed on as Location objects
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Location):
+                object.__setattr__(self, name, Location.resolve(str(value), retry))
+        if self.max_new_tokens is None:
+            object.__setattr__(self, "max_new_tokens", 64 if self.task == "caption" else 16)
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return RetryPolicy(window_s=self.io_retry_s)
 
     def result_settings(self) -> dict:
         """What decides the results: an output made with other values is not resumed into."""
-        config = self.config
-        return {
-            "task": self.task,
-            "model": self.model,
-            "hired": None if config is None else asdict(config),
-            "max_new_tokens": self.max_new_tokens,
-            "default_prompt": self.default_prompt if self.task == "caption" else None,
-            "columns": asdict(self.columns),
-        }
+        recorded = {}
+        for f in fields(self):
+            if not f.metadata["knob"].decides_results:
+                continue
+            value = getattr(self, f.name)
+            if f.name == "config":
+                recorded["hired"] = None if value is None else asdict(value)
+            elif f.name == "columns":
+                recorded["columns"] = asdict(value)
+            elif self.task in f.metadata["knob"].tasks:
+                recorded[f.name] = value
+            else:
+                recorded[f.name] = None
+        return recorded
+
+
+def knobs(settings_class: type = JobSettings) -> list[tuple[str, Knob]]:
+    """Every knob of ``settings_class``, nested ones (ColumnMap's) included, in declaration order."""
+    out = []
+    for f in fields(settings_class):
+        if f.name == "columns":
+            out += [(f"columns.{c.name}", c.metadata["knob"]) for c in fields(ColumnMap)]
+        else:
+            out.append((f.name, f.metadata["knob"]))
+    return out
+
+
+def environment_settings(environ: dict[str, str]) -> dict[str, Any]:
+    """The settings the environment sets (``HIRED_*``, ``RAY_ADDRESS``), parsed; InputError naming
+    the variable for a value that does not parse."""
+    values = {}
+    for name, meaning in knobs():
+        if meaning.env is None or not environ.get(meaning.env):
+            continue
+        text = environ[meaning.env]
+        try:
+            values[name] = meaning.parse(text) if meaning.parse else text
+        except ValueError as e:
+            raise InputError(f"{meaning.env}={text}: {e}") from None
+    return values
 
 
 def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+
+
+def with_run_id(settings: JobSettings) -> JobSettings:
+    return settings if settings.run_id else replace(settings, run_id=new_run_id())
 
 
 # A hub id is "name" or "owner/name": letters, digits, '-', '_', '.', no '--' or '..' (the hub's own rules).
@@ -77,24 +217,47 @@ def check_model(model: str) -> None:
     elif not _HUB_ID.match(model):
         raise InputError(f"--model {model!r}: neither an existing local folder nor a hub id such as owner/name")
     try:
-        model_type = _local_model_type(path) if looks_local else None
-        if model_type is None:  # a hub id, or a config that leaves its type to transformers to work out
+        model_type = _local_model_type(path / "config.json") if looks_local else _hub_model_type(model)
+        if model_type is None:  # a config that leaves its type to transformers to work out
             from transformers import AutoConfig  # imports torch: seconds, so only when needed
 
             model_type = AutoConfig.from_pretrained(str(path) if looks_local else model).model_type
+    except InputError:
+        raise
     except Exception as e:
         first = (str(e).strip().splitlines() or [""])[0]
-        where = "" if looks_local else " (not a local folder; as a hub id it is neither cached nor reachable)"
-        raise InputError(f"--model {model}: cannot read its config{where}: {type(e).__name__}: {first}") from None
+        raise InputError(f"--model {model}: cannot read its config: {type(e).__name__}: {first}") from None
     if model_type not in MODEL_TYPES:
         raise InputError(f"--model {model}: a {model_type!r} model; hired runs LLaVA-Next and LLaVA-1.5 "
                          f"({', '.join(MODEL_TYPES)})")
 
 
-def _local_model_type(folder: Path) -> str | None:
+def _local_model_type(config_json: Path) -> str | None:
     """The ``model_type`` a checkpoint's ``config.json`` declares (what AutoConfig dispatches on),
-    read as JSON: the driver checks a local model without importing transformers and torch."""
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    read as JSON: the driver checks a model without importing transformers and torch."""
+    config = json.loads(Path(config_json).read_text(encoding="utf-8"))
     if not isinstance(config, dict):
         raise ValueError("config.json does not hold a JSON object")
     return config.get("model_type")
+
+
+def _hub_model_type(model_id: str) -> str | None:
+    """A hub checkpoint's ``model_type``: from the local cache, else from the hub after one quick
+    question whether it is there (the download client would retry an unreachable hub for minutes)."""
+    import huggingface_hub
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    cached = huggingface_hub.try_to_load_from_cache(model_id, "config.json")
+    if isinstance(cached, str):
+        return _local_model_type(Path(cached))
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        raise InputError(f"--model {model_id}: not a local folder, and as a hub id not in the local cache "
+                         "(HF_HUB_OFFLINE is set): download it first or give a local folder")
+    try:
+        huggingface_hub.HfApi().model_info(model_id, timeout=10)
+    except RepositoryNotFoundError:
+        raise InputError(f"--model {model_id}: no such model on the hub (a private one needs `hf auth login`)") from None
+    except Exception as e:
+        raise InputError(f"--model {model_id}: not a local folder, and as a hub id neither cached nor reachable "
+                         f"({type(e).__name__}: {e}): download it first or give a local folder") from None
+    return _local_model_type(Path(huggingface_hub.hf_hub_download(model_id, "config.json")))

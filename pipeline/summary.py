@@ -6,13 +6,12 @@ only the columns the summary needs, and folded into running totals with Arrow ke
 driver's memory therefore does not grow with the output (a million rows cost what a thousand
 do, plus the ids spilled to local disk for the duplicate check, see :class:`DuplicateIds`).
 
-``python -m pipeline.summary OUTPUT`` prints the summary of an output location, the same code
-the job runs at its end.
+``hired summary OUTPUT`` prints the summary of an output location, the same code the job runs at
+its end.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import os
@@ -27,23 +26,25 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from .columns import error_kind
-from .io.outputs import output_files
-from .io.retry import with_retries
-from .io.storage import Storage
+from .columns import (
+    ERROR_KIND, EXACT_MATCH, GENERATED_TOKENS, ID, PEAK_GPU_MEM_BYTES, TOKENS_PER_S, TTFT_MS, VISUAL_TOKENS_FULL,
+    VISUAL_TOKENS_KEPT, VQA_ACCURACY,
+)
+from .io.location import Location
+from .io.outputs import Outputs
 
 # The columns the summary reads; captions, prompts and VQA references are never loaded.
-SUMMARY_COLUMNS = ("id", "error", "visual_tokens_kept", "visual_tokens_full", "generated_tokens", "ttft_ms",
-                   "tokens_per_s", "peak_gpu_mem_bytes", "vqa_accuracy", "exact_match")
+SUMMARY_COLUMNS = (ID, ERROR_KIND, VISUAL_TOKENS_KEPT, VISUAL_TOKENS_FULL, GENERATED_TOKENS, TTFT_MS,
+                   TOKENS_PER_S, PEAK_GPU_MEM_BYTES, VQA_ACCURACY, EXACT_MATCH)
 # Each mean in the summary and the column it averages over the ok rows.
-MEANS = {"mean_visual_tokens_kept": "visual_tokens_kept", "mean_visual_tokens_full": "visual_tokens_full",
-         "mean_generated_tokens": "generated_tokens", "mean_ttft_ms": "ttft_ms",
-         "mean_tokens_per_s_per_item": "tokens_per_s"}
+MEANS = {"mean_visual_tokens_kept": VISUAL_TOKENS_KEPT, "mean_visual_tokens_full": VISUAL_TOKENS_FULL,
+         "mean_generated_tokens": GENERATED_TOKENS, "mean_ttft_ms": TTFT_MS,
+         "mean_tokens_per_s_per_item": TOKENS_PER_S}
 DUPLICATE_EXAMPLES = 20
 ID_BUCKETS = 64  # spill files for the duplicate check: each holds about 1/64 of the ids
 
 
-def read_columns(where: Storage, path: str, columns) -> pa.Table:
+def read_columns(where: Location, path: str, columns) -> pa.Table:
     """One result file's ``columns`` (those it has), retried as a whole if storage falters."""
 
     def read() -> pa.Table:
@@ -52,14 +53,13 @@ def read_columns(where: Storage, path: str, columns) -> pa.Table:
             present = [c for c in columns if c in parquet.schema_arrow.names]
             return parquet.read(columns=present)
 
-    return with_retries(read, f"reading {path}")
+    return where.retry.call(read, f"reading {path}")
 
 
-def output_tables(output_uri: str, columns) -> Iterator[pa.Table]:
+def output_tables(output: Location, columns) -> Iterator[pa.Table]:
     """Each result file's projected columns in output order, one file in memory at a time."""
-    where = Storage.at(output_uri)
-    for path in output_files(output_uri):
-        yield read_columns(where, path, columns)
+    for path in Outputs(output).result_files():
+        yield read_columns(output, path, columns)
 
 
 class RunningMean:
@@ -164,29 +164,29 @@ class SummaryTotals:
         if not table.num_rows:
             return
         self.items += table.num_rows
-        errors = table.column("error") if "error" in table.column_names else pa.nulls(table.num_rows, pa.string())
-        ok = pc.is_null(errors)
+        kinds = table.column(ERROR_KIND) if ERROR_KIND in table.column_names else pa.nulls(table.num_rows, pa.string())
+        ok = pc.is_null(kinds)
         self.ok += int(pc.sum(ok).as_py() or 0)
-        counted = pc.value_counts(pc.drop_null(errors))  # distinct reasons, each kind looked up once
-        for reason, count in zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist()):
-            self.reasons[error_kind(reason)] += count
-        if "id" in table.column_names:
-            self.ids.add(table.column("id"))
+        counted = pc.value_counts(pc.drop_null(kinds))
+        for kind, count in zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist()):
+            self.reasons[kind] += count
+        if ID in table.column_names:
+            self.ids.add(table.column(ID))
         done = table.filter(ok)
         for name, column in MEANS.items():
             if column in done.column_names:
                 self.means[name].add(done.column(column))
-        if "peak_gpu_mem_bytes" in done.column_names:
-            peak = pc.max(done.column("peak_gpu_mem_bytes")).as_py()
+        if PEAK_GPU_MEM_BYTES in done.column_names:
+            peak = pc.max(done.column(PEAK_GPU_MEM_BYTES)).as_py()
             if peak is not None:
                 self.peak_gpu_mem_bytes = peak if self.peak_gpu_mem_bytes is None else max(peak, self.peak_gpu_mem_bytes)
-        if "vqa_accuracy" in table.column_names:
+        if VQA_ACCURACY in table.column_names:
             self.has_vqa = True
-            scored = done.filter(pc.is_valid(done.column("vqa_accuracy")))
+            scored = done.filter(pc.is_valid(done.column(VQA_ACCURACY)))
             self.scored += scored.num_rows
-            self.accuracy.add(scored.column("vqa_accuracy"))
-            if "exact_match" in scored.column_names:
-                self.exact_match.add(scored.column("exact_match").cast(pa.int64()))
+            self.accuracy.add(scored.column(VQA_ACCURACY))
+            if EXACT_MATCH in scored.column_names:
+                self.exact_match.add(scored.column(EXACT_MATCH).cast(pa.int64()))
 
     def counts(self) -> dict:
         """The summary's keys about the output (the job adds the run's own)."""
@@ -241,15 +241,14 @@ def summarize(table: pa.Table | None, **run) -> dict:
     return summarize_tables([] if table is None else [table], **run)
 
 
-def summarize_output(output_uri: str, **run) -> dict:
-    """The summary of every result file under ``output_uri``, read file by file."""
-    return summarize_tables(output_tables(output_uri, SUMMARY_COLUMNS), **run)
+def summarize_output(output: Location, **run) -> dict:
+    """The summary of every result file under ``output``, read file by file."""
+    return summarize_tables(output_tables(output, SUMMARY_COLUMNS), **run)
 
 
-def write_summary(output_uri: str, summary: dict) -> str:
+def write_summary(output: Location, summary: dict) -> str:
     """``_summary.json`` beside the output (the latest run) and ``_runs/<run_id>.json`` (history)."""
-    where = Storage.at(output_uri)
-    fs, root = where.fs, where.path
+    fs, root = output.fs, output.path
     text = json.dumps(summary, indent=2, sort_keys=False, default=str)
     fs.makedirs(posixpath.join(root, "_runs"), exist_ok=True)
     with fs.open(posixpath.join(root, "_runs", f"{summary['run_id']}.json"), "w") as f:
@@ -292,37 +291,7 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------------------------------
-# Command line
+if __name__ == "__main__":  # python -m pipeline.summary OUTPUT: the same as hired summary OUTPUT
+    from .cli import main
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.summary",
-        description="Print the summary of a caption or VQA job's output (counts, errors by kind, duplicate ids, "
-                    "means), computed from the result files one at a time, as the job does at its end. "
-                    "Exit status: 0, or 2 when the location cannot be read.",
-    )
-    parser.add_argument("output_uri", metavar="OUTPUT_URI",
-                        help="the job's --output location: local path, file:// or s3:// URI")
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON instead of lines")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        if not Storage.at(args.output_uri).exists():
-            parser.exit(2, f"{parser.prog}: error: {args.output_uri} does not exist\n")
-        summary = summarize_output(args.output_uri, processed_rows=0, processed_generated_tokens=0, wall_s=0.0,
-                                   extra={"output": args.output_uri})
-    except Exception as e:  # a malformed URI, missing credentials, a damaged file: one line, no traceback
-        parser.exit(2, f"{parser.prog}: error: cannot summarise {args.output_uri}: {type(e).__name__}: {e}\n")
-    summary.pop("this_run")  # only the job knows its wall time; its _summary.json has it
-    print(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["summary", *sys.argv[1:]]))

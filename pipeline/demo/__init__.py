@@ -15,16 +15,20 @@ from hired.tiny import build_tiny_llava_next
 from .data import DEMO_SIZES, draw_scene, encode, write_demo_shards
 
 
-def prepare_demo(root: str | Path) -> tuple[str, str]:
-    """Build (or reuse) the demo shards and model under ``root``; returns (input URI, model path)."""
-    root = Path(root).resolve()
-    shards = root / "input"
-    if not list(shards.glob("*.parquet")):
-        write_demo_shards(shards)
-    model = root / "tiny-llava-next"
+def demo_model(root: str | Path) -> str:
+    """Build (or reuse) the demo's tiny random-weight LLaVA-Next under ``root``; returns its folder."""
+    model = Path(root).resolve() / "tiny-llava-next"
     if not (model / "config.json").exists():
         build_tiny_llava_next(model)
-    return str(shards), str(model)
+    return str(model)
+
+
+def prepare_demo(root: str | Path) -> tuple[str, str]:
+    """Build (or reuse) the demo shards and model under ``root``; returns (input URI, model path)."""
+    shards = Path(root).resolve() / "input"
+    if not list(shards.glob("*.parquet")):
+        write_demo_shards(shards)
+    return str(shards), demo_model(root)
 
 
 def example_image(root: str | Path) -> Path:

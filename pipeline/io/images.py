@@ -8,38 +8,37 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
-# We check the pixel count ourselves (before decoding) with a clear error row, so PIL's own
-# decompression-bomb guard, which warns or raises at fixed sizes, is turned off.
-Image.MAX_IMAGE_PIXELS = None
+from ..row_errors import ErrorKind, RowFailed
 
 DEFAULT_MAX_PIXELS = 64_000_000  # 64 MP: above any camera photo we expect, far below a bomb
 
 
-class BadImage(ValueError):
-    """The input cannot be used as an image; the message is the reason in the error row."""
-
-
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Bytes (JPEG, PNG, WebP, ...) to an upright RGB picture, or :class:`BadImage`."""
+    """Bytes (JPEG, PNG, WebP, ...) to an upright RGB picture, or :class:`RowFailed` saying why not.
+
+    The pixel count is checked against ``max_pixels`` from the header, before decoding; PIL's own
+    decompression-bomb guard (it refuses pictures over twice its limit at open) is raised to
+    ``max_pixels`` where that is larger, so ours is the limit that applies."""
     if not data:
-        raise BadImage("empty image: the image bytes are empty")
+        raise RowFailed(ErrorKind.EMPTY_IMAGE, "the image bytes are empty")
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            warnings.simplefilter("ignore")  # PIL's bomb warnings: our limit is checked here instead
             image = Image.open(io.BytesIO(data))  # reads the header only
             width, height = image.size
             if width * height > max_pixels:
-                raise BadImage(
-                    f"image too large: {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
-                )
+                raise RowFailed(ErrorKind.IMAGE_TOO_LARGE,
+                                f"{width}x{height} = {width * height} pixels, over the limit of {max_pixels}")
             image.load()
             image = ImageOps.exif_transpose(image)
-    except BadImage:
+    except RowFailed:
         raise
     except Exception as e:  # PIL raises many types for bad data; all mean "not a usable image"
-        raise BadImage(f"undecodable image: {type(e).__name__}: {e}") from None
+        raise RowFailed(ErrorKind.UNDECODABLE_IMAGE, f"{type(e).__name__}: {e}") from None
     if image.width < 1 or image.height < 1:
-        raise BadImage(f"image has no pixels: {image.width}x{image.height}")
+        raise RowFailed(ErrorKind.NO_PIXELS, f"{image.width}x{image.height}")
     return to_rgb(image)
 
 

@@ -1,22 +1,28 @@
-"""Storage that fails for a while: retry with backoff, then fail clearly.
+"""Storage that fails for a while: the one retry policy for every storage operation.
 
-The pipeline draws one line: a *data* problem (a missing file, a corrupt
-Parquet footer, access denied) is permanent, so it becomes an error row or a
-failed shard at once; an *infrastructure* problem (the object store unreachable,
-an S3 InternalError or SlowDown, a dropped connection) is transient, so the
-operation is retried with exponential backoff. If storage is still down when
-the retries run out, the job stops with a clear message: no healthy row is
-turned into an error, and rerunning the same command finishes the job.
+The pipeline draws one line: a *data* problem (a missing file, a corrupt Parquet footer) is
+permanent, so it becomes an error row or a failed shard at once; a *settings* problem (no
+credentials, access denied, no such bucket) is permanent too and stops the run before anything
+heavy starts; an *infrastructure* problem (the store unreachable, an S3 InternalError or
+SlowDown, a dropped connection) is transient, so the operation is retried with jittered
+exponential backoff. A stall retried past the policy's window stops the run with
+:class:`StorageUnavailable`: no healthy row is turned into an error, and rerunning the same
+command finishes the job.
+
+Two entry points share the policy: :meth:`RetryPolicy.call` for one operation, and
+:meth:`RetryPolicy.resumable` for a stream of items (Parquet slices, tar samples) that is reopened
+after the last item handed out. Each stall is timed from its own first failure, so a long read
+that meets a blip hours in gets the whole window for it.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import TypeVar
 
 from ..errors import StorageUnavailable
@@ -24,43 +30,86 @@ from ..errors import StorageUnavailable
 log = logging.getLogger("hired.pipeline")
 T = TypeVar("T")
 
-# How long to keep trying one operation; tests shorten it.
-RETRY_SECONDS = float(os.environ.get("HIRED_IO_RETRY_SECONDS", "120"))
 _TRANSIENT_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ETIMEDOUT, errno.EPIPE, errno.EAGAIN, errno.EBUSY,
                      errno.EREMOTEIO}  # s3fs maps S3's InternalError / SlowDown to EREMOTEIO and EBUSY
+# botocore errors that are the settings' fault, not the store's: retrying cannot help.
+_SETTINGS_ERRORS = {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError",
+                    "NoRegionError", "ProfileNotFound", "InvalidConfigError"}
 
 
 def is_transient(error: BaseException) -> bool:
-    """Whether ``error`` is storage failing for now rather than the data being bad."""
+    """Whether ``error`` is storage failing for now rather than the data or the settings being wrong."""
     if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, ValueError)):
         return False
     if isinstance(error, (ConnectionError, TimeoutError)):
         return True
-    module = type(error).__module__
-    if module.startswith("botocore") and type(error).__name__ != "ClientError":
-        return True  # BotoCoreError: endpoint, connection, read-timeout errors (ClientError is an S3 answer)
+    module, name = type(error).__module__, type(error).__name__
+    if module.startswith("botocore"):
+        # BotoCoreError: endpoint, connection and read-timeout errors; a ClientError is the store's answer.
+        return name != "ClientError" and name not in _SETTINGS_ERRORS
     if module.startswith("aiohttp"):
         return True
     return isinstance(error, OSError) and error.errno in _TRANSIENT_ERRNOS
 
 
-def with_retries(operation: Callable[[], T], what: str, seconds: float | None = None) -> T:
-    """Run ``operation``; on a transient storage error retry with jittered exponential backoff
-    (0.5 s, 1 s, 2 s, ... at most 15 s apart) for up to ``seconds``, then raise StorageUnavailable."""
-    deadline = time.monotonic() + (RETRY_SECONDS if seconds is None else seconds)
-    delay = 0.5
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            return operation()
-        except Exception as error:
-            if not is_transient(error):
-                raise
-            if time.monotonic() + delay > deadline:
-                raise StorageUnavailable(
-                    f"{what}: storage unavailable after {attempt} attempts: {type(error).__name__}: {error}"
-                ) from None
-            log.warning("%s: %s: %s; retrying in %.1f s", what, type(error).__name__, error, delay)
-            time.sleep(delay * random.uniform(0.8, 1.2))
-            delay = min(delay * 2, 15.0)
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long a stall of storage is retried, and how far apart the attempts are."""
+
+    window_s: float = 120.0  # one stall, from its first failure, before the run stops
+    first_delay_s: float = 0.5
+    max_delay_s: float = 15.0
+
+    def __post_init__(self) -> None:
+        if not self.window_s >= 0:
+            raise ValueError(f"the retry window must be >= 0 seconds, got {self.window_s!r}")
+
+    def call(self, operation: Callable[[], T], what: str) -> T:
+        """``operation()``, retried while it fails transiently; StorageUnavailable once the window is spent."""
+        stall = _Stall(self, what)
+        while True:
+            try:
+                return operation()
+            except Exception as error:
+                stall.wait_or_give_up(error)
+
+    def resumable(self, open_from: Callable[[int], Iterable[T]], what: str) -> Iterator[T]:
+        """The items of ``open_from(0)``; when the stream fails transiently, ``open_from(n)`` again with
+        ``n`` the items handed out so far. Progress ends a stall: the next failure starts a new one."""
+        done = 0
+        stall = _Stall(self, what)
+        while True:
+            try:
+                for item in open_from(done):
+                    if stall.failures:
+                        stall = _Stall(self, what)
+                    yield item
+                    done += 1
+                return
+            except Exception as error:
+                stall.wait_or_give_up(error, f" after {done} items")
+
+
+class _Stall:
+    """One run of failures: when it began, how many, the next delay."""
+
+    def __init__(self, policy: RetryPolicy, what: str):
+        self.policy, self.what = policy, what
+        self.failures = 0
+        self.began = 0.0
+        self.delay = policy.first_delay_s
+
+    def wait_or_give_up(self, error: Exception, where: str = "") -> None:
+        """Sleep before the next attempt, or re-raise ``error`` (not transient) or StorageUnavailable (window spent)."""
+        if isinstance(error, StorageUnavailable) or not is_transient(error):
+            raise error
+        now = time.monotonic()
+        if not self.failures:
+            self.began = now
+        self.failures += 1
+        if now + self.delay - self.began > self.policy.window_s:
+            raise StorageUnavailable(f"{self.what}: storage unavailable after {self.failures} attempts"
+                                     f"{where}: {type(error).__name__}: {error}") from None
+        log.warning("%s%s: %s: %s; retrying in %.1f s", self.what, where, type(error).__name__, error, self.delay)
+        time.sleep(self.delay * random.uniform(0.8, 1.2))
+        self.delay = min(self.delay * 2, self.policy.max_delay_s)

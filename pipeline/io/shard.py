@@ -1,4 +1,4 @@
-"""What planning knows of an input shard, whatever its kind: the unit of exactly-once output."""
+"""What planning knows of an input shard, whatever its format: the unit of exactly-once output."""
 
 from __future__ import annotations
 
@@ -7,13 +7,26 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Shard:
-    uri: str  # full URI of the input shard
+    uri: str  # its identity, recorded in its output: a file's URI, or a folder shard's '<input>#<name>.<fingerprint>'
     name: str  # output file stem, unique among the input's shards
     num_rows: int
-    row_groups: tuple[int, ...] = ()  # Parquet: rows per row group; () for the other kinds
-    kind: str = "parquet"  # "parquet" | "webdataset" | "folder"
-    members: tuple[str, ...] = ()  # folder shards: the image paths of this shard, relative to the input
+    format: str  # its format's name in pipeline.io.formats.FORMATS
+    path: str  # on the input's filesystem: the file (Parquet, tar), or the folder a folder shard's members are under
+    plan: tuple = ()  # what its format needs to read it (Parquet: rows per row group; folder: member paths)
     id_type: str = "string"  # the output's id type: "string" or "int64" (an integer id column)
+
+
+@dataclass(frozen=True)
+class ReadTask:
+    """One read task's part of a shard: its rows from ``first_row`` on, ``num_rows`` of them."""
+
+    shard_uri: str
+    shard_name: str
+    format: str
+    path: str  # as Shard.path
+    first_row: int
+    num_rows: int
+    part: object = None  # the format's own (Parquet: the row group; folder: the member paths)
 
 
 @dataclass(frozen=True)

@@ -15,15 +15,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..columns import ERROR, ROW_INDEX, SOURCE_SHARD, missing, output_schema
+from ..columns import ERROR, ERROR_DETAIL, ERROR_KIND, GENERATED_TOKENS, ROW_INDEX, SOURCE_SHARD, TEXT, output_schema
 from ..faults import failpoint
-from ..io.inputs import FailedShard, Shard
-from ..io.outputs import write_output
+from ..io.outputs import Outputs
+from ..io.shard import FailedShard, Shard
+from ..row_errors import ErrorKind, RowError
 from ..settings import JobSettings
+from ..stages.base import missing
 
 log = logging.getLogger("hired.pipeline")
 
-NO_RESULT = "internal: no result came back for this row"
+NO_RESULT = RowError(ErrorKind.INTERNAL, "no result came back for this row")
 
 
 class _ShardRows:
@@ -75,6 +77,7 @@ class ShardCollector:
 
     def __init__(self, shards: list[Shard], settings: JobSettings):
         self.settings = settings
+        self.outputs = Outputs(settings.output)
         self.shards: dict[str, _ShardRows | None] = {s.uri: _ShardRows(s) for s in shards}  # None once written
         self.written: list[str] = []
         self.generated_tokens = 0
@@ -98,7 +101,7 @@ class ShardCollector:
         books = self.shards[uri]
         # Ids travel between stages as strings; the output keeps the input's id type (cast here).
         table = shard_table(books.blocks, output_schema(self.settings.task, books.shard.id_type))
-        self.written.append(write_output(self.settings.output, books.shard, table, self.settings.result_settings()))
+        self.written.append(self.outputs.write(books.shard, table, self.settings.result_settings()))
         log.info("wrote %s (%d rows)", self.written[-1], books.shard.num_rows)
         failpoint("shard_written")  # tests kill the driver here, between two shards
         self.shards[uri] = None  # done
@@ -126,9 +129,9 @@ def rows_per_shard(block: pa.Table) -> Iterator[tuple[str, pa.Table]]:
 
 def token_sum(rows: pa.Table) -> int:
     """The tokens generated for these rows (as the output will hold them: NaN counts as null)."""
-    if "generated_tokens" not in rows.column_names:
+    if GENERATED_TOKENS not in rows.column_names:
         return 0
-    return pc.sum(as_type(rows.column("generated_tokens"), pa.int64())).as_py() or 0
+    return pc.sum(as_type(rows.column(GENERATED_TOKENS), pa.int64())).as_py() or 0
 
 
 def shard_table(blocks: list[pa.Table], schema: pa.Schema) -> pa.Table:
@@ -143,16 +146,29 @@ def shard_table(blocks: list[pa.Table], schema: pa.Schema) -> pa.Table:
         table = pa.concat_tables([conform(block, schema) for block in blocks])
     table = table.combine_chunks()
     table = table.take(pc.sort_indices(table.column(ROW_INDEX)))
-    no_result = pc.and_(pc.is_null(table.column("text")), pc.is_null(table.column(ERROR)))
+    no_result = pc.and_(pc.is_null(table.column(TEXT)), pc.is_null(table.column(ERROR_KIND)))
     if pc.any(no_result).as_py():  # never a silently empty row
-        errors = pc.if_else(no_result, pa.scalar(NO_RESULT, pa.string()), table.column(ERROR))
-        table = table.set_column(table.schema.get_field_index(ERROR), schema.field(ERROR), errors)
+        for name, value in ((ERROR, NO_RESULT.text), (ERROR_KIND, NO_RESULT.kind.value)):
+            filled = pc.if_else(no_result, pa.scalar(value, pa.string()), table.column(name))
+            table = table.set_column(table.schema.get_field_index(name), schema.field(name), filled)
     return table
+
+
+def with_error_text(block: pa.Table) -> pa.Table:
+    """The output's ``error`` column ("<kind>: <detail>") from the stages' kind and detail columns."""
+    if ERROR_KIND not in block.column_names:
+        return block
+    kind = as_type(block.column(ERROR_KIND), pa.string())
+    detail = as_type(block.column(ERROR_DETAIL), pa.string()) if ERROR_DETAIL in block.column_names else None
+    text = kind if detail is None else pc.if_else(pc.is_null(detail), kind, pc.binary_join_element_wise(kind, detail, ": "))
+    block = block.set_column(block.schema.get_field_index(ERROR_KIND), ERROR_KIND, kind)
+    return block.append_column(ERROR, text) if ERROR not in block.column_names else block
 
 
 def conform(block: pa.Table, schema: pa.Schema) -> pa.Table:
     """A block's columns as the output schema has them: absent columns as nulls, others cast."""
     columns = []
+    block = with_error_text(block)
     for field in schema:
         if field.name not in block.column_names:
             columns.append(pa.nulls(block.num_rows, field.type))

@@ -12,40 +12,40 @@ shards raise, the first of them in input order decides (input errors before outp
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 
-from ..io.inputs import FailedShard, Shard, inspect_shards
-from ..io.outputs import check_output_writable, completed_output, listed_outputs, output_path, remove_stale_temporaries
-from ..io.storage import Storage, in_threads
+from ..io.formats import inspect_input
+from ..io.location import in_threads
+from ..io.outputs import Outputs
+from ..io.shard import FailedShard, Shard
 from ..settings import JobSettings
 
 log = logging.getLogger("hired.pipeline")
 
-# Footer reads in flight at once. They wait mostly on the store: on a busy 2-core machine against
-# a loopback S3, 2,000 footers took about 3x longer with 8 threads than with 32; 64 were no faster.
-# (s3fs sends at most 10 requests at once per filesystem; the rest of the pool queues for them.)
+# Footer reads in flight at once. They wait mostly on the store (s3fs sends at most 10 requests at
+# once per filesystem; the rest of the pool queues for them); bench/bench_plan.py measures it.
 PLAN_THREADS = 32
 
 
 def plan(settings: JobSettings, threads: int = PLAN_THREADS) -> tuple[list[Shard], list[Shard], list[FailedShard]]:
     """Check the input and output before any model loads; split shards into to-do and done."""
-    check_output_writable(settings.output)
-    if removed := remove_stale_temporaries(settings.output):
-        log.info("removed %d temporary file(s) an interrupted run left in %s", removed, settings.output)
-    shards, failed = inspect_shards(settings.input, settings.task, settings.columns, threads)
+    outputs = Outputs(settings.output)
+    outputs.check_writable()
+    if removed := outputs.remove_stale_temporaries():
+        log.info("removed %d temporary file(s) an interrupted run left in %s", removed, settings.output.uri)
+    shards, failed = inspect_input(settings.input, settings, threads)
     if settings.overwrite:
         return shards, [], failed
-    complete = outputs_complete(settings.output, shards, settings.result_settings(), threads)
+    complete = outputs_complete(outputs, shards, settings.result_settings(), threads)
     done = [s for s, is_complete in zip(shards, complete) if is_complete]
     return [s for s, is_complete in zip(shards, complete) if not is_complete], done, failed
 
 
-def outputs_complete(output_uri: str, shards: Sequence[Shard], settings: dict, threads: int = PLAN_THREADS) -> list[bool]:
+def outputs_complete(outputs: Outputs, shards: list[Shard], settings: dict, threads: int = PLAN_THREADS) -> list[bool]:
     """Whether each shard's output is complete; only outputs the listing holds are read."""
-    sizes = listed_outputs(output_uri)
-    output_sizes = [sizes.get(Storage.at(output_path(output_uri, shard)).path) for shard in shards]
-    to_check = [i for i, size in enumerate(output_sizes) if size is not None]
-    checked = in_threads(lambda i: completed_output(output_uri, shards[i], settings, size=output_sizes[i]), to_check, threads)
+    held = outputs.held()
+    sizes = [held.get(f"{shard.name}.parquet") for shard in shards]
+    to_check = [i for i, size in enumerate(sizes) if size is not None]
+    checked = in_threads(lambda i: outputs.is_complete(shards[i], settings, size=sizes[i]), to_check, threads)
     complete = [False] * len(shards)
     for i, is_complete in zip(to_check, checked):
         complete[i] = is_complete

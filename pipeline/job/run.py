@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
 
 import ray
 
 from ..errors import RunAborted, StorageUnavailable
-from ..io.inputs import Shard
-from ..settings import JobSettings, new_run_id
+from ..io.shard import Shard
+from ..settings import JobSettings, with_run_id
 from ..stages.preprocess import Preprocessor
 from ..stages.read import read_rows, read_tasks
 from ..stages.score import score_vqa
@@ -32,7 +31,7 @@ log = logging.getLogger("hired.pipeline")
 
 # Rows per preprocessing call. It also sets the blocks the generation stage and the driver see:
 # small blocks keep memory low (pixel values travel in them) and let results, and so complete
-# shards, arrive steadily; 32 was measured no faster than 8 on the soak.
+# shards, arrive steadily.
 PREPROCESS_BATCH_ROWS = 8
 
 
@@ -50,8 +49,8 @@ def build_dataset(pending: list[Shard], settings: JobSettings):
             log.warning("no GPUs in the cluster: generating on CPU (pass --num-gpus N to wait for N GPU workers)")
     device = "cuda" if gpus > 0 else "cpu"
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    # Half the CPUs: the generation actors, Ray and reads need the rest (measured on 2 cores:
-    # 2 workers 94 images/s, 3 workers 74). The pool starts at one and grows with the backlog.
+    # Half the CPUs: the generation actors, Ray and reads need the rest. The pool starts at one and
+    # grows with the backlog.
     workers = settings.preprocess_workers or max(1, min(cpus // 2, 32))
     # Pixel values are the bulk of what crosses to the generation actors: ship them in the model's precision.
     pixel_dtype = "float32" if device == "cpu" or settings.dtype == "float32" else "float16"
@@ -61,9 +60,9 @@ def build_dataset(pending: list[Shard], settings: JobSettings):
     )
 
     dataset = ray.data.from_items(tasks, override_num_blocks=max(1, len(tasks)))
-    # A generator: each row group comes out in bounded slices (see pipeline.io.inputs).
+    # A generator: each read task's rows come out in bounded slices (see pipeline.stages.read).
     dataset = dataset.map_batches(read_rows, batch_size=1, num_cpus=0.25,
-                                  fn_kwargs={"columns": settings.columns, "task": settings.task})
+                                  fn_kwargs={"input": settings.input, "settings": settings})
     dataset = dataset.map_batches(
         Preprocessor,
         fn_constructor_kwargs={"settings": settings, "pixel_dtype": pixel_dtype, "beside_cpu_generation": device == "cpu"},
@@ -99,8 +98,7 @@ def abort_reason(error: BaseException) -> str:
 
 def run_job(settings: JobSettings) -> dict:
     """Run (or resume) a job; returns the summary, also written beside the output."""
-    if not settings.run_id:
-        settings = replace(settings, run_id=new_run_id())
+    settings = with_run_id(settings)
     started = time.perf_counter()
     pending, done, failed = plan(settings)
     log.info("run %s: %d shards to do, %d already complete, %d unreadable", settings.run_id, len(pending), len(done), len(failed))
@@ -133,8 +131,8 @@ def run_job(settings: JobSettings) -> dict:
         extra={
             "run_id": settings.run_id,
             "task": settings.task,
-            "input": settings.input,
-            "output": settings.output,
+            "input": settings.input.uri,
+            "output": settings.output.uri,
             "settings": settings.result_settings(),
             "batch_size": settings.batch_size,
             "shards": {

@@ -15,31 +15,32 @@ from dataclasses import dataclass, replace
 
 import hired
 
-from ..io.storage import Storage
+from ..io.location import Location
+from ..settings import with_run_id
 
 
 @dataclass(frozen=True)
 class SweepPoint:
-    strategy: str  # a HiRED strategy, or "none" for the stock token count
+    strategy: str  # a HiRED strategy, or hired.strategies.STOCK for every token
     budget: float | int | None  # None with "none"
     alpha: float
 
     @property
     def name(self) -> str:
-        return "none" if self.strategy == "none" else f"{self.strategy}-{self.budget:g}"
+        return self.strategy if self.strategy == hired.strategies.STOCK else f"{self.strategy}-{self.budget:g}"
 
     def config(self) -> hired.HiREDConfig | None:
-        if self.strategy == "none":
+        if self.strategy == hired.strategies.STOCK:
             return None
         return hired.HiREDConfig(budget=self.budget, alpha=self.alpha, strategy=self.strategy)
 
 
 def sweep_points(strategies: list[str], budgets: list[float | int], alpha: float) -> list[SweepPoint]:
-    """Every (strategy, budget) pair; "none" once, whatever the budgets."""
+    """Every (strategy, budget) pair; the stock token count once, whatever the budgets."""
     points = []
     for strategy in strategies:
-        if strategy == "none":
-            points.append(SweepPoint("none", None, alpha))
+        if strategy == hired.strategies.STOCK:
+            points.append(SweepPoint(strategy, None, alpha))
         else:
             points.extend(SweepPoint(strategy, budget, alpha) for budget in budgets)
     for point in points:
@@ -49,14 +50,14 @@ def sweep_points(strategies: list[str], budgets: list[float | int], alpha: float
 
 def run_sweep(settings, points: list[SweepPoint], run) -> list[dict]:
     """Run ``settings`` once per point (``run`` is ``run_job``), each into its own folder."""
-    root = settings.output.rstrip("/")
+    settings = with_run_id(settings)
     summaries = []
     for point in points:
-        point_settings = replace(settings, output=posixpath.join(root, point.name), config=point.config(),
+        point_settings = replace(settings, output=settings.output.join(point.name), config=point.config(),
                                  run_id=f"{settings.run_id}-{point.name}")
         summary = run(point_settings)
         summary["sweep_point"] = {"name": point.name, "strategy": point.strategy, "budget": point.budget,
-                                  "alpha": point.alpha if point.strategy != "none" else None}
+                                  "alpha": point.alpha if point.strategy != hired.strategies.STOCK else None}
         summaries.append(summary)
     return summaries
 
@@ -94,9 +95,8 @@ def sweep_table(summaries: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_sweep(output_uri: str, summaries: list[dict]) -> str:
-    where = Storage.at(output_uri)
-    fs, root = where.fs, where.path
+def write_sweep(output: Location, summaries: list[dict]) -> str:
+    fs, root = output.fs, output.path
     fs.makedirs(root, exist_ok=True)
     with fs.open(posixpath.join(root, "sweep.json"), "w") as f:
         json.dump(summaries, f, indent=2, default=str)

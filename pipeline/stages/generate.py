@@ -29,18 +29,21 @@ import torch
 
 import hired
 
-from ..columns import ANSWERS, ERROR, ID, MODEL_INPUTS, PASSTHROUGH, VQA_PASSTHROUGH, answer_lists, batch_column, decode_inputs, object_array
+from ..columns import (
+    ALPHA, BATCH_SIZE, BUDGET_FRACTION, BUDGET_TOKENS, DECODE_MS, DEVICE, GENERATED, GENERATED_TOKENS, MODEL,
+    MODEL_INPUTS, PEAK_GPU_MEM_BYTES, PREPROCESSED, PROMPT_TOKENS, RUN_ID, STRATEGY, TEXT, TOKENS_PER_S, TTFT_MS,
+    VISUAL_TOKENS_FULL, VISUAL_TOKENS_KEPT,
+)
 from ..faults import failpoint
+from ..row_errors import ErrorKind, RowError
 from ..settings import JobSettings
+from ..wire import decode_inputs
+from .base import Rows
 from .memory import CPU_BATCH_SIZE, BatchSizer, Margin, MemoryModel, apply_memory_cap, free_device_bytes, run_with_oom_backoff  # noqa: F401 (CPU_BATCH_SIZE: the job sizes its Ray batches by it)
 
 log = logging.getLogger("hired.pipeline")
 
-RESULT_COLUMNS = (
-    "text", "visual_tokens_full", "visual_tokens_kept", "prompt_tokens", "generated_tokens", "ttft_ms",
-    "decode_ms", "tokens_per_s", "batch_size", "peak_gpu_mem_bytes", "device", "model", "strategy",
-    "budget_fraction", "budget_tokens", "alpha", "run_id",
-)
+NEEDS = PREPROCESSED
 
 
 class FirstTokenTimer:
@@ -61,17 +64,12 @@ class FirstTokenTimer:
         pass
 
 
-def cpu_threads() -> int:
-    """Threads for generating on a CPU: ``HIRED_CPU_THREADS`` if set, else every core this process may use.
-
-    Ray starts a worker with OMP_NUM_THREADS at the floor of its ``num_cpus`` (1 for the generation
-    actor's 0.5), which left one of two cores idle: the job ran at 0.48 of the bare predictor
-    (bench/bench_pipeline.py). On a CPU the generation actor is the job's compute, so it takes every
-    core, as torch does by default. On a machine shared with other work, ``HIRED_CPU_THREADS=1``:
-    there threads stall on cores others take (measured 2.5x slower at load 8 on 2 cores)."""
-    configured = os.environ.get("HIRED_CPU_THREADS")
+def cpu_threads(configured: int | None) -> int:
+    """Threads for generating on a CPU: ``configured`` (settings.cpu_threads), else every core this
+    process may use. Ray starts a worker with OMP_NUM_THREADS at the floor of its ``num_cpus`` (1
+    for the generation actor's 0.5), leaving cores idle; on a CPU the actor is the job's compute."""
     if configured:
-        return max(1, int(configured))
+        return configured
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # no affinity API (macOS)
@@ -107,7 +105,7 @@ class BatchTiming:
 @dataclass
 class ItemResult:
     token_ids: list[int] | None = None
-    error: str | None = None
+    error: RowError | None = None
     lengths: dict | None = None  # visual_tokens_full/kept, prompt_tokens
     timing: BatchTiming | None = None
     batch_size: int | None = None
@@ -127,7 +125,7 @@ class Predictor:
             torch.cuda.set_device(self.device)
             apply_memory_cap(gpu_memory_gb, self.device)  # a big GPU acting as a commodity card
         else:
-            torch.set_num_threads(cpu_threads())
+            torch.set_num_threads(cpu_threads(settings.cpu_threads))
         started = time.perf_counter()
         if loaded is None:
             from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -214,9 +212,9 @@ class Predictor:
             ItemResult(
                 token_ids=token_ids[k],
                 lengths={
-                    "visual_tokens_full": prepared.visual_tokens_full[k],
-                    "visual_tokens_kept": prepared.visual_tokens_kept[k],
-                    "prompt_tokens": prepared.prompt_tokens[k],
+                    VISUAL_TOKENS_FULL: prepared.visual_tokens_full[k],
+                    VISUAL_TOKENS_KEPT: prepared.visual_tokens_kept[k],
+                    PROMPT_TOKENS: prepared.prompt_tokens[k],
                 },
                 timing=timing,
                 batch_size=len(chunk),
@@ -227,7 +225,9 @@ class Predictor:
     def _run_isolating_failures(self, chunk: list[tuple[dict, hired.ItemLengths]]) -> list[ItemResult]:
         """Results for a micro-batch; out-of-memory is backed off, and any other failure is
         pinned on its item(s) by running them one at a time, so one bad item costs one row."""
-        make_error = lambda item, reason: ItemResult(error=reason)  # noqa: E731
+        def make_error(item, reason: str) -> ItemResult:
+            return ItemResult(error=RowError(ErrorKind.OUT_OF_MEMORY, reason.removeprefix("out of memory: ")))
+
         try:
             return run_with_oom_backoff(chunk, self._run, self.batches.sizes, make_error=make_error)
         except Exception as error:
@@ -239,33 +239,27 @@ class Predictor:
                 results.extend(run_with_oom_backoff([pair], self._run, self.batches.sizes, make_error=make_error))
             except Exception as error:
                 log.exception("an item failed alone")
-                results.append(ItemResult(error=f"generation failed: {type(error).__name__}: {error}"))
+                results.append(ItemResult(error=RowError(ErrorKind.GENERATION_FAILED, f"{type(error).__name__}: {error}")))
         return results
 
     # -- Ray Data entry point -------------------------------------------------------------
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        n = len(batch[ID])
-        out = {c: batch_column(batch, c) for c in PASSTHROUGH + tuple(c for c in VQA_PASSTHROUGH if c in batch)}
-        if ANSWERS in out:
-            out[ANSWERS] = answer_lists(out[ANSWERS])
-        out.update({c: [None] * n for c in RESULT_COLUMNS})
-        inputs = batch_column(batch, MODEL_INPUTS)
-        for i in range(n):
-            if out[ERROR][i] is None and inputs[i] is None:
-                out[ERROR][i] = "internal: the row reached generation without model inputs"
+        rows = Rows(batch, NEEDS, "generate")
+        encoded = rows.column(MODEL_INPUTS)
+        out = {name: rows.add(name) for name in GENERATED}
         good, items, lengths = [], [], []
-        for i in range(n):
-            if out[ERROR][i] is not None:
+        for i in rows.ok():
+            if encoded[i] is None:
+                rows.fail(i, RowError(ErrorKind.INTERNAL, "the row reached generation without model inputs"))
                 continue
-            item = decode_inputs(inputs[i])
+            item = decode_inputs(encoded[i])
             length = hired.expected_lengths(
                 self.model, tuple(item["image_sizes"].tolist()), len(item["input_ids"]), self.config
             )
             if length.prompt_tokens + self.max_new_tokens > self.context_tokens:
-                out[ERROR][i] = (
-                    f"prompt too long: {length.prompt_tokens} tokens + {self.max_new_tokens} new tokens exceed "
-                    f"the model's context of {self.context_tokens}"
-                )
+                rows.fail(i, RowError(ErrorKind.PROMPT_TOO_LONG, (
+                    f"{length.prompt_tokens} tokens + {self.max_new_tokens} new tokens exceed "
+                    f"the model's context of {self.context_tokens}")))
                 continue
             good.append(i)
             items.append(item)
@@ -273,35 +267,36 @@ class Predictor:
         for micro in self.batches.micro_batches(lengths):
             chunk = [(items[k], lengths[k]) for k in micro]
             for k, result in zip(micro, self._run_isolating_failures(chunk)):
-                self._fill(out, good[k], result)
+                if result.error is not None:
+                    rows.fail(good[k], result.error)
+                else:
+                    self._fill(out, good[k], result)
         history = self.batches.sizes.history
         for line in history:
             log.warning("OOM back-off: %s", line)
         history.clear()
         config = self.config
         fraction, tokens = hired.budget_kind(config.budget) if config else (None, None)
-        for i in range(n):
-            out["device"][i] = str(self.device)
-            out["model"][i] = self.model_name
-            out["run_id"][i] = self.run_id
-            out["strategy"][i] = config.strategy if config else "none"
-            out["budget_fraction"][i] = fraction
-            out["budget_tokens"][i] = tokens
-            out["alpha"][i] = float(config.alpha) if config else None
-        return {k: object_array(v) for k, v in out.items()}
+        for i in range(rows.size):
+            out[DEVICE][i] = str(self.device)
+            out[MODEL][i] = self.model_name
+            out[RUN_ID][i] = self.run_id
+            out[STRATEGY][i] = config.strategy if config else hired.strategies.STOCK
+            out[BUDGET_FRACTION][i] = fraction
+            out[BUDGET_TOKENS][i] = tokens
+            out[ALPHA][i] = float(config.alpha) if config else None
+        rows.drop(MODEL_INPUTS)
+        return rows.result()
 
-    def _fill(self, out, i: int, result: ItemResult) -> None:
-        if result.error is not None:
-            out[ERROR][i] = result.error
-            return
+    def _fill(self, out: dict[str, list], i: int, result: ItemResult) -> None:
         timing = result.timing
         total_s = (timing.ttft_ms + timing.decode_ms) / 1e3
-        out["text"][i] = self.processor.decode(result.token_ids, skip_special_tokens=True).strip()
+        out[TEXT][i] = self.processor.decode(result.token_ids, skip_special_tokens=True).strip()
         for key, value in result.lengths.items():
             out[key][i] = value
-        out["generated_tokens"][i] = len(result.token_ids)
-        out["ttft_ms"][i] = timing.ttft_ms
-        out["decode_ms"][i] = timing.decode_ms
-        out["tokens_per_s"][i] = len(result.token_ids) / total_s if total_s > 0 else None
-        out["batch_size"][i] = result.batch_size
-        out["peak_gpu_mem_bytes"][i] = timing.peak_gpu_mem_bytes
+        out[GENERATED_TOKENS][i] = len(result.token_ids)
+        out[TTFT_MS][i] = timing.ttft_ms
+        out[DECODE_MS][i] = timing.decode_ms
+        out[TOKENS_PER_S][i] = len(result.token_ids) / total_s if total_s > 0 else None
+        out[BATCH_SIZE][i] = result.batch_size
+        out[PEAK_GPU_MEM_BYTES][i] = timing.peak_gpu_mem_bytes

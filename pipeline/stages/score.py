@@ -27,7 +27,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..columns import ANSWERS, ERROR, ID, answer_lists, batch_column
+from ..columns import ANSWERS, EXACT_MATCH, GENERATED, READ_COLUMNS, TEXT, VQA_ACCURACY
+from .base import Rows
 
 # Number words the processor turns into digits; it stops at ten, and "none" is zero because
 # annotators answer "how many ...?" with it.
@@ -245,18 +246,16 @@ def exact_match(prediction: str | None, references: Sequence[str] | None) -> boo
     return any(normalize_answer(reference) == answer for reference in references)
 
 
+NEEDS = {TEXT: GENERATED[TEXT], ANSWERS: READ_COLUMNS[ANSWERS]}
+
+
 def score_vqa(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Ray Data stage: the standard VQA accuracy and exact match of each answer."""
-    n = len(batch[ID])
-    texts, answers, errors = batch_column(batch, "text"), batch_column(batch, ANSWERS), batch_column(batch, ERROR)
-    accuracy, exact = np.empty(n, dtype=object), np.empty(n, dtype=object)
-    for i in range(n):
-        text, references = texts[i], answers[i]
-        references = [] if references is None else [str(a) for a in references]
-        if errors[i] is not None or text is None or not references:
-            accuracy[i], exact[i] = None, None
-        else:
-            accuracy[i], exact[i] = vqa_accuracy(text, references), exact_match(text, references)
-    references = np.empty(n, dtype=object)
-    references[:] = answer_lists(answers)  # Arrow-convertible
-    return {**batch, ANSWERS: references, "vqa_accuracy": accuracy, "exact_match": exact}
+    rows = Rows(batch, NEEDS, "score")
+    texts, answers = rows.column(TEXT), rows.column(ANSWERS)
+    accuracy, exact = rows.add(VQA_ACCURACY), rows.add(EXACT_MATCH)
+    for i in rows.ok():
+        references = [] if answers[i] is None else [str(a) for a in answers[i]]
+        if texts[i] is not None and references:
+            accuracy[i], exact[i] = vqa_accuracy(texts[i], references), exact_match(texts[i], references)
+    return rows.result()

@@ -10,15 +10,14 @@ Every tar is read in one sequential streaming pass (``tarfile``'s ``r|`` mode): 
 count the samples (the row count the driver waits for), and again by the read task to emit the
 rows. On S3 that pass is one GET stream of the whole object, fetched in READ_BLOCK_BYTES ranges:
 planning costs one read of the input, shard by shard, so it parallelises with the shards. The
-count cannot come cheaper: a tar has no index, and its headers sit between the members' bytes.
-Measured (bench/bench_tar_inspect.py, loopback S3, loaded 2-core machine): a 35 MiB tar of 1,000
-img2dataset-like samples plans in 0.9 s with 5 GETs, against 0.3 s to download it; the rest is
-tarfile parsing three headers a sample (0.4 s from local disk).
+count cannot come cheaper: a tar has no index, and its headers sit between the members' bytes
+(bench/bench_tar_inspect.py measures what it costs).
 
 Both passes walk the same headers, so they find the same samples, damage included. A tar cut
 short, or corrupt part-way, keeps the samples before the damage; the sample being read when it
 is met becomes an error row and ends the shard. A tar that yields no sample at all before failing
-is a failed shard (as an unreadable Parquet footer is).
+is a failed shard (as an unreadable Parquet footer is). Fewer samples than planned (damage, or a
+tar changed since) make the rest of the planned rows error rows (pipeline.stages.read).
 """
 
 from __future__ import annotations
@@ -26,14 +25,20 @@ from __future__ import annotations
 import logging
 import posixpath
 import tarfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from ..errors import StorageUnavailable
-from .retry import RETRY_SECONDS, is_transient, with_retries
-from .shard import FailedShard, Shard
-from .storage import Storage
+from ...columns import ID, IMAGE
+from ...errors import StorageUnavailable
+from ...row_errors import ErrorKind, RowError
+from ..location import Location, in_threads
+from ..retry import is_transient
+from ..shard import FailedShard, ReadTask, Shard
+from .base import Format, shard_names
+
+if TYPE_CHECKING:
+    from ...settings import JobSettings
 
 log = logging.getLogger("hired.pipeline")
 
@@ -59,7 +64,7 @@ def split_member_name(name: str) -> tuple[str, str]:
 class Sample:
     key: str
     members: dict[str, bytes | None] = field(default_factory=dict)  # kind -> bytes (None when not read)
-    error: str | None = None  # set when the tar's damage was met inside this sample
+    error: RowError | None = None  # set when the tar's damage was met inside this sample
 
     @property
     def image_kind(self) -> str | None:
@@ -131,7 +136,8 @@ def iter_samples(fileobj, with_data: bool) -> Iterator[Sample]:
             raise  # storage failing, not the tar: the caller retries or stops
         if current is None:
             raise UnreadableTar(f"corrupt tar before its first sample: {type(e).__name__}: {e}") from None
-        current.error = f"unreadable shard: damaged tar in sample {current.key!r}: {type(e).__name__}: {e}"
+        current.error = RowError(ErrorKind.UNREADABLE_SHARD,
+                                 f"damaged tar in sample {current.key!r}: {type(e).__name__}: {e}")
         yield current
         return
     problem = _end_problem(last_header[0])
@@ -140,96 +146,85 @@ def iter_samples(fileobj, with_data: bool) -> Iterator[Sample]:
             raise UnreadableTar(f"no sample: {problem}")
         return
     if problem:
-        current.error = (f"unreadable shard: {problem} after sample {current.key!r}; "
-                         "this sample's later members, and any samples after it, are lost")
+        current.error = RowError(ErrorKind.UNREADABLE_SHARD, f"{problem} after sample {current.key!r}; "
+                                 "this sample's later members, and any samples after it, are lost")
     yield current
 
 
-def count_samples(uri: str) -> int:
-    """Samples in the tar at ``uri``, headers only (one streaming pass); UnreadableTar if none can be read."""
-    where = Storage.at(uri)
+def claims(path: str) -> bool:
+    return path.endswith(TAR_SUFFIX)
+
+
+def count_samples(where: Location) -> int:
+    """Samples in the tar at ``where``, headers only (one streaming pass); UnreadableTar if none can be read."""
 
     def count() -> int:
-        with where.fs.open(where.path, "rb", block_size=READ_BLOCK_BYTES) as f:
+        with where.open("rb", block_size=READ_BLOCK_BYTES) as f:
             return sum(1 for _ in iter_samples(f, with_data=False))
 
-    return with_retries(count, f"counting the samples of {uri}")
+    return where.retry.call(count, f"counting the samples of {where.uri}")
 
 
-def inspect_tar(uri: str, name: str, task: str):
+def inspect_tar(where: Location, name: str) -> Shard | FailedShard:
     """One tar shard at plan time: a Shard with its sample count, or a FailedShard."""
     try:
-        rows = count_samples(uri)
+        rows = count_samples(where)
     except StorageUnavailable:
         raise
     except Exception as e:
-        return FailedShard(uri, f"unreadable tar: {type(e).__name__}: {e}")
-    return Shard(uri=uri, name=name, num_rows=rows, row_groups=(), kind="webdataset")
+        return FailedShard(where.uri, f"unreadable tar: {type(e).__name__}: {e}")
+    return Shard(uri=where.uri, name=name, num_rows=rows, format="webdataset", path=where.path)
 
 
-def sample_row(sample: Sample) -> dict:
-    """The read stage's columns for one sample (see pipeline/stages/read.py)."""
-    kind = sample.image_kind
-    image = sample.members[kind] if kind else None
-    error = sample.error
-    if error is None and kind is None:
+def inspect(input: Location, files: dict[str, dict], settings: JobSettings, threads: int):
+    paths = list(files)
+    inspected = in_threads(lambda job: inspect_tar(input.at(job[0]), job[1]), list(zip(paths, shard_names(paths, input))),
+                           threads)
+    return [s for s in inspected if isinstance(s, Shard)], [s for s in inspected if isinstance(s, FailedShard)]
+
+
+def read_tasks(shard: Shard) -> list[ReadTask]:
+    """One task a tar: it is read in one sequential pass."""
+    return [ReadTask(shard.uri, shard.name, "webdataset", shard.path, 0, shard.num_rows)]
+
+
+def sample_error(sample: Sample) -> RowError | None:
+    if sample.error is None and sample.image_kind is None:
         present = ", ".join(sorted(k or "(no extension)" for k in sample.members)) or "none"
-        error = f"missing image: the sample has no {'/'.join(IMAGE_KINDS)} member (members: {present})"
-    return {"id": sample.key, "image": image, "error": error}
+        return RowError(ErrorKind.MISSING_IMAGE, f"the sample has no {'/'.join(IMAGE_KINDS)} member (members: {present})")
+    return sample.error
 
 
-def _samples_after(where: Storage, done: int) -> Iterator[Sample]:
+def _samples_after(where: Location, done: int) -> Iterator[Sample]:
     """The tar's samples from the ``done``-th on (a resumed pass re-reads and skips the first ones)."""
-    with where.fs.open(where.path, "rb", block_size=READ_BLOCK_BYTES) as stream:
+    with where.open("rb", block_size=READ_BLOCK_BYTES) as stream:
         for index, sample in enumerate(iter_samples(stream, with_data=True)):
             if index >= done:
                 yield sample
 
 
-def read_tar_rows(uri: str, num_rows: int) -> Iterator[list[dict]]:
-    """The rows of a tar shard, in order, in slices of at most SLICE_ROWS rows or SLICE_BYTES of
-    pictures; exactly ``num_rows`` rows (the plan's count) whatever the tar holds now.
-
-    Storage failing part-way is retried like any storage operation: the pass starts again and
-    skips the samples already handed on; if storage stays down, StorageUnavailable stops the run."""
-    where = Storage.at(uri)
-    emitted = 0
-    slice_rows: list[dict] = []
-    slice_bytes = 0
-    deadline = time.monotonic() + RETRY_SECONDS
-    delay = 0.5
-    reason = "unreadable shard: the tar holds fewer samples than when the run was planned"
-    while True:
-        try:
-            for sample in _samples_after(where, emitted):
-                if emitted == num_rows:
-                    log.warning("%s holds more samples than when the run was planned; the extra ones are left out", uri)
-                    break
-                row = sample_row(sample)
-                slice_rows.append(row)
-                emitted += 1
-                slice_bytes += len(row["image"] or b"")
-                if len(slice_rows) >= SLICE_ROWS or slice_bytes >= SLICE_BYTES:
-                    yield slice_rows
-                    slice_rows, slice_bytes = [], 0
+def read(input: Location, task: ReadTask, settings: JobSettings) -> Iterator[dict[str, list]]:
+    """A tar's rows, in order, in slices of at most SLICE_ROWS rows or SLICE_BYTES of pictures; at
+    most the plan's count (a tar that grew since is cut there, with a warning). Storage failing
+    part-way resumes the pass after the samples already handed on."""
+    where = input.at(task.path)
+    rows: dict[str, list] = {ID: [], IMAGE: [], "error": []}
+    emitted = size = 0
+    for sample in where.retry.resumable(lambda done: _samples_after(where, done), f"reading {where.uri}"):
+        if emitted == task.num_rows:
+            log.warning("%s holds more samples than when the run was planned; the extra ones are left out", where.uri)
             break
-        except StorageUnavailable:
-            raise
-        except Exception as e:
-            if not is_transient(e):
-                reason = f"unreadable shard: {type(e).__name__}: {e}"
-                break
-            if time.monotonic() + delay > deadline:
-                raise StorageUnavailable(f"reading {uri}: storage unavailable: {type(e).__name__}: {e}") from None
-            log.warning("reading %s: %s: %s; resuming after sample %d in %.1f s", uri, type(e).__name__, e, emitted, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 15.0)
-    # Fewer samples than planned (the tar changed, or cannot be opened now): the missing rows are error rows.
-    while emitted < num_rows:
-        slice_rows.append({"id": None, "image": None, "error": reason})
+        image = sample.members[sample.image_kind] if sample.image_kind else None
+        rows[ID].append(sample.key)
+        rows[IMAGE].append(image)
+        rows["error"].append(sample_error(sample))
         emitted += 1
-        if len(slice_rows) >= SLICE_ROWS:
-            yield slice_rows
-            slice_rows = []
-    if slice_rows:
-        yield slice_rows
+        size += len(image or b"")
+        if len(rows[ID]) >= SLICE_ROWS or size >= SLICE_BYTES:
+            yield rows
+            rows, size = {ID: [], IMAGE: [], "error": []}, 0
+    if rows[ID]:
+        yield rows
+
+
+FORMAT = Format(name="webdataset", files=".tar files", claims=claims, inspect=inspect, read_tasks=read_tasks, read=read)

@@ -1,8 +1,9 @@
-"""A place on any fsspec filesystem (local path, ``file://``, ``s3://``), resolved once.
+"""A place on any fsspec filesystem (local path, ``file://``, ``s3://``), resolved once at the edge
+and handed on: the job's input and output are :class:`Location` objects from the command line to
+the last write, and every operation on them goes through their retry policy.
 
-Credentials and endpoints come from the standard AWS settings (environment, profiles),
-never from arguments that could end up in logs. Every operation on storage goes through
-:func:`with_retries` where a caller wants transient failures retried.
+Credentials and endpoints come from the standard AWS settings (environment, profiles, instance
+roles), never from arguments that could end up in logs.
 """
 
 from __future__ import annotations
@@ -10,26 +11,27 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import fsspec
 
-from .retry import with_retries
+from .retry import RetryPolicy
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 
 @dataclass(frozen=True)
-class Storage:
+class Location:
     fs: fsspec.AbstractFileSystem
     path: str  # without the protocol, as the filesystem wants it
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     @classmethod
-    def at(cls, uri: str) -> Storage:
-        fs, path = fsspec.core.url_to_fs(uri)
-        return cls(fs, path)
+    def resolve(cls, uri: str, retry: RetryPolicy | None = None) -> Location:
+        fs, path = fsspec.core.url_to_fs(str(uri))
+        return cls(fs, path, retry or RetryPolicy())
 
     @property
     def uri(self) -> str:
@@ -44,23 +46,27 @@ class Storage:
     def name(self) -> str:
         return posixpath.basename(self.path.rstrip("/"))
 
-    def join(self, *parts: str) -> Storage:
-        return Storage(self.fs, posixpath.join(self.path.rstrip("/"), *parts))
+    def join(self, *parts: str) -> Location:
+        return self.at(posixpath.join(self.path.rstrip("/"), *parts))
 
-    def open(self, mode: str = "rb"):
-        return self.fs.open(self.path, mode)
+    def at(self, path: str) -> Location:
+        """Another path on the same filesystem, with the same policy."""
+        return Location(self.fs, path, self.retry)
+
+    def relative(self, path: str) -> str:
+        """``path`` (on this filesystem) relative to this location."""
+        return posixpath.relpath(path, self.path) if path != self.path else posixpath.basename(path)
+
+    def open(self, mode: str = "rb", **options):
+        return self.fs.open(self.path, mode, **options)
 
     def exists(self) -> bool:
         """Asks the store itself: s3fs caches listings, which a concurrent writer makes stale."""
         self.fs.invalidate_cache(self.path)
-        return with_retries(lambda: self.fs.exists(self.path), f"checking {self.uri}")
+        return self.retry.call(lambda: self.fs.exists(self.path), f"checking {self.uri}")
 
     def read_bytes(self) -> bytes:
-        def read() -> bytes:
-            with self.open("rb") as f:
-                return f.read()
-
-        return with_retries(read, f"reading {self.uri}")
+        return self.retry.call(lambda: self.fs.cat_file(self.path), f"reading {self.uri}")
 
 
 def in_threads(work: Callable[[T], R], items: Sequence[T], threads: int) -> list[R]:

@@ -19,11 +19,17 @@ import hashlib
 import posixpath
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
-from ..errors import StorageUnavailable
-from .retry import with_retries
-from .shard import Shard
-from .storage import Storage
+from ...columns import ID, IMAGE
+from ...errors import StorageUnavailable
+from ...row_errors import ErrorKind, RowError
+from ..location import Location
+from ..shard import ReadTask, Shard
+from .base import Format
+
+if TYPE_CHECKING:
+    from ...settings import JobSettings
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 FILES_PER_SHARD = 1000
@@ -35,7 +41,7 @@ FETCH_THREADS = 8
 SHARD_PREFIX = "images-"
 
 
-def is_image_file(path: str) -> bool:
+def claims(path: str) -> bool:
     return path.lower().endswith(IMAGE_SUFFIXES)
 
 
@@ -53,60 +59,53 @@ def fingerprint(members: list[str], versions: list[str]) -> str:
     return digest.hexdigest()[:16]
 
 
-def shard_uri(root_uri: str, index: int, digest: str) -> str:
-    """The shard's identity: ``<input>#images-00003.<fingerprint>`` (not a file to open)."""
-    return f"{root_uri.rstrip('/')}#{SHARD_PREFIX}{index:05d}.{digest}"
-
-
-def root_of(uri: str) -> str:
-    """The input folder of a folder shard's identity."""
-    return uri.rsplit("#", 1)[0]
-
-
-def folder_shards(root_uri: str, files: dict[str, dict]) -> list:
-    """Shards of the image files ``files`` (path on the input's filesystem -> listing info) under
-    ``root_uri``: sorted by relative path, FILES_PER_SHARD to a shard."""
-    root = Storage.at(root_uri)
+def inspect(input: Location, files: dict[str, dict], settings: JobSettings, threads: int):
+    """Shards of the image files ``files`` (path -> listing info): sorted by the path relative to the
+    input's folder (its parent when the input is one file), FILES_PER_SHARD to a shard."""
+    root = input.at(posixpath.dirname(input.path)) if input.path in files else input
     relative = sorted((posixpath.relpath(path, root.path), info) for path, info in files.items())
     shards = []
     for index, start in enumerate(range(0, len(relative), FILES_PER_SHARD)):
         chunk = relative[start : start + FILES_PER_SHARD]
         members = tuple(path for path, _ in chunk)
         digest = fingerprint(list(members), [member_version(info) for _, info in chunk])
-        shards.append(Shard(uri=shard_uri(root.uri, index, digest), name=f"{SHARD_PREFIX}{index:05d}",
-                            num_rows=len(members), row_groups=(), kind="folder", members=members))
-    return shards
+        name = f"{SHARD_PREFIX}{index:05d}"
+        shards.append(Shard(uri=f"{root.uri.rstrip('/')}#{name}.{digest}", name=name, num_rows=len(members),
+                            format="folder", path=root.path, plan=members))
+    return shards, []
 
 
-def read_tasks(shard) -> list[dict]:
-    """The read tasks of a folder shard: runs of FILES_PER_TASK members with their first row's index."""
-    return [
-        {"first_row": start, "members": list(shard.members[start : start + FILES_PER_TASK])}
-        for start in range(0, len(shard.members), FILES_PER_TASK)
-    ]
+def read_tasks(shard: Shard) -> list[ReadTask]:
+    """Runs of FILES_PER_TASK members, each with its first row's index."""
+    return [ReadTask(shard.uri, shard.name, "folder", shard.path, start, len(shard.plan[start : start + FILES_PER_TASK]),
+                     part=tuple(shard.plan[start : start + FILES_PER_TASK]))
+            for start in range(0, len(shard.plan), FILES_PER_TASK)]
 
 
-def _fetch(where: Storage) -> bytes | str:
-    """A file's bytes, or the reason it cannot be read (storage being down raises, after retries)."""
+def _fetch(where: Location) -> bytes | RowError:
+    """A file's bytes, or why it cannot be read (storage being down raises, after retries)."""
     try:
-        return with_retries(lambda: where.fs.cat_file(where.path), f"reading {where.uri}")
+        return where.read_bytes()
     except StorageUnavailable:
         raise
     except Exception as e:
-        return f"unreadable file: {type(e).__name__}: {e}"
+        return RowError(ErrorKind.UNREADABLE_FILE, f"{type(e).__name__}: {e}")
 
 
-def read_folder_rows(shard_uri_: str, members: list[str]) -> Iterator[list[dict]]:
-    """Rows for ``members`` (paths relative to the shard's input), in order, in slices of
-    FILES_PER_SLICE files fetched concurrently. A file that cannot be read is an error row;
-    one that is not an image is found by the decode stage (``undecodable image``)."""
-    root = Storage.at(root_of(shard_uri_))
+def read(input: Location, task: ReadTask, settings: JobSettings) -> Iterator[dict[str, list]]:
+    """The task's files, in order, in slices of FILES_PER_SLICE fetched concurrently. A file that
+    cannot be read is an error row; one that is not an image is found by the decode stage."""
+    root = input.at(task.path)
+    members = list(task.part)
     with ThreadPoolExecutor(FETCH_THREADS) as pool:
         for start in range(0, len(members), FILES_PER_SLICE):
             names = members[start : start + FILES_PER_SLICE]
-            fetched = pool.map(_fetch, [root.join(name) for name in names])
-            yield [
-                {"id": name, "image": got, "error": None} if isinstance(got, bytes)
-                else {"id": name, "image": None, "error": got}
-                for name, got in zip(names, fetched)
-            ]
+            fetched = list(pool.map(_fetch, [root.join(name) for name in names]))
+            yield {
+                ID: names,
+                IMAGE: [got if isinstance(got, bytes) else None for got in fetched],
+                "error": [got if isinstance(got, RowError) else None for got in fetched],
+            }
+
+
+FORMAT = Format(name="folder", files="image files", claims=claims, inspect=inspect, read_tasks=read_tasks, read=read)

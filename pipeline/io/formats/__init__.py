@@ -1,0 +1,90 @@
+"""Input formats: one module each, behind one small interface, in one registry.
+
+A format says which files it reads (``claims``), turns the files of an input into shards at plan
+time (``inspect``: row counts, schema checks), cuts a shard into read tasks (``read_tasks``) and
+reads a task's rows in bounded slices (``read``). Planning lists the input once and picks the
+format here (:func:`inspect_input`); the read stage dispatches on ``ReadTask.format``.
+
+A new format is a module here and an entry in :data:`FORMATS`.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from ...errors import InputError
+from ..location import Location
+from ..shard import FailedShard, Shard
+from . import folder, parquet, webdataset
+from .base import Format
+
+if TYPE_CHECKING:
+    from ...settings import JobSettings
+
+
+FORMATS: dict[str, Format] = {f.name: f for f in (parquet.FORMAT, webdataset.FORMAT, folder.FORMAT)}
+
+
+def get(name: str) -> Format:
+    return FORMATS[name]
+
+
+def _hidden(path: str) -> bool:
+    return posixpath.basename(path).startswith((".", "_"))
+
+
+def list_files(input: Location) -> dict[str, dict]:
+    """Every visible file under ``input`` (a file, or a directory searched recursively): path ->
+    listing info (``size`` among others), sorted, from one listing asked of the store itself (s3fs
+    caches listings, and a folder that changed since must be seen as it is)."""
+    fs, path, retry = input.fs, input.path, input.retry
+    fs.invalidate_cache(path)
+    if not retry.call(lambda: fs.exists(path), f"looking for {input.uri}"):
+        raise InputError(f"input {input.uri} does not exist")
+    if retry.call(lambda: fs.isfile(path), f"looking at {input.uri}"):
+        return {path: retry.call(lambda: fs.info(path), f"looking at {input.uri}")}
+    found = retry.call(lambda: fs.find(path, detail=True), f"listing {input.uri}")
+    return {p: found[p] for p in sorted(found) if not _hidden(p)}
+
+
+def choose_format(input: Location, found: dict[str, dict]) -> tuple[Format, dict[str, dict]]:
+    """The input's format and its files of that format.
+
+    A file named on its own is an input whatever its name says (Parquet unless it says otherwise).
+    Parquet shards win over image files beside them, which are the pictures their relative image
+    paths point at. img2dataset writes a ``<n>.parquet`` of download statuses beside each
+    ``<n>.tar``: next to tars, such same-named Parquet files are those sidecars, not shards. Any
+    other mix of formats is refused: which files are the data would be a guess."""
+    parquet, webdataset, folder = FORMATS["parquet"], FORMATS["webdataset"], FORMATS["folder"]
+    claimed: dict[str, dict[str, dict]] = {name: {} for name in FORMATS}
+    for p, info in found.items():
+        owner = next((f for f in FORMATS.values() if f.claims(p)), parquet if p == input.path else None)
+        if owner is not None:
+            claimed[owner.name][p] = info
+    tars = {posixpath.splitext(p)[0] for p in claimed[webdataset.name]}
+    claimed[parquet.name] = {p: i for p, i in claimed[parquet.name].items() if posixpath.splitext(p)[0] not in tars}
+    present = [name for name in FORMATS if claimed[name]]
+    if present == [parquet.name, folder.name]:
+        present = [parquet.name]
+    if not present:
+        raise InputError(f"input {input.uri} holds no .parquet shards (nor .tar shards or image files)")
+    if len(present) > 1:
+        counts = ", ".join(f"{len(claimed[name])} {FORMATS[name].files}" for name in present)
+        raise InputError(f"input {input.uri} mixes kinds of input ({counts}); point --input at one kind")
+    return FORMATS[present[0]], claimed[present[0]]
+
+
+def inspect_input(input: Location, settings: JobSettings, threads: int = 1) -> tuple[list[Shard], list[FailedShard]]:
+    """Every shard of the input from one listing, inspected by up to ``threads`` at once: (readable
+    shards, failed shards), each in input order. Integer ids stay integers only if every shard's
+    are: the outputs of one input share a schema."""
+    form, files = choose_format(input, list_files(input))
+    if settings.task == "vqa" and not form.carries_questions:
+        raise InputError(f"the VQA job needs questions: input {input.uri} holds {form.files}, "
+                         "give it Parquet shards with a 'question' column")
+    shards, failed = form.inspect(input, files, settings, threads)
+    if not all(s.id_type == "int64" for s in shards):
+        shards = [replace(s, id_type="string") for s in shards]
+    return shards, failed
