@@ -10,14 +10,15 @@ import re
 import shutil
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 from PIL import Image
 
-from pipeline import report as report_module
 from pipeline.report import first_pass, load_output, main, second_pass, write_report
+from pipeline.report import data as report_data
 from pipeline.columns import output_schema
 from pipeline.io.inputs import Shard
 from pipeline.io.outputs import write_output
@@ -173,12 +174,68 @@ def test_strings_from_the_data_are_escaped(tmp_path):
     assert "<script" not in page and "<b>image" not in page and "<img src=x" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page  # the sample row's id
     assert "&lt;script&gt;alert(1)&lt;/script&gt;-error" in page  # the error row's id
-    assert "bad &lt;b&gt;image&lt;/b&gt;: &quot;quoted&quot; $x$ &amp; more" in page
-    assert "&lt;img src=x onerror=&quot;alert(2)&quot;&gt;" in page
+    assert "bad &lt;b&gt;image&lt;/b&gt;: &#34;quoted&#34; $x$ &amp; more" in page
+    assert "&lt;img src=x onerror=&#34;alert(2)&#34;&gt;" in page
     assert "a&amp;b.parquet" in page
     assert len(embedded_images(figures(page)["errors"])) == 1  # '$x$' drawn as text, not parsed as maths
     # Scripts are refused by the page itself too.
     assert "default-src 'none'" in page
+
+
+class CellTexts(HTMLParser):
+    """The text of each table cell and of the title, entities decoded, as a browser would show it."""
+
+    def __init__(self, page: str):
+        super().__init__(convert_charrefs=True)
+        self.texts: list[str] = []
+        self.tags: set[str] = set()
+        self._open: list[str] | None = None
+        self.feed(page)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.add(tag)
+        if tag in ("td", "title"):
+            self._open = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "title") and self._open is not None:
+            self.texts.append("".join(self._open))
+            self._open = None
+
+    def handle_data(self, data):
+        if self._open is not None:
+            self._open.append(data)
+
+
+def test_markup_in_the_data_reaches_the_page_as_text(tmp_path):
+    """Every value from the data or the location is escaped by the template engine: ids, captions, error
+    reasons, settings, run ids, shard names and reasons, the output's own path."""
+    quoted = "\"&'<>"
+    rows = [result_row(i, shard=f"/in/{quoted}.parquet", run_id=f"run {quoted}",
+                       error=f"undecodable image: {quoted}" if i == 1 else None) for i in range(3)]
+    rows[0]["id"], rows[1]["id"] = HOSTILE_ID, quoted
+    rows[0]["text"] = f"{HOSTILE_ID} {quoted}"
+    for row in rows:
+        row["model"], row["strategy"], row["device"] = f"model {quoted}", f"strategy {quoted}", f"cpu {quoted}"
+    uri = write_result_shards(tmp_path / f"out {quoted}", {"a": rows})
+    save_summary(uri, rows, run_id=f"run {quoted}",
+                 failed_shards=[{"shard": f"/in/{quoted}-b.parquet", "reason": f"unreadable Parquet file: {quoted}"}])
+    page = render(uri, tmp_path)
+
+    markup = without_images(page)
+    assert HOSTILE_ID not in markup and quoted not in markup and "<script" not in markup
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in markup and "&#34;&amp;&#39;&lt;&gt;" in markup
+    cells = CellTexts(page)
+    assert cells.tags == {"html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "p", "section", "table",
+                          "thead", "tbody", "tr", "th", "td", "span", "figure", "img", "figcaption"}  # nothing injected
+    for text in (f"hired run report: {uri}", HOSTILE_ID, quoted, f"{HOSTILE_ID} {quoted}", f"{quoted}.parquet",
+                 f"undecodable image: {quoted}", f"model {quoted}", f"cpu {quoted}", f"1: run {quoted}",
+                 f"strategy {quoted}; 20%; 0.5", f"/in/{quoted}-b.parquet", f"unreadable Parquet file: {quoted}"):
+        assert text in cells.texts, text
+    throughput = next(t for t in cells.texts if "images/s" in t)
+    assert f"run run {quoted}, wall clock" in throughput
+    assert span(page, "failed-shards") == "1"
 
 
 def test_without_a_summary_file_the_counts_come_from_the_rows(tmp_path):
@@ -246,7 +303,7 @@ def test_an_output_of_errors_only_still_reports(tmp_path):
 
 
 def test_charts_of_a_large_output_plot_a_sample_and_count_every_row(tmp_path, monkeypatch):
-    monkeypatch.setattr(report_module, "MAX_PLOTTED_POINTS", 7)
+    monkeypatch.setattr(report_data, "MAX_PLOTTED_POINTS", 7)
     errors = {i: "undecodable image: x" for i in range(0, 60, 5)}  # 12 error rows, 48 ok
     uri, rows = caption_output(tmp_path, count=60, errors=errors)
     output = load_output(uri)
