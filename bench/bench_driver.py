@@ -81,7 +81,8 @@ def result_block(pa, rng, uri: str, first: int, n: int):
     return pa.table({
         "id": [f"{uri[-18:-8]}-{first + i}" for i in range(n)],
         "text": [None if failed[i] else "a photo of " + "words " * int(tokens[i] // 4) for i in range(n)],
-        "error": ["undecodable image: cannot identify image file" if failed[i] else None for i in range(n)],
+        "error_kind": ["undecodable image" if failed[i] else None for i in range(n)],
+        "error_detail": ["cannot identify image file" if failed[i] else None for i in range(n)],
         "visual_tokens_full": [None if failed[i] else 2880 for i in range(n)],
         "visual_tokens_kept": [None if failed[i] else 576 for i in range(n)],
         "prompt_tokens": [None if failed[i] else 640 for i in range(n)],
@@ -105,13 +106,23 @@ def result_block(pa, rng, uri: str, first: int, n: int):
 def worker(args) -> None:
     """In a fresh process whose ``pipeline`` is the tree being measured: time the collector."""
     sys.path.insert(0, str(args.tree))
-    from pipeline.io.inputs import Shard
     from pipeline.job.collect import ShardCollector
     from pipeline.settings import JobSettings
 
+    try:
+        from pipeline.io.shard import Shard
+
+        def make_shard(uri, n):
+            return Shard(uri=uri, name=uri.rsplit("/", 1)[1][:-8], num_rows=n, format="parquet", path=uri, plan=(n,))
+    except ImportError:  # a --baseline tree before shards had formats
+        from pipeline.io.inputs import Shard
+
+        def make_shard(uri, n):
+            return Shard(uri=uri, name=uri.rsplit("/", 1)[1][:-8], num_rows=n, row_groups=(n,))
+
     shard_list, blocks = synthetic_blocks(args.rows, args.seed, args.min_shard, args.max_shard, args.min_block, args.max_block)
     with tempfile.TemporaryDirectory(prefix="bench-driver-") as out:
-        shards = [Shard(uri=uri, name=uri.rsplit("/", 1)[1][:-8], num_rows=n, row_groups=(n,)) for uri, n in shard_list]
+        shards = [make_shard(uri, n) for uri, n in shard_list]
         settings = JobSettings(task="caption", input="s3://bench/input", output=out, model="bench-model")
         collector = ShardCollector(shards, settings)
         started, cpu = time.perf_counter(), time.process_time()

@@ -41,8 +41,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline.columns import OUTPUT_SCHEMA  # noqa: E402
-from pipeline.io.inputs import Shard  # noqa: E402
-from pipeline.io.outputs import write_output  # noqa: E402
+from pipeline.io.location import Location  # noqa: E402
+from pipeline.io.outputs import Outputs  # noqa: E402
+from pipeline.io.shard import Shard  # noqa: E402
 from pipeline.job.plan import plan  # noqa: E402
 from pipeline.settings import JobSettings  # noqa: E402
 from tests.servers import start_s3  # noqa: E402
@@ -92,14 +93,16 @@ def build(input_uri: str, output_uri: str, shards: int, threads: int = 32) -> No
     data = shard_bytes()
     names = [f"part-{i:05d}" for i in range(shards)]
     settings = settings_for(input_uri, output_uri).result_settings()
+    outputs = Outputs(Location.resolve(output_uri))
 
     def write(i: int) -> None:
         uri = f"{input_uri}/{names[i]}.parquet"
         fs.pipe_file(uri.removeprefix("s3://"), data)
         if i % 2 == 0:
-            shard = Shard(uri=uri, name=names[i], num_rows=ROWS_PER_SHARD, row_groups=(ROWS_PER_GROUP, ROWS_PER_GROUP))
+            shard = Shard(uri=uri, name=names[i], num_rows=ROWS_PER_SHARD, format="parquet", path=uri.removeprefix("s3://"),
+                          plan=(ROWS_PER_GROUP, ROWS_PER_GROUP))
             rows = [{"id": f"r{k}", "text": "a caption", "source_shard": uri, "row_index": k} for k in range(ROWS_PER_SHARD)]
-            write_output(output_uri, shard, pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA), settings)
+            outputs.write(shard, pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA), settings)
 
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(write, range(shards)))

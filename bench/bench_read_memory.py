@@ -70,26 +70,29 @@ def measure(reader: str, path: str) -> dict:
     import numpy as np
     import pyarrow.parquet as pq
 
-    from pipeline.columns import INPUT_COLUMNS, object_array
-    from pipeline.io.inputs import inspect_shard
+    from pipeline.columns import READ_COLUMNS
+    from pipeline.io.formats import inspect_input
+    from pipeline.settings import JobSettings
+    from pipeline.stages.base import object_array
     from pipeline.stages.read import read_rows, read_tasks
 
-    shard = inspect_shard(f"file://{path}", "shard", "caption")
-    tasks = read_tasks([shard])
+    settings = JobSettings(input=f"file://{path}")
+    shards, _ = inspect_input(settings.input, settings)
+    tasks = read_tasks(shards)
     _reset_peak()
     before = _status("VmRSS")
     started = time.perf_counter()
     rows = image_bytes = slices = 0
     if reader == "streamed":
         for task in tasks:
-            for batch in read_rows({k: np.array([v]) for k, v in task.items()}):
+            for batch in read_rows({"item": np.array([task], dtype=object)}, settings.input, settings):
                 slices += 1
                 rows += len(batch["id"])
                 image_bytes += sum(len(b) for b in batch["image"])
     else:  # the read stage before this change: the row group at once, then Python lists
         with open(path, "rb") as f:
             parquet = pq.ParquetFile(f)
-            table = parquet.read_row_group(0, columns=[c for c in parquet.schema_arrow.names if c in INPUT_COLUMNS])
+            table = parquet.read_row_group(0, columns=[c for c in parquet.schema_arrow.names if c in READ_COLUMNS])
         batch = {c: object_array(table.column(c).to_pylist()) for c in table.column_names}
         slices, rows = 1, len(batch["id"])
         image_bytes = sum(len(b) for b in batch["image"])

@@ -33,8 +33,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from pipeline.columns import OUTPUT_SCHEMA  # noqa: E402
-from pipeline.io.inputs import Shard  # noqa: E402
-from pipeline.io.outputs import write_output  # noqa: E402
+from pipeline.io.location import Location  # noqa: E402
+from pipeline.io.outputs import Outputs  # noqa: E402
+from pipeline.io.shard import Shard  # noqa: E402
 
 FILES = 200
 TARGETS = {"summary": {"peak_rss_mib": 600, "wall_s": 30}, "report": {"peak_rss_mib": 800, "wall_s": 60}}
@@ -43,8 +44,8 @@ SMALL_CONSTANT_MIB = 64  # what "no more than over 1,000 rows plus a small const
 # The former end-of-run summary, for comparison: every output row read into Python.
 ROW_BY_ROW = """
 import sys, collections
-from pipeline.io.outputs import read_outputs
-rows = read_outputs(sys.argv[1]).to_pylist()
+import pyarrow.parquet as pq
+rows = pq.read_table(sys.argv[1]).to_pylist()
 ids = collections.Counter(r["id"] for r in rows)
 print(len(rows), sum(1 for c in ids.values() if c > 1))
 """
@@ -68,6 +69,7 @@ def synthetic_shard(index: int, rows: int, first_row: int, rng: np.random.Genera
         "text": pa.array(np.char.add("a photograph of a thing, number ", n.astype(str)).astype(object), mask=failed),
         "error": pa.array(np.char.add("cannot fetch image_uri: s3://bench-images/gone/", n.astype(str)).astype(object),
                           mask=~failed),
+        "error_kind": pa.array(np.full(rows, "cannot fetch image_uri", dtype=object), mask=~failed),
         "visual_tokens_full": nulls(full),
         "visual_tokens_kept": nulls((full * 0.2).astype(np.int32)),
         "prompt_tokens": nulls((full * 0.2 + 40).astype(np.int32)),
@@ -98,11 +100,13 @@ def write_synthetic_output(directory: Path, rows: int, files: int = FILES) -> st
     rng = np.random.default_rng(12)
     per_file = np.diff(np.linspace(0, rows, files + 1).round().astype(int))
     first = 0
+    outputs = Outputs(Location.resolve(str(directory)))
     for index, count in enumerate(per_file):
         table = synthetic_shard(index, int(count), first, rng)
         shard = Shard(uri=f"s3://bench-input/shard-{index:05d}.parquet", name=f"shard-{index:05d}",
-                      num_rows=int(count), row_groups=(int(count),))
-        write_output(str(directory), shard, table, {"model": "bench"})
+                      num_rows=int(count), format="parquet", path=f"bench-input/shard-{index:05d}.parquet",
+                      plan=(int(count),))
+        outputs.write(shard, table, {"model": "bench"})
         first += int(count)
     done.write_text("")
     return str(directory)

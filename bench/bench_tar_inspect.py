@@ -31,7 +31,9 @@ sys.path.insert(0, str(ROOT))
 import s3fs  # noqa: E402
 import webdataset  # noqa: E402
 
-from pipeline.io import webdataset as wd  # noqa: E402
+from pipeline.io.formats import webdataset as wd  # noqa: E402
+from pipeline.io.location import Location  # noqa: E402
+from pipeline.io.shard import ReadTask  # noqa: E402
 from tests.servers import start_s3  # noqa: E402
 
 
@@ -79,14 +81,17 @@ def main() -> None:
             def download():
                 fs.cat_file("bench-tars/shard.tar")
 
+            where = Location.resolve(uri)
+            task = ReadTask(uri, "shard", "webdataset", where.path, 0, args.samples)
+
             def plan():
-                assert wd.count_samples(uri) == args.samples
+                assert wd.count_samples(where) == args.samples
 
             def read():
-                assert sum(len(rows) for rows in wd.read_tar_rows(uri, args.samples)) == args.samples
+                assert sum(len(rows["id"]) for rows in wd.read(where, task, None)) == args.samples
 
             def plan_local():
-                assert wd.count_samples(str(local)) == args.samples
+                assert wd.count_samples(Location.resolve(str(local))) == args.samples
 
             passes = {"download": download, "plan": plan, "read": read, "plan-local": plan_local}
             times = {name: [] for name in passes}

@@ -68,7 +68,8 @@ class ColumnMap:
 
     id: str | None = knob(None, flag="--id-column", group="data", metavar="NAME", help=(
         "the rows' ids, strings or integers (kept as they are in the output); default: 'id', or, without one, "
-        "the row's place '<shard name>/<row index>'"))
+        "the row's place '<shard name>/<row index>'. E.g. img2dataset Parquet: --id-column key --image-column jpg; "
+        "VQAv2 from the Hugging Face hub: --id-column question_id"))
     image: str | None = knob(None, flag="--image-column", group="data", metavar="NAME", help=(
         "the image: encoded bytes, a Hugging Face Image() struct, or a URI (absolute, file://, s3://, or a path "
         "relative to the shard's folder); default: 'image' and/or 'image_uri'"))

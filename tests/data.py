@@ -37,3 +37,34 @@ def write_shard(uri: str, rows: list[dict], row_group_size: int = 1000, schema: 
     with fs.open(path, "wb") as f:
         pq.write_table(table, f, row_group_size=row_group_size)
     return uri
+
+
+def error_texts(batch: dict) -> list[str | None]:
+    """A stage batch's row errors as the output writes them: '<kind>: <detail>', or None."""
+    return [None if kind is None else f"{kind}: {detail}" for kind, detail in zip(batch["error_kind"], batch["error_detail"])]
+
+
+def plan_input(uri: str, task: str = "caption", columns=None):
+    """(shards, failed shards) of the input at ``uri``, planned as the job plans them."""
+    from pipeline.io.formats import inspect_input
+    from pipeline.settings import ColumnMap, JobSettings
+
+    settings = JobSettings(task=task, input=uri, columns=columns or ColumnMap())
+    return inspect_input(settings.input, settings)
+
+
+def read_all(shard, task: str = "caption", columns=None) -> list[dict]:
+    """Every row the read stage makes of ``shard``, each a dict of its columns plus ``error``: the
+    row's error as the output writes it."""
+    import numpy as np
+
+    from pipeline.settings import ColumnMap, JobSettings
+    from pipeline.stages.read import read_rows, read_tasks
+
+    settings = JobSettings(task=task, input=shard.uri, columns=columns or ColumnMap())  # its filesystem is what counts
+    rows = []
+    for read_task in read_tasks([shard]):
+        for batch in read_rows({"item": np.array([read_task], dtype=object)}, settings.input, settings):
+            batch = dict(batch, error=np.array(error_texts(batch), dtype=object))
+            rows += [dict(zip(batch, values)) for values in zip(*batch.values())]
+    return rows

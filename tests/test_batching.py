@@ -12,9 +12,11 @@ import hired
 from pipeline.settings import JobSettings
 from pipeline.stages.memory import BatchSizer, Margin
 from pipeline.stages.generate import Predictor
-from pipeline.columns import MODEL_INPUTS, encode_inputs
+from pipeline.columns import MODEL_INPUTS
+from pipeline.wire import decode_inputs, encode_inputs
 
 from .conftest import chat_prompt, noise_image
+from .data import error_texts
 
 SIZES = [(480, 640), (1, 400), (300, 900), (64, 64), (1000, 200), (336, 336), (200, 200), (50, 700)]
 
@@ -34,13 +36,12 @@ def rows(processor, sizes, texts=None):
     n = len(sizes)
     column = np.empty(n, dtype=object)
     column[:] = encoded
-    return {"id": np.array([f"i{k}" for k in range(n)], dtype=object), MODEL_INPUTS: column,
-            "error": np.array([None] * n, dtype=object), "row_index": np.arange(n), "source_shard": np.array(["s"] * n, dtype=object)}
+    nulls = np.array([None] * n, dtype=object)
+    return {"id": np.array([f"i{k}" for k in range(n)], dtype=object), MODEL_INPUTS: column, "error_kind": nulls,
+            "error_detail": nulls, "row_index": np.arange(n), "source_shard": np.array(["s"] * n, dtype=object)}
 
 
 def lengths_of(predictor, batch):
-    from pipeline.columns import decode_inputs
-
     items = [decode_inputs(b) for b in batch[MODEL_INPUTS]]
     return [hired.expected_lengths(predictor.model, tuple(it["image_sizes"].tolist()), len(it["input_ids"]),
                                    predictor.config) for it in items]
@@ -117,6 +118,7 @@ def test_the_actor_learns_from_each_batchs_measured_peak(predictor, sized, tiny_
     monkeypatch.setattr(predictor, "generate", generate)
     with caplog.at_level(logging.WARNING, logger="hired.pipeline"):
         out = predictor(batch)
+    errors = error_texts(out)
     assert list(out["batch_size"]) == [3, 3, 3]
     assert sized.correction == pytest.approx(3.0)
     assert sized.batch_bytes(lengths) == pytest.approx(3 * predicted, abs=3)
@@ -143,18 +145,19 @@ def test_out_of_memory_loses_no_item(predictor, tiny_next, monkeypatch, caplog):
     monkeypatch.setattr(predictor.batches.sizes, "batch_size", 4)
     with caplog.at_level(logging.WARNING, logger="hired.pipeline"):
         out = predictor(batch)
+    errors = error_texts(out)
     assert "OOM back-off: batch size 4 -> 2: out of memory on a batch of 4" in caplog.messages
     assert list(out["id"]) == [f"i{k}" for k in range(len(SIZES))]
     for k in range(len(SIZES)):
         if k == poisoned:
-            assert out["error"][k].startswith("out of memory: the item alone in its batch")
-            assert "OutOfMemoryError" in out["error"][k] and out["text"][k] is None
+            assert errors[k].startswith("out of memory: the item alone in its batch")
+            assert "OutOfMemoryError" in errors[k] and out["text"][k] is None
         else:
-            assert out["error"][k] is None and isinstance(out["text"][k], str) and out["batch_size"][k] <= 2
+            assert errors[k] is None and isinstance(out["text"][k], str) and out["batch_size"][k] <= 2
     assert predictor.batches.sizes.batch_size == 2  # later batches start at the size that ran
     calls.clear()
     out = predictor(rows(processor, SIZES[:4]))
-    assert all(e is None for e in out["error"]) and max(calls) == 2
+    assert all(e is None for e in error_texts(out)) and max(calls) == 2
 
 
 def test_other_failures_cost_only_the_failing_item(predictor, tiny_next, monkeypatch):
@@ -169,8 +172,9 @@ def test_other_failures_cost_only_the_failing_item(predictor, tiny_next, monkeyp
 
     monkeypatch.setattr(predictor, "generate", generate)
     out = predictor(rows(processor, SIZES[:4]))
-    assert out["error"][2] == "generation failed: ValueError: this picture breaks something"
-    assert [e is None for e in out["error"]] == [True, True, False, True]
+    errors = error_texts(out)
+    assert errors[2] == "generation failed: ValueError: this picture breaks something"
+    assert [e is None for e in errors] == [True, True, False, True]
     assert all(isinstance(t, str) for k, t in enumerate(out["text"]) if k != 2)
 
 
@@ -178,5 +182,6 @@ def test_a_prompt_longer_than_the_context_is_an_error_row(predictor, tiny_next):
     _, processor = tiny_next
     long_text = " ".join(["sky"] * 5000)  # the tiny model's context is 4096 positions
     out = predictor(rows(processor, [(480, 640), (480, 640)], ["what is this", long_text]))
-    assert out["error"][0] is None
-    assert out["error"][1].startswith("prompt too long: ") and "exceed the model's context of 4096" in out["error"][1]
+    errors = error_texts(out)
+    assert errors[0] is None
+    assert errors[1].startswith("prompt too long: ") and "exceed the model's context of 4096" in errors[1]

@@ -9,14 +9,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.columns import output_schema
-from pipeline.io.inputs import Shard
-from pipeline.job import collect
+from pipeline.io.outputs import Outputs
+from pipeline.io.shard import Shard
 from pipeline.job.collect import NO_RESULT, ShardCollector
 from pipeline.settings import JobSettings
 
 
 def shard(name: str, rows: int) -> Shard:
-    return Shard(uri=f"s3://in/{name}.parquet", name=name, num_rows=rows, row_groups=(rows,))
+    return Shard(uri=f"s3://in/{name}.parquet", name=name, num_rows=rows, format="parquet", path=f"in/{name}.parquet",
+                 plan=(rows,))
 
 
 def block(s: Shard, indices, text=lambda i: f"caption {i}", **columns) -> pa.Table:
@@ -25,7 +26,8 @@ def block(s: Shard, indices, text=lambda i: f"caption {i}", **columns) -> pa.Tab
     data = {
         "id": [f"{s.name}-{i}" for i in indices],
         "text": [text(i) for i in indices],
-        "error": [None] * len(indices),
+        "error_kind": [None] * len(indices),
+        "error_detail": [None] * len(indices),
         "generated_tokens": [3] * len(indices),
         "ttft_ms": [1.5] * len(indices),
         "source_shard": [s.uri] * len(indices),
@@ -37,15 +39,15 @@ def block(s: Shard, indices, text=lambda i: f"caption {i}", **columns) -> pa.Tab
 
 @pytest.fixture
 def writes(monkeypatch):
-    """Every write_output call (shard name), besides writing."""
+    """Every shard written (its name), besides writing."""
     calls = []
-    real = collect.write_output
+    real = Outputs.write
 
-    def counting(output, s, table, settings):
+    def counting(outputs, s, table, settings):
         calls.append(s.name)
-        return real(output, s, table, settings)
+        return real(outputs, s, table, settings)
 
-    monkeypatch.setattr(collect, "write_output", counting)
+    monkeypatch.setattr(Outputs, "write", counting)
     return calls
 
 
@@ -90,9 +92,11 @@ def test_a_row_without_text_or_error_becomes_an_internal_error(tmp_path, writes)
     s = shard("s", 4)
     collector = ShardCollector([s], settings(tmp_path))
     collector.add(block(s, range(4), text=lambda i: None if i == 2 else "ok",
-                        error=lambda ix: ["undecodable image: x" if i == 0 else None for i in ix]))
+                        error_kind=lambda ix: ["undecodable image" if i == 0 else None for i in ix],
+                        error_detail=lambda ix: ["x" if i == 0 else None for i in ix]))
     rows = read(tmp_path, "s").to_pylist()
-    assert [r["error"] for r in rows] == ["undecodable image: x", None, NO_RESULT, None]
+    assert [r["error"] for r in rows] == ["undecodable image: x", None, NO_RESULT.text, None]
+    assert [r["error_kind"] for r in rows] == ["undecodable image", None, "internal", None]
     assert [r["text"] for r in rows] == ["ok", "ok", None, "ok"]
 
 
@@ -103,7 +107,8 @@ def test_columns_typed_by_ray_are_conformed_to_the_output_schema(tmp_path, write
     collector = ShardCollector([s], settings(tmp_path))
     collector.add(block(s, range(0, 3), ttft_ms=[float("nan"), 2.0, 3.0], peak_gpu_mem_bytes=pa.nulls(3),
                         visual_tokens_kept=[576, 576, 576]))
-    collector.add(block(s, range(3, 6), text=lambda i: None, error=["e"] * 3, ttft_ms=pa.nulls(3),
+    collector.add(block(s, range(3, 6), text=lambda i: None, error_kind=["internal"] * 3, error_detail=pa.nulls(3),
+                        ttft_ms=pa.nulls(3),
                         generated_tokens=[float("nan")] * 3, peak_gpu_mem_bytes=[1.0e9, float("nan"), 2.0e9]))
     table = read(tmp_path, "s")
     assert table.schema.remove_metadata() == output_schema("caption")

@@ -3,8 +3,9 @@
 import pyarrow.parquet as pq
 
 from pipeline.demo.data import write_demo_shards
-from pipeline.io.images import BadImage, decode_image
-from pipeline.io.inputs import inspect_shards
+from pipeline.io.images import decode_image
+from pipeline.row_errors import RowFailed as BadImage
+from .data import plan_input as inspect_shards
 
 
 def test_the_pipeline_accepts_the_demo_and_rejects_exactly_its_broken_picture(tmp_path):

@@ -6,14 +6,14 @@ import os
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.errors import InputError
-from pipeline.io import folders
-from pipeline.io.inputs import inspect_shards
+import numpy as np
 
+from pipeline.errors import InputError
+from pipeline.io.formats import folder as folders
+from pipeline.settings import JobSettings
 from pipeline.stages.read import read_rows, read_tasks
 
-from .data import encoded
-from .test_webdataset import read_all, task_batch
+from .data import encoded, plan_input as inspect_shards, read_all
 
 def make_folder(root, names: list[str]) -> None:
     for i, name in enumerate(names):
@@ -31,9 +31,9 @@ def test_files_are_cut_into_sorted_fixed_size_shards(tmp_path, monkeypatch):
     shards, failed = inspect_shards(str(tmp_path), "caption")
     assert not failed
     assert [s.name for s in shards] == ["images-00000", "images-00001", "images-00002"]
-    assert [s.members for s in shards] == [("a.png", "b.jpg", "e.png"), ("f.jpg", "g.jpg", "sub/c.jpeg"),
+    assert [s.plan for s in shards] == [("a.png", "b.jpg", "e.png"), ("f.jpg", "g.jpg", "sub/c.jpeg"),
                                            ("sub/deeper/d.JPG",)]
-    assert [s.num_rows for s in shards] == [3, 3, 1] and {s.kind for s in shards} == {"folder"}
+    assert [s.num_rows for s in shards] == [3, 3, 1] and {s.format for s in shards} == {"folder"}
     assert shards[0].uri.startswith(f"file://{tmp_path}#images-00000.")
     assert inspect_shards(str(tmp_path), "caption")[0] == shards  # the same folder, the same shards
 
@@ -41,15 +41,15 @@ def test_files_are_cut_into_sorted_fixed_size_shards(tmp_path, monkeypatch):
     (tmp_path / "h.jpg").write_bytes(encoded(10, 10, "JPEG"))  # sorts into the second shard
     changed, _ = inspect_shards(str(tmp_path), "caption")
     assert changed[0] == shards[0]  # untouched: resumable
-    assert changed[1].members == ("f.jpg", "g.jpg", "h.jpg") and changed[1].uri != shards[1].uri
-    assert changed[2].members == ("sub/c.jpeg", "sub/deeper/d.JPG") and changed[2].uri != shards[2].uri
+    assert changed[1].plan == ("f.jpg", "g.jpg", "h.jpg") and changed[1].uri != shards[1].uri
+    assert changed[2].plan == ("sub/c.jpeg", "sub/deeper/d.JPG") and changed[2].uri != shards[2].uri
 
 def test_a_rewritten_file_changes_its_shards_identity(tmp_path):
     make_folder(tmp_path, ["a.jpg", "b.jpg"])
     (before,), _ = inspect_shards(str(tmp_path), "caption")
     (tmp_path / "b.jpg").write_bytes(encoded(70, 70, "JPEG", seed=5))
     (after,), _ = inspect_shards(str(tmp_path), "caption")
-    assert before.members == after.members and before.uri != after.uri
+    assert before.plan == after.plan and before.uri != after.uri
 
 def test_rows_ids_and_unreadable_files(tmp_path, monkeypatch):
     monkeypatch.setattr(folders, "FILES_PER_TASK", 3)
@@ -57,7 +57,7 @@ def test_rows_ids_and_unreadable_files(tmp_path, monkeypatch):
     make_folder(tmp_path, NAMES)
     (tmp_path / "junk.jpg").write_bytes(b"not a picture")
     (shard,), _ = inspect_shards(str(tmp_path), "caption")
-    assert [t["first_row"] for t in read_tasks([shard])] == [0, 3, 6]
+    assert [t.first_row for t in read_tasks([shard])] == [0, 3, 6]
     (tmp_path / "f.jpg").unlink()  # gone between planning and reading
     rows = read_all(shard)
     assert [r["id"] for r in rows] == ["a.png", "b.jpg", "e.webp", "f.jpg", "g.jpg", "junk.jpg",
@@ -66,13 +66,14 @@ def test_rows_ids_and_unreadable_files(tmp_path, monkeypatch):
     assert rows[3]["image"] is None and rows[3]["error"].startswith("unreadable file: FileNotFoundError")
     assert [r["error"] for i, r in enumerate(rows) if i != 3] == [None] * 7
     assert rows[5]["image"] == b"not a picture"  # the decode stage makes it an undecodable-image row
-    batches = list(read_rows(task_batch(read_tasks([shard])[1])))
+    settings = JobSettings(input=str(tmp_path))
+    batches = list(read_rows({"item": np.array(read_tasks([shard])[1:2], dtype=object)}, settings.input, settings))
     assert [list(b["row_index"]) for b in batches] == [[3, 4], [5]]
 
 def test_one_image_file_is_an_input_and_vqa_is_refused(tmp_path):
     make_folder(tmp_path, ["one.jpg", "two.jpg"])
     (shard,), _ = inspect_shards(str(tmp_path / "two.jpg"), "caption")
-    assert shard.members == ("two.jpg",) and shard.uri.startswith(f"file://{tmp_path}#")
+    assert shard.plan == ("two.jpg",) and shard.uri.startswith(f"file://{tmp_path}#")
     with pytest.raises(InputError, match="the VQA job needs questions"):
         inspect_shards(str(tmp_path), "vqa")
 

@@ -16,14 +16,14 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image as Picture
 
-from pipeline.columns import ColumnMap, output_schema
+from pipeline.columns import output_schema
 from pipeline.errors import InputError
-from pipeline.io import inputs
-from pipeline.io.inputs import inspect_shards, list_shards
-from pipeline.settings import JobSettings
+from pipeline.io import formats
+from pipeline.io.formats import parquet as parquet_format
+from pipeline.settings import ColumnMap, JobSettings
 from pipeline.stages.read import read_rows, read_tasks
 
-from .data import encoded
+from .data import encoded, plan_input as inspect_shards, read_all
 from .servers import free_port
 from .test_jobs import job_env
 
@@ -72,8 +72,8 @@ def hub_vqav2_parquet(path: Path, rows: list[dict]) -> Path:
 
 def read_shard(shard, columns=ColumnMap(), task="caption") -> dict[str, list]:
     """Every row of a shard through the read stage, as lists."""
-    slices = [s for t in read_tasks([shard]) for s in read_rows({k: np.array([v]) for k, v in t.items()}, columns, task)]
-    return {k: [v for s in slices for v in s[k]] for k in slices[0]}
+    rows = read_all(shard, task, columns)
+    return {k: [r[k] for r in rows] for k in rows[0]}
 
 
 # ---------------------------------------------------------------- reading each shape (no Ray, no model)
@@ -174,10 +174,10 @@ def test_an_input_of_mixed_kinds_is_refused(tmp_path):
     hf_caption_parquet(tmp_path / "a.parquet", [1])
     (tmp_path / "pics").mkdir()
     (tmp_path / "pics" / "b.jpg").write_bytes(encoded(10, 10, "JPEG"))
-    assert [u.rsplit("/", 1)[1] for u in list_shards(str(tmp_path))] == ["a.parquet"]  # pictures beside shards
+    assert [s.name for s in inspect_shards(str(tmp_path))[0]] == ["a"]  # pictures beside shards are not shards
     (tmp_path / "c.tar").write_bytes(b"")
     with pytest.raises(InputError, match=r"mixes kinds of input \(1 .parquet files, 1 .tar files, 1 image files\)"):
-        list_shards(str(tmp_path))
+        inspect_shards(str(tmp_path))
 
 
 def test_one_big_row_group_is_read_in_bounded_slices(tmp_path, monkeypatch):
@@ -187,11 +187,12 @@ def test_one_big_row_group_is_read_in_bounded_slices(tmp_path, monkeypatch):
     blobs = [rng.bytes(10_000) for _ in range(rows)]  # 10 kB a row (incompressible), 10 MB in one row group
     pq.write_table(pa.table({"id": [f"r{i}" for i in range(rows)], "image": blobs}), tmp_path / "one.parquet",
                    row_group_size=rows)
-    monkeypatch.setattr(inputs, "SLICE_BYTES", 2**20)  # 1 MB slices: about 100 rows each
+    monkeypatch.setattr(parquet_format, "SLICE_BYTES", 2**20)  # 1 MB slices: about 100 rows each
     (shard,), _ = inspect_shards(str(tmp_path), "caption")
-    assert shard.row_groups == (rows,)
+    assert shard.plan == (rows,)
     (task,) = read_tasks([shard])
-    slices = list(read_rows({k: np.array([v]) for k, v in task.items()}))
+    settings = JobSettings(input=str(tmp_path))
+    slices = list(read_rows({"item": np.array([task], dtype=object)}, settings.input, settings))
     sizes = [len(s["id"]) for s in slices]
     assert sum(sizes) == rows and len(slices) >= 9 and max(sizes) <= 105
     assert [i for s in slices for i in s["row_index"]] == list(range(rows))
@@ -320,19 +321,24 @@ def test_vqa_job_on_hub_vqav2_on_s3(ray_local, bucket, tmp_path, tiny_next_path)
 
 
 def test_help_shows_the_column_flags_with_examples():
-    from pipeline.job.cli import build_parser, settings_from_args
+    from pipeline.cli import build_parser
+    from pipeline.cli.base import settings_from_args
 
-    caption, vqa = build_parser("caption").format_help(), build_parser("vqa").format_help()
+    def command_help(task):
+        parser = build_parser()
+        return next(a for a in parser._actions if a.dest == "command").choices[task].format_help()
+
+    caption, vqa = command_help("caption"), command_help("vqa")
     assert "--id-column key --image-column jpg" in " ".join(caption.split())
     assert "--id-column question_id" in " ".join(vqa.split())
     for flag in ("--id-column", "--image-column", "--prompt-column"):
         assert flag in caption
     for flag in ("--id-column", "--image-column", "--question-column", "--answers-column"):
         assert flag in vqa
-    args = build_parser("caption").parse_args(["--input", "x", "--id-column", "key", "--image-column", "jpg"])
-    assert settings_from_args(args, "caption", None).columns == ColumnMap(id="key", image="jpg")
-    args = build_parser("vqa").parse_args(["--id-column", "question_id", "--answers-column", "refs"])
-    assert settings_from_args(args, "vqa", None).columns == ColumnMap(id="question_id", answers="refs")
+    args = build_parser().parse_args(["caption", "--input", "x", "--id-column", "key", "--image-column", "jpg"])
+    assert settings_from_args(args, "caption", {}).columns == ColumnMap(id="key", image="jpg")
+    args = build_parser().parse_args(["vqa", "--id-column", "question_id", "--answers-column", "refs"])
+    assert settings_from_args(args, "vqa", {}).columns == ColumnMap(id="question_id", answers="refs")
 
 
 def test_storage_failing_mid_row_group_resumes_after_the_rows_already_read(tmp_path, monkeypatch):
@@ -340,17 +346,18 @@ def test_storage_failing_mid_row_group_resumes_after_the_rows_already_read(tmp_p
     the first row not yet handed out, so no row is lost or repeated."""
     pq.write_table(pa.table({"id": [f"r{i}" for i in range(600)], "image": [b"x" * 10] * 600}), tmp_path / "a.parquet")
     (shard,), _ = inspect_shards(str(tmp_path), "caption")
-    original, failures = inputs._slices, []
+    original, failures = parquet_format._open_slices, []
 
-    def flaky(f, layout, first, batches):
-        for n, item in enumerate(original(f, layout, first, batches)):
+    def flaky(where, group, settings, skip):
+        for n, item in enumerate(original(where, group, settings, skip)):
             if n == 1 and not failures:
                 failures.append(n)
                 raise ConnectionError("connection reset by peer")
             yield item
 
-    monkeypatch.setattr(inputs, "_slices", flaky)
-    monkeypatch.setattr(inputs.time, "sleep", lambda s: None)
+    monkeypatch.setattr(parquet_format, "_open_slices", flaky)
+    monkeypatch.setattr(parquet_format, "SLICE_ROWS", 256)
+    monkeypatch.setattr("pipeline.io.retry.time.sleep", lambda s: None)
     rows = read_shard(shard)
     assert failures and rows["id"] == [f"r{i}" for i in range(600)] and rows["row_index"] == list(range(600))
     assert rows["error"] == [None] * 600

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.io.images import BadImage, decode_image
+from pipeline.io.images import decode_image
+from pipeline.row_errors import RowFailed as BadImage
 
 from .data import encoded, truncated_jpeg
 
@@ -84,3 +85,18 @@ def test_exif_orientation_is_applied():
 def test_extreme_aspect_ratios_decode():
     assert decode_image(encoded(1, 4000)).size == (4000, 1)
     assert decode_image(encoded(1, 1)).size == (1, 1)
+
+
+def test_importing_the_pipeline_leaves_pils_guard_alone():
+    """Nothing changes process-wide state at import: PIL's decompression-bomb limit is raised only in
+    decode's call path, and only to the limit the caller asked for."""
+    import subprocess
+    import sys
+
+    script = ("from PIL import Image; before = Image.MAX_IMAGE_PIXELS; import pipeline.cli, pipeline.stages.preprocess; "
+              "assert Image.MAX_IMAGE_PIXELS == before, Image.MAX_IMAGE_PIXELS; "
+              "from pipeline.io.images import decode_image; import io; b = io.BytesIO(); "
+              "Image.new('RGB', (8, 8)).save(b, 'PNG'); decode_image(b.getvalue(), max_pixels=10**9); "
+              "assert Image.MAX_IMAGE_PIXELS == 10**9; print('ok')")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "ok", result.stderr[-2000:]

@@ -60,7 +60,7 @@ def wrong_settings_cases(tmp_path, tiny_next_path):
         (with_(model=str(tmp_path / "missing-model")), "missing-model: no such folder"),
         (with_(model=str(tmp_path / "no-config")), "holds no config.json"),
         (with_(model="not a hub id!"), "neither an existing local folder nor a hub id"),
-        (with_(model="owner/does-not-exist-offline"), "cannot read its config (not a local folder"),
+        (with_(model="owner/does-not-exist-offline"), "as a hub id not in the local cache (HF_HUB_OFFLINE is set)"),
         (with_(model=str(tmp_path / "a-bert")), "a 'bert' model; hired runs LLaVA-Next and LLaVA-1.5"),
         (with_(model=str(tmp_path / "broken-config")), "broken-config: cannot read its config: JSONDecodeError"),
         (with_(output=str(tmp_path / "a-file")), "is a file, not a folder"),
@@ -75,7 +75,8 @@ def wrong_settings_cases(tmp_path, tiny_next_path):
 
 def test_wrong_settings_exit_2_with_one_line_before_anything_heavy(tmp_path, tiny_next_path, capsys, monkeypatch):
     """A wrong model, budget, input or output: exit 2 and one line naming it, before Ray starts."""
-    from pipeline.job import cli, run
+    import pipeline.cli as cli
+    from pipeline.job import run
 
     import huggingface_hub.constants
 
@@ -86,7 +87,7 @@ def test_wrong_settings_exit_2_with_one_line_before_anything_heavy(tmp_path, tin
     monkeypatch.setattr(run, "init_ray", lambda *a: pytest.fail("Ray was started"))
     for args, expected in wrong_settings_cases(tmp_path, tiny_next_path):
         try:
-            status = cli.main("caption", args)
+            status = cli.main(["caption", *args])
         except SystemExit as exit_:  # argparse's own errors
             status = exit_.code
         err = capsys.readouterr().err
@@ -120,10 +121,10 @@ def test_settings_are_checked_without_importing_torch(tmp_path, tiny_next_path):
     (tmp_path / "a-bert").mkdir()
     (tmp_path / "a-bert" / "config.json").write_text(json.dumps({"model_type": "bert"}))
     probe = (
-        "import sys; from pipeline.job import cli\n"
+        "import sys; import pipeline.cli as cli\n"
         "from pipeline.settings import check_model\n"
         f"check_model({str(tiny_next_path)!r})\n"  # a good local checkpoint passes
-        f"status = cli.main('caption', ['--input', {str(shards)!r}, '--output', {str(tmp_path / 'out')!r},"
+        f"status = cli.main(['caption', '--input', {str(shards)!r}, '--output', {str(tmp_path / 'out')!r},"
         f" '--model', {str(tmp_path / 'a-bert')!r}])\n"
         "print(status, sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
     )
@@ -133,9 +134,9 @@ def test_settings_are_checked_without_importing_torch(tmp_path, tiny_next_path):
 
 
 def test_budget_list_parses_each_budget_once():
-    from pipeline.job.cli import budget_list
+    from pipeline.cli.jobs import budget_list
 
-    with pytest.raises(argparse.ArgumentTypeError, match="without a decimal point"):
+    with pytest.raises(ValueError, match="without a decimal point"):
         budget_list("0.2,2.5")
     assert budget_list("0.1, 0.2,640,20%") == [0.1, 0.2, 640, 0.2]
 
@@ -228,21 +229,39 @@ def test_ray_job_submit(ray_head, tmp_path, tiny_next_path, s3_server, bucket):
     assert s3_server.env["AWS_SECRET_ACCESS_KEY"] not in result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("configured, expected", [(None, "0"), ("10", "10")])
-def test_a_private_ray_runs_its_workers_at_normal_priority(monkeypatch, configured, expected):
-    """Ray's processes read RAY_worker_niceness from the environment they start with (checked by
-    hand: an actor then reports os.nice(0) == 0 instead of Ray's 15); a value the user set stays."""
-    import ray
-
-    from pipeline.job import ray_setup
-
-    for key in ("RAY_ADDRESS", "RAY_worker_niceness"):
-        monkeypatch.delenv(key, raising=False)
+@pytest.mark.parametrize("configured, expected", [(None, 0), ("10", 10)])
+def test_a_private_ray_runs_its_workers_at_normal_priority(tmp_path, configured, expected):
+    """Ray starts workers at nice 15; the job's private Ray runs them at 0, unless the user set Ray's
+    own RAY_worker_niceness. Measured in a worker of a Ray the job's code starts."""
+    probe = ("import os, ray\nfrom pipeline.job.ray_setup import init_ray\ninit_ray()\n"
+             "print('nice', ray.get(ray.remote(lambda: os.nice(0)).remote()))\nray.shutdown()\n")
+    env = {k: v for k, v in job_env({"RAY_TMPDIR": f"/tmp/rn{os.getpid()}"}).items() if k not in ("RAY_ADDRESS", "RAY_worker_niceness")}
     if configured is not None:
-        monkeypatch.setenv("RAY_worker_niceness", configured)
-    monkeypatch.setenv("RAY_AUTH_TOKEN", "test-token")
-    seen = {}
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", lambda **kwargs: seen.update(kwargs, niceness=os.environ.get("RAY_worker_niceness")))
-    ray_setup.init_ray()
-    assert seen["address"] == "local" and seen["niceness"] == expected
+        env["RAY_worker_niceness"] = configured
+    try:
+        result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=REPO,
+                                timeout=300)
+    finally:
+        subprocess.run(["rm", "-rf", env["RAY_TMPDIR"]], check=False)
+    assert f"nice {expected}" in result.stdout.splitlines(), result.stdout + result.stderr[-2000:]
+
+
+def test_every_environment_knob_is_read_once_into_the_settings(tmp_path, tiny_next_path):
+    """The environment variables a job reads reach the settings at the edge, and a bad value is a
+    one-line refusal naming the variable."""
+    from pipeline.cli import build_parser
+    from pipeline.cli.base import settings_from_args
+    from pipeline.errors import InputError
+
+    args = build_parser().parse_args(["caption", "--input", str(tmp_path), "--output", str(tmp_path / "o"),
+                                      "--model", str(tiny_next_path)])
+    environ = {"HIRED_IO_RETRY_SECONDS": "7", "HIRED_CPU_THREADS": "3", "HIRED_PREPROCESS_NICENESS": "0",
+               "RAY_ADDRESS": "127.0.0.1:6379"}
+    settings = settings_from_args(args, "caption", environ)
+    assert (settings.io_retry_s, settings.cpu_threads, settings.preprocess_niceness) == (7.0, 3, 0)
+    assert settings.ray_address == "127.0.0.1:6379"
+    assert settings.input.retry.window_s == settings.output.retry.window_s == 7.0  # the locations' policy too
+    flagged = build_parser().parse_args(["caption", "--ray-address", "auto", "--input", str(tmp_path)])
+    assert settings_from_args(flagged, "caption", environ).ray_address == "auto"  # a flag wins over the variable
+    with pytest.raises(InputError, match="^HIRED_CPU_THREADS=many: not an integer: 'many'$"):
+        settings_from_args(args, "caption", {"HIRED_CPU_THREADS": "many"})

@@ -10,10 +10,11 @@ import pytest
 
 from pipeline.columns import OUTPUT_SCHEMA
 from pipeline.errors import InputError, StorageUnavailable
-from pipeline.io import inputs
-from pipeline.io.inputs import FOOTER_READ_BYTES, Shard, inspect_shard, read_footer
-from pipeline.io.outputs import output_path, write_output
-from pipeline.io.storage import Storage, in_threads
+from pipeline.io.formats import parquet as parquet_format
+from pipeline.io.formats.parquet import FOOTER_READ_BYTES, inspect_shard, read_footer
+from pipeline.io.location import Location, in_threads
+from pipeline.io.outputs import Outputs
+from pipeline.io.shard import Shard
 from pipeline.job.plan import plan
 from pipeline.settings import JobSettings
 
@@ -25,6 +26,15 @@ ROWS = [{"id": f"r{i}", "image": encoded(8, 8, seed=i)} for i in range(3)]
 
 def settings_for(root: str, **overrides) -> JobSettings:
     return JobSettings(**{"task": "caption", "input": f"{root}/in", "output": f"{root}/out", "model": "m", **overrides})
+
+
+def input_shard(root: str, name: str, stem: str, rows: int = len(ROWS), groups=(2, 1)) -> Shard:
+    where = Location.resolve(f"{root}/in/{name}.parquet")
+    return Shard(uri=where.uri, name=stem, num_rows=rows, format="parquet", path=where.path, plan=groups)
+
+
+def write_output(root: str, shard: Shard, table: pa.Table, settings: dict) -> None:
+    Outputs(Location.resolve(f"{root}/out")).write(shard, table, settings)
 
 
 def results_for(shard: Shard, rows: int | None = None) -> pa.Table:
@@ -40,22 +50,22 @@ def build(root: str, shards: int = SHARDS) -> dict:
     names = [f"part-{i:03d}" if i % 7 else f"sub/part-{i:03d}" for i in range(shards)]
     for name in names:
         write_shard(f"{root}/in/{name}.parquet", ROWS, row_group_size=2)
-    broken = Storage.at(f"{root}/in/part-001.parquet")
+    broken = Location.resolve(f"{root}/in/part-001.parquet")
     with broken.open("wb") as f:
         f.write(b"PAR1" + b"\x00" * 300 + b"PAR1")
     stems = [name.replace("/", "__") for name in names]
     wanted = settings_for(root).result_settings()
     done = set()
     for i, (name, stem) in enumerate(zip(names, stems)):
-        shard = Shard(uri=Storage.at(f"{root}/in/{name}.parquet").uri, name=stem, num_rows=len(ROWS), row_groups=(2, 1))
+        shard = input_shard(root, name, stem)
         if i % 3 == 0:
-            write_output(f"{root}/out", shard, results_for(shard), wanted)
+            write_output(root, shard, results_for(shard), wanted)
             done.add(stem)
         elif i == 2:  # written for a shard of 2 rows: this one has 3, so it is redone
-            write_output(f"{root}/out", Shard(shard.uri, stem, 2, (2,)), results_for(shard, 2), wanted)
+            write_output(root, input_shard(root, name, stem, 2, (2,)), results_for(shard, 2), wanted)
         elif i == 4:  # truncated (a copy cut short): redone
-            write_output(f"{root}/out", shard, results_for(shard), wanted)
-            where = Storage.at(output_path(f"{root}/out", shard))
+            write_output(root, shard, results_for(shard), wanted)
+            where = Outputs(Location.resolve(f"{root}/out")).file_of(shard)
             data = where.read_bytes()
             with where.open("wb") as f:
                 f.write(data[: len(data) // 2])
@@ -82,7 +92,7 @@ def test_many_shards_split_as_one_by_one(root):
     assert split_of(plan(settings_for(root), threads=1)) == expected
     todo, done, failed = parallel
     assert [s.name for s in todo] == sorted((s.name for s in todo), key=lambda n: n.replace("sub__", "sub/"))  # input order
-    assert all(s.num_rows == 3 and s.row_groups == (2, 1) for s in todo + done)
+    assert all(s.num_rows == 3 and s.plan == (2, 1) for s in todo + done)
     (failure,) = failed
     assert failure.reason.startswith("unreadable Parquet file")
     assert split_of(plan(settings_for(root, overwrite=True))) == {**expected, "todo": expected["todo"] | expected["done"], "done": set()}
@@ -91,8 +101,8 @@ def test_many_shards_split_as_one_by_one(root):
 def test_a_foreign_output_among_many_stops_the_run(tmp_path):
     root = str(tmp_path)
     build(root, shards=40)
-    foreign = Shard(uri=Storage.at(f"{root}/in/part-025.parquet").uri, name="part-025", num_rows=3, row_groups=(2, 1))
-    write_output(f"{root}/out", foreign, results_for(foreign), settings_for(root, model="other").result_settings())
+    foreign = input_shard(root, "part-025", "part-025")
+    write_output(root, foreign, results_for(foreign), settings_for(root, model="other").result_settings())
     with pytest.raises(InputError, match="part-025.parquet was produced with other settings \\(model differ"):
         plan(settings_for(root))
 
@@ -100,8 +110,8 @@ def test_a_foreign_output_among_many_stops_the_run(tmp_path):
 def test_input_errors_come_before_output_errors(tmp_path):
     root = str(tmp_path)
     build(root, shards=40)
-    foreign = Shard(uri=Storage.at(f"{root}/in/part-002.parquet").uri, name="part-002", num_rows=3, row_groups=(2, 1))
-    write_output(f"{root}/out", foreign, results_for(foreign), settings_for(root, model="other").result_settings())
+    foreign = input_shard(root, "part-002", "part-002")
+    write_output(root, foreign, results_for(foreign), settings_for(root, model="other").result_settings())
     pq.write_table(pa.table({"id": [1, 2]}), tmp_path / "in" / "part-039.parquet")  # the last shard, wrong columns
     with pytest.raises(InputError, match="part-039.parquet does not match the input schema"):
         plan(settings_for(root))
@@ -111,12 +121,12 @@ def test_storage_down_while_planning_stops_the_run(tmp_path, monkeypatch):
     root = str(tmp_path)
     build(root, shards=20)
 
-    def inspect(uri, name, task, columns, size=None):
+    def inspect(where, name, settings, size=None):
         if name == "part-010":
             raise StorageUnavailable("reading the footer: storage unavailable after 5 attempts")
-        return inspect_shard(uri, name, task, columns, size=size)
+        return inspect_shard(where, name, settings, size=size)
 
-    monkeypatch.setattr(inputs, "inspect_shard", inspect)
+    monkeypatch.setattr(parquet_format, "inspect_shard", inspect)
     with pytest.raises(StorageUnavailable, match="storage unavailable"):
         plan(settings_for(root))
 
@@ -128,10 +138,10 @@ def test_a_footer_larger_than_one_read(tmp_path):
     assert metadata.serialized_size > FOOTER_READ_BYTES  # two reads needed
     size = path.stat().st_size
     for known in (size, None):
-        footer = read_footer(Storage.at(str(path)), known)
+        footer = read_footer(Location.resolve(str(path)), known)
         assert footer.num_rows == 3000 and footer.num_row_groups == 3000
-    shard = inspect_shard(str(path), "many-groups", "caption", size=size)
-    assert shard.num_rows == 3000 and shard.row_groups == (1,) * 3000
+    shard = inspect_shard(Location.resolve(str(path)), "many-groups", JobSettings(), size=size)
+    assert shard.num_rows == 3000 and shard.plan == (1,) * 3000
 
 
 def test_in_threads_raises_the_earliest_items_error_and_drops_the_rest():

@@ -17,12 +17,19 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from pipeline.report import first_pass, load_output, main, second_pass, write_report
-from pipeline.report import data as report_data
+from pipeline.cli import main as hired_main
 from pipeline.columns import output_schema
-from pipeline.io.inputs import Shard
-from pipeline.io.outputs import write_output
+from pipeline.io.location import Location
+from pipeline.io.outputs import Outputs
+from pipeline.io.shard import Shard
+from pipeline.report import data as report_data
+from pipeline.report import first_pass, load_output, second_pass, write_report
 from pipeline.summary import summarize, write_summary
+
+
+def main(argv):
+    """``hired report ARGS``."""
+    return hired_main(["report", *argv])
 
 REPO = Path(__file__).resolve().parent.parent
 SETTINGS = {"model": "tiny", "config": {"budget": 0.2}}
@@ -36,7 +43,8 @@ def result_row(index: int, *, shard: str, run_id: str = "run-1", gpu: bool = Fal
     full = 1500 + 97 * (index % 15)
     batch = index // 4
     row = {
-        "id": f"item-{index:03d}", "text": None, "error": error, "visual_tokens_full": None, "visual_tokens_kept": None,
+        "id": f"item-{index:03d}", "text": None, "error": error, "error_kind": error and error.split(":")[0],
+        "visual_tokens_full": None, "visual_tokens_kept": None,
         "prompt_tokens": None, "generated_tokens": None, "ttft_ms": None, "decode_ms": None, "tokens_per_s": None,
         "batch_size": None, "peak_gpu_mem_bytes": None, "device": "cuda:0" if gpu else "cpu", "model": "tiny",
         "strategy": "hired", "budget_fraction": 0.2, "budget_tokens": None, "alpha": 0.5, "run_id": run_id, "source_shard": shard, "row_index": index,
@@ -61,9 +69,9 @@ def write_result_shards(output: Path | str, shards: dict[str, list[dict]], *, ta
     uri = str(output)
     for name, rows in shards.items():
         table = pa.Table.from_pylist(rows, schema=output_schema(task))
-        shard = Shard(uri=rows[0]["source_shard"] if rows else f"/in/{name}.parquet", name=name,
-                      num_rows=len(rows), row_groups=(len(rows),))
-        write_output(uri, shard, table, SETTINGS)
+        source = rows[0]["source_shard"] if rows else f"/in/{name}.parquet"
+        shard = Shard(uri=source, name=name, num_rows=len(rows), format="parquet", path=source, plan=(len(rows),))
+        Outputs(Location.resolve(uri)).write(shard, table, SETTINGS)
     return uri
 
 
@@ -74,7 +82,7 @@ def save_summary(output_uri: str, rows: list[dict], task: str = "caption", **ext
     summary = summarize(table, processed_rows=len(rows), processed_generated_tokens=generated, wall_s=12.5,
                         extra={"run_id": "run-1", "task": task, "shards": {"total": 2, "written_this_run": 2,
                                "already_complete": 0, "failed": 0}, "failed_shards": [], **extra})
-    write_summary(output_uri, summary)
+    write_summary(Location.resolve(output_uri), summary)
     return summary
 
 
@@ -377,20 +385,17 @@ def test_an_empty_output_is_a_clear_error(tmp_path, capsys, layout):
     elif layout == "not a directory":
         output = output / "file.txt"
         output.write_text("hello")
-    with pytest.raises(SystemExit) as exit:
-        main([str(output), "-o", str(tmp_path / "report.html")])
-    assert exit.value.code == 2
+    assert main([str(output), "-o", str(tmp_path / "report.html")]) == 2
     message = capsys.readouterr().err
-    assert message.startswith("python -m pipeline.report: error: ") and str(output) in message
+    assert message.startswith("error: ") and str(output) in message and len(message.splitlines()) == 1
     assert not (tmp_path / "report.html").exists()
 
 
 def test_an_unwritable_report_path_is_a_clear_error(tmp_path, capsys):
     uri, rows = caption_output(tmp_path)
     (tmp_path / "a-file").write_text("in the way")
-    with pytest.raises(SystemExit) as exit:
-        main([uri, "-o", str(tmp_path / "a-file" / "report.html")])
-    assert exit.value.code == 2 and "cannot write" in capsys.readouterr().err
+    assert main([uri, "-o", str(tmp_path / "a-file" / "report.html")]) == 2
+    assert "cannot write" in capsys.readouterr().err
 
 
 def test_help_explains_the_flags(capsys):

@@ -9,10 +9,14 @@ import pytest
 
 from pipeline.columns import OUTPUT_SCHEMA
 from pipeline.errors import InputError
-from pipeline.io.inputs import inspect_shards, list_shards
-from pipeline.io.outputs import check_output_writable, completed_output, output_path, write_output
+from pipeline.io.location import Location
+from pipeline.io.outputs import Outputs
 
-from .data import encoded, write_shard
+from .data import encoded, plan_input as inspect_shards, write_shard
+
+
+def outputs_at(path) -> Outputs:
+    return Outputs(Location.resolve(str(path)))
 
 ROWS = [{"id": f"r{i}", "image": encoded(20, 30, seed=i)} for i in range(5)]
 
@@ -22,24 +26,23 @@ def test_lists_shards_recursively_in_order(tmp_path):
         write_shard(str(tmp_path / name), ROWS)
     (tmp_path / "notes.txt").write_text("not a shard")
     (tmp_path / "_SUCCESS.parquet").write_text("marker")
-    uris = list_shards(str(tmp_path))
-    assert [u.rsplit("/", 1)[1] for u in uris] == ["a.parquet", "b.parquet", "c.parquet"]
-    assert all(u.startswith("file://") for u in uris)
     shards, failed = inspect_shards(str(tmp_path), "caption")
+    assert [s.uri.rsplit("/", 1)[1] for s in shards] == ["a.parquet", "b.parquet", "c.parquet"]
+    assert all(s.uri.startswith("file://") for s in shards)
     assert [s.name for s in shards] == ["a", "b", "sub__c"] and not failed
 
 
 def test_a_single_file_is_an_input(tmp_path):
     write_shard(str(tmp_path / "one.parquet"), ROWS, row_group_size=2)
     shards, _ = inspect_shards(f"file://{tmp_path}/one.parquet", "caption")
-    assert len(shards) == 1 and shards[0].num_rows == 5 and shards[0].row_groups == (2, 2, 1)
+    assert len(shards) == 1 and shards[0].num_rows == 5 and shards[0].plan == (2, 2, 1)
 
 
 def test_no_shards_is_a_clear_error(tmp_path):
     with pytest.raises(InputError, match="holds no .parquet shards"):
-        list_shards(str(tmp_path))
+        inspect_shards(str(tmp_path))
     with pytest.raises(InputError, match="does not exist"):
-        list_shards(str(tmp_path / "missing"))
+        inspect_shards(str(tmp_path / "missing"))
 
 
 @pytest.mark.parametrize(
@@ -77,28 +80,28 @@ def results_for(shard):
 def test_outputs_are_complete_or_absent(tmp_path):
     write_shard(str(tmp_path / "in" / "s.parquet"), ROWS)
     (shard,), _ = inspect_shards(str(tmp_path / "in"), "caption")
-    out = str(tmp_path / "out")
+    out = outputs_at(tmp_path / "out")
     settings = {"model": "m", "budget": 0.2}
-    assert not completed_output(out, shard, settings)
-    written = write_output(out, shard, results_for(shard), settings)
+    assert not out.is_complete(shard, settings) and out.held() == {}
+    written = out.write(shard, results_for(shard), settings)
     assert written.endswith("/out/s.parquet")
-    assert completed_output(out, shard, settings)
+    assert out.is_complete(shard, settings) and list(out.held()) == ["s.parquet"]
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["s.parquet"]  # no temporary files left
     # Other settings: refuse rather than mix results made differently.
     with pytest.raises(InputError, match="budget differ"):
-        completed_output(out, shard, {"model": "m", "budget": 0.4})
+        out.is_complete(shard, {"model": "m", "budget": 0.4})
     # A truncated output (e.g. copied by hand) is not complete.
-    path = output_path(out, shard).removeprefix("file://")
+    path = out.file_of(shard).path
     data = open(path, "rb").read()
     open(path, "wb").write(data[: len(data) // 2])
-    assert not completed_output(out, shard, settings)
+    assert not out.is_complete(shard, settings)
 
 
 def test_a_partial_result_is_never_written(tmp_path):
     write_shard(str(tmp_path / "in" / "s.parquet"), ROWS)
     (shard,), _ = inspect_shards(str(tmp_path / "in"), "caption")
     with pytest.raises(AssertionError, match="4 results for 5 rows"):
-        write_output(str(tmp_path / "out"), shard, results_for(shard).slice(0, 4), {})
+        outputs_at(tmp_path / "out").write(shard, results_for(shard).slice(0, 4), {})
     assert not (tmp_path / "out" / "s.parquet").exists()
 
 
@@ -108,15 +111,13 @@ def test_read_only_output_is_refused(tmp_path):
     out.mkdir()
     out.chmod(stat.S_IRUSR | stat.S_IXUSR)
     with pytest.raises(InputError, match="cannot write to the output"):
-        check_output_writable(str(out))
+        outputs_at(out).check_writable()
 
 
 def test_stale_temporaries_are_removed(tmp_path):
-    from pipeline.io.outputs import remove_stale_temporaries
-
     (tmp_path / ".part-1.0a1b.tmp").write_bytes(b"half a parquet file")
     (tmp_path / "part-2.parquet").write_bytes(b"kept")
     (tmp_path / "notes.tmp").write_bytes(b"not ours: kept")
-    assert remove_stale_temporaries(str(tmp_path)) == 1
+    assert outputs_at(tmp_path).remove_stale_temporaries() == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.tmp", "part-2.parquet"]
-    assert remove_stale_temporaries(str(tmp_path / "missing")) == 0
+    assert outputs_at(tmp_path / "missing").remove_stale_temporaries() == 0

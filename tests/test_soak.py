@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from hired.tiny import build_tiny_llava_next
-from pipeline.columns import error_kind
+
 
 from .data import encoded, truncated_jpeg, write_shard
 from .test_faults import png_header_only
@@ -84,7 +84,7 @@ def test_soak_thousands_of_rows_with_faults(tmp_path):
     rows = [r for p in sorted(out.glob("shard-*.parquet")) for r in pq.read_table(p).to_pylist()]
     assert Counter(r["id"] for r in rows) == Counter(ids)  # exactly one output row per input row
     assert len({(r["source_shard"], r["row_index"]) for r in rows}) == ROWS
-    reasons = Counter(error_kind(r["error"]) for r in rows if r["error"])
+    reasons = Counter(r["error_kind"] for r in rows if r["error"])
     oom = reasons.pop("out of memory", 0)
     assert reasons == expected
     assert all(isinstance(r["text"], str) for r in rows if not r["error"])

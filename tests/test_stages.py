@@ -6,25 +6,33 @@ import numpy as np
 import pytest
 
 import hired
+from pipeline.columns import GENERATED, MODEL_INPUTS, READ_COLUMNS
+from pipeline.io.location import Location
+from pipeline.io.shard import ReadTask
+from pipeline.row_errors import RowFailed
 from pipeline.settings import JobSettings
-from pipeline.stages.generate import RESULT_COLUMNS, Predictor
-from pipeline.columns import MODEL_INPUTS, decode_inputs, encode_inputs
+from pipeline.stages.base import MissingColumns
+from pipeline.stages.generate import Predictor
 from pipeline.stages.preprocess import Preprocessor, build_prompt
 from pipeline.stages.read import read_rows as read_slices
+from pipeline.wire import decode_inputs, encode_inputs
 
 from .conftest import noise_image
-from .data import encoded, truncated_jpeg, write_shard
+from .data import encoded, error_texts, truncated_jpeg, write_shard
 
 
 def read_rows(request):
     """The read stage's slices for one request, as one batch."""
-    slices = list(read_slices(request))
+    uri, settings = request
+    slices = list(read_slices({"item": np.array([uri], dtype=object)}, settings.input, settings))  # uri: the task
     return {k: np.concatenate([s[k] for s in slices]) for k in slices[0]}
 
 
 def task(uri, group, first, count):
-    return {"shard": np.array([uri]), "row_group": np.array([group]), "first_row": np.array([first]),
-            "num_rows": np.array([count])}
+    where = Location.resolve(uri)
+    root = where.at(where.path.rsplit("/", 1)[0])
+    settings = JobSettings(input=root)
+    return ReadTask(uri, "shard", "parquet", where.path, first, count, part=group), settings
 
 
 @pytest.fixture(scope="module")
@@ -50,13 +58,14 @@ def test_read_rows_numbers_rows_and_keeps_columns(mixed_shard):
     assert list(batch["id"]) == ["by-uri", "missing-uri", "empty"]
     assert list(batch["row_index"]) == [4, 5, 6]
     assert list(batch["source_shard"]) == [uri] * 3
-    assert list(batch["error"]) == [None] * 3
+    assert error_texts(batch) == [None] * 3
+    assert set(batch) == set(READ_COLUMNS)  # every format's rows carry the same columns
 
 
 def test_unreadable_row_group_becomes_one_error_row_per_row(tmp_path):
     batch = read_rows(task(f"file://{tmp_path}/gone.parquet", 0, 10, 3))
     assert list(batch["row_index"]) == [10, 11, 12]
-    assert all(e.startswith("unreadable shard: row group 0: FileNotFoundError") for e in batch["error"])
+    assert all(e.startswith("unreadable shard: FileNotFoundError") for e in error_texts(batch))
 
 
 def test_preprocess_turns_bad_rows_into_reasons(mixed_shard, tiny_next_path):
@@ -64,14 +73,15 @@ def test_preprocess_turns_bad_rows_into_reasons(mixed_shard, tiny_next_path):
     batch = {k: np.concatenate([read_rows(task(uri, 0, 0, 4))[k], read_rows(task(uri, 1, 4, 3))[k]])
              for k in read_rows(task(uri, 0, 0, 4))}
     out = Preprocessor(JobSettings(model=str(tiny_next_path)))(batch)
-    errors = dict(zip(out["id"], out["error"]))
+    errors = dict(zip(out["id"], error_texts(out)))
     assert errors["ok-png"] is None and errors["ok-jpeg"] is None and errors["by-uri"] is None
     assert errors["truncated"].startswith("undecodable image")
     assert errors["no-image"] == "missing field: neither image nor image_uri is set"
     assert errors["missing-uri"].startswith("cannot fetch image_uri") and "nope.png" in errors["missing-uri"]
     assert errors["empty"] == "empty image: the image bytes are empty"
-    for i, error in enumerate(out["error"]):
+    for i, error in enumerate(error_texts(out)):
         assert (out[MODEL_INPUTS][i] is None) == (error is not None)
+    assert "image" not in out and "image_uri" not in out and "prompt" not in out  # consumed here
     inputs = decode_inputs(out[MODEL_INPUTS][0])
     assert inputs["pixel_values"].shape == (3, 3, 336, 336) and inputs["pixel_values"].dtype == np.float32
     assert list(inputs["image_sizes"]) == [240, 320]
@@ -82,17 +92,18 @@ def test_preprocessing_yields_to_generation_on_the_same_cpus(tiny_next_path, mon
     HIRED_PREPROCESS_NICENESS says); otherwise, as beside a GPU, it keeps its priority."""
     from pipeline.stages import preprocess
 
+    from pipeline.settings import environment_settings
+
     settings = JobSettings(model=str(tiny_next_path))
     calls = []
     monkeypatch.setattr(preprocess.os, "nice", calls.append)  # this test process keeps its own priority
-    monkeypatch.delenv("HIRED_PREPROCESS_NICENESS", raising=False)
     Preprocessor(settings)
     Preprocessor(settings, beside_cpu_generation=False)
     assert calls == []
     Preprocessor(settings, beside_cpu_generation=True)
     assert calls == [19]
-    monkeypatch.setenv("HIRED_PREPROCESS_NICENESS", "5")
-    Preprocessor(settings, beside_cpu_generation=True)
+    configured = JobSettings(model=str(tiny_next_path), **environment_settings({"HIRED_PREPROCESS_NICENESS": "5"}))
+    Preprocessor(configured, beside_cpu_generation=True)
     assert calls == [19, 5]
 
 
@@ -106,8 +117,15 @@ def test_prompts(tiny_next):
     assert pre.prompt_text("  ", None) == "default words"
     pre.task = "vqa"
     assert pre.prompt_text(None, "is it red?") == "is it red?\nAnswer the question using a single word or phrase."
-    with pytest.raises(ValueError, match="no question"):
+    with pytest.raises(RowFailed, match="missing field: the VQA row has no question"):
         pre.prompt_text(None, "")
+
+
+def test_a_stage_refuses_a_batch_without_a_column_it_needs(tiny_next_path):
+    """A renamed or lost column stops the pipeline naming it, instead of becoming nulls."""
+    batch = {"id": np.array(["a"], dtype=object), "image": np.array([b"x"], dtype=object)}
+    with pytest.raises(MissingColumns, match="the preprocess stage needs image_uri .*; prompt .*; question"):
+        Preprocessor(JobSettings(model=str(tiny_next_path)))(batch)
 
 
 def test_pixels_can_travel_in_half_precision(mixed_shard, tiny_next_path):
@@ -147,10 +165,11 @@ def test_predictor_fills_every_row(mixed_shard, tiny_next_path, predictor):
     uri, _ = mixed_shard
     batch = Preprocessor(JobSettings(model=str(tiny_next_path)))(read_rows(task(uri, 0, 0, 4)))
     out = predictor(batch)
-    assert set(RESULT_COLUMNS) <= set(out)
+    assert set(GENERATED) <= set(out) and MODEL_INPUTS not in out
     assert list(out["id"]) == ["ok-png", "ok-jpeg", "truncated", "no-image"]
+    errors = error_texts(out)
     for i in (0, 1):
-        assert out["error"][i] is None and isinstance(out["text"][i], str)
+        assert errors[i] is None and isinstance(out["text"][i], str)
         n = out["visual_tokens_full"][i]
         assert out["visual_tokens_kept"][i] == math.floor(0.2 * n)
         assert 1 <= out["generated_tokens"][i] <= 6
@@ -159,7 +178,7 @@ def test_predictor_fills_every_row(mixed_shard, tiny_next_path, predictor):
     # 240x320 goes to a 1x2 grid (336x672 canvas); resized to 448x336 it fills 32 of 48 token columns.
     assert out["visual_tokens_full"][0] == 576 + 24 * 32
     for i in (2, 3):
-        assert out["error"][i] is not None and out["text"][i] is None and out["visual_tokens_kept"][i] is None
+        assert errors[i] is not None and out["text"][i] is None and out["visual_tokens_kept"][i] is None
     assert set(out["device"]) == {"cpu"} and set(out["run_id"]) == {"run-1"}
     assert set(out["strategy"]) == {"hired"} and set(out["budget_fraction"]) == {0.2} and set(out["budget_tokens"]) == {None} and set(out["alpha"]) == {0.5}
 

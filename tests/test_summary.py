@@ -15,15 +15,25 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.columns import ERROR_KINDS, error_kind
-from pipeline.io.images import BadImage, decode_image
-from pipeline.io.outputs import read_outputs
-from pipeline.stages.preprocess import Preprocessor
-from pipeline.stages.read import read_rows
-from pipeline.summary import DuplicateIds, summarize, summarize_output
+import pyarrow.parquet as pq
 
+from pipeline.io.images import decode_image
+from pipeline.io.location import Location
+from pipeline.row_errors import ErrorKind, RowFailed
+from pipeline.stages.preprocess import Preprocessor
+from pipeline.summary import DuplicateIds, summarize, summarize_output as summarize_location
+
+from .data import error_texts
 from .test_faults import png_header_only
 from .test_report import result_row, write_result_shards
+
+
+def summarize_output(uri, **run):
+    return summarize_location(Location.resolve(str(uri)), **run)
+
+
+def read_outputs(uri) -> pa.Table:
+    return pq.read_table(str(uri))
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = dict(processed_rows=7, processed_generated_tokens=70, wall_s=3.5, extra={"run_id": "r"})
@@ -113,57 +123,40 @@ def test_duplicates_are_exact_across_buckets(tmp_path):
 
 def test_a_shard_of_dead_links_is_one_group(tmp_path):
     reader = Preprocessor.__new__(Preprocessor)  # image_bytes needs no processor
-    reasons = []
+    reader.retry = Location.resolve(str(tmp_path)).retry
+    errors = []
     for i in range(300):
-        with pytest.raises(BadImage) as failure:
+        with pytest.raises(RowFailed) as failure:
             reader.image_bytes(None, f"file://{tmp_path}/gone/picture-{i}.jpg")
-        reasons.append(str(failure.value))
-    assert all(r.startswith("cannot fetch image_uri: file://") and f"picture-{i}.jpg" in r for i, r in enumerate(reasons))
-    rows = [result_row(i, shard="/in/links", error=reason) for i, reason in enumerate(reasons)]
-    # Reasons written before the kinds were fixed, or by hand, with a URI or path before the colon.
-    rows[0]["error"] = f"cannot fetch image_uri file://{tmp_path}/old.jpg: FileNotFoundError: gone"
-    rows[1]["error"] = "s3://bucket/key.jpg: NoSuchKey"
-    rows[2]["error"] = "/data/pictures/a.jpg could not be opened: EACCES"
+        errors.append(failure.value.error)
+    assert all(e.kind is ErrorKind.CANNOT_FETCH_IMAGE and f"picture-{i}.jpg" in e.detail for i, e in enumerate(errors))
+    rows = [result_row(i, shard="/in/links", error=e.text) for i, e in enumerate(errors)]
     uri = write_result_shards(tmp_path / "out", {"links": rows})
     summary = summarize_output(uri, **RUN)
-    assert summary["errors_by_reason"] == {"cannot fetch image_uri": 298, "other": 2}
+    assert summary["errors_by_reason"] == {"cannot fetch image_uri": 300}
 
 
-def reasons_written_by_the_pipeline(tmp_path) -> list[str]:
-    """Error reasons as the stages write them, produced by the stages' own code."""
-    reasons = []
+def test_the_stages_errors_are_typed(tmp_path):
+    """Each way a row can fail, raised by the stages' own code, carries a kind of the closed set, and
+    its text is that kind, then the detail."""
+    errors = []
     for data in (b"", b"\x00garbage" * 30, png_header_only(20_000, 20_000)):
-        with pytest.raises(BadImage) as failure:
+        with pytest.raises(RowFailed) as failure:
             decode_image(data, max_pixels=1_000_000)
-        reasons.append(str(failure.value))
+        errors.append(failure.value.error)
     reader = Preprocessor.__new__(Preprocessor)
-    reader.task = "vqa"
+    reader.task, reader.retry = "vqa", Location.resolve(str(tmp_path)).retry
     for call in (lambda: reader.image_bytes(None, None), lambda: reader.image_bytes(None, f"{tmp_path}/nope.png"),
                  lambda: reader.prompt_text(None, " ")):
-        with pytest.raises(BadImage) as failure:
+        with pytest.raises(RowFailed) as failure:
             call()
-        reasons.append(str(failure.value))
-    task = {"shard": np.array([f"{tmp_path}/missing.parquet"]), "row_group": np.array([0]),
-            "first_row": np.array([0]), "num_rows": np.array([2])}
-    reasons += [reason for batch in read_rows(task) for reason in batch["error"]]
-    return reasons
+        errors.append(failure.value.error)
+    assert [e.kind.value for e in errors] == ["empty image", "undecodable image", "image too large", "missing field",
+                                              "cannot fetch image_uri", "missing field"]
+    assert all(e.text == f"{e.kind.value}: {e.detail}" and e.detail for e in errors)
 
 
-def test_every_reason_the_pipeline_writes_starts_with_a_kind(tmp_path):
-    reasons = reasons_written_by_the_pipeline(tmp_path)
-    assert len(reasons) == 8
-    kinds = [error_kind(r) for r in reasons]
-    assert all(r.startswith(f"{k}: ") for r, k in zip(reasons, kinds)), reasons
-    assert set(kinds) <= set(ERROR_KINDS)
-    assert error_kind("out of memory: the item alone in its batch (OutOfMemoryError: CUDA out of memory)") == \
-        "out of memory"
-    assert error_kind("generation failed: ValueError: x") == "generation failed"
-    assert error_kind("prompt too long: 5000 tokens + 16 new tokens exceed the model's context of 4096") == \
-        "prompt too long"
-    assert error_kind("internal: no result came back for this row") == "internal"
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
+def run_cli(*args: str) -> subprocess.CompletedProcess:  # python -m pipeline.summary is hired summary
     return subprocess.run([sys.executable, "-m", "pipeline.summary", *args], capture_output=True, text=True,
                           timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)))
 

@@ -6,7 +6,7 @@ import math
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.job.cli import main
+import pipeline.cli
 from pipeline.job.sweep import sweep_points
 
 from .data import encoded, write_shard
@@ -28,7 +28,7 @@ def test_vqa_sweep(ray_local, tmp_path, tiny_next_path, capsys):
     out = tmp_path / "sweep"
     argv = ["--input", str(tmp_path / "in"), "--output", str(out), "--model", str(tiny_next_path), "--num-gpus", "0",
             "--max-new-tokens", "2", "--strategy", "hired,none", "--budget", "0.1,0.4"]
-    assert main("vqa", argv) == 0
+    assert pipeline.cli.main(["vqa", *argv]) == 0
     printed = capsys.readouterr().out
     names = ["hired-0.1", "hired-0.4", "none"]
     table = (out / "sweep.md").read_text().splitlines()
@@ -57,6 +57,6 @@ def test_vqa_sweep(ray_local, tmp_path, tiny_next_path, capsys):
         assert summary["vqa"]["scored"] == 3 and summary["items"] == 3
 
     # A rerun resumes every setting: nothing is redone.
-    assert main("vqa", argv) == 0
+    assert pipeline.cli.main(["vqa", *argv]) == 0
     again = json.loads((out / "sweep.json").read_text())
     assert all(s["shards"]["already_complete"] == 1 and s["shards"]["written_this_run"] == 0 for s in again)

@@ -1,4 +1,4 @@
-"""hired.viz: the figure's layout, what is drawn where, and the command line end to end."""
+"""hired.viz: the figure's layout, what is drawn where; ``hired viz``, the command line, end to end."""
 
 import os
 import subprocess
@@ -18,16 +18,29 @@ from hired.viz import (
     KEPT_COLOR,
     PADDING_ALPHA,
     PADDING_COLOR,
-    build_parser,
     denormalize,
     figure_size,
-    main,
     panel_boxes,
     render,
     render_prepared,
 )
 
+from pipeline.cli import build_parser as hired_parser
+from pipeline.cli import main as hired_main
+
 from .conftest import chat_prompt, noise_image
+
+
+def main(argv) -> int:
+    """``hired viz ARGS``: its exit status, argparse's own refusals included."""
+    try:
+        return hired_main(["viz", *argv])
+    except SystemExit as exit_:
+        return exit_.code
+
+
+def build_parser():
+    return next(a for a in hired_parser()._actions if a.dest == "command").choices["viz"]
 
 ROOT = Path(__file__).resolve().parent.parent
 MEAN, STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]  # CLIP's
@@ -133,9 +146,7 @@ def test_render_prepared_llava_15_is_one_panel(tiny_llava):
 
 
 def test_help_explains_every_flag(capsys):
-    with pytest.raises(SystemExit) as exit_:
-        main(["--help"])
-    assert exit_.value.code == 0
+    assert main(["--help"]) == 0
     text = capsys.readouterr().out
     for flag in ("IMAGE", "--model", "--budget", "--alpha", "--strategy", "--seed", "--newlines", "--device", "--output"):
         assert flag in text
@@ -152,15 +163,13 @@ def test_help_explains_every_flag(capsys):
     ],
 )
 def test_bad_settings_are_usage_errors(capsys, argv, message):
-    with pytest.raises(SystemExit) as exit_:
-        main(argv)
-    assert exit_.value.code == 2
+    assert main(argv) == 2
     assert __import__("re").search(message, capsys.readouterr().err)
 
 
 def run_cli(*args, cwd):
     return subprocess.run(
-        [sys.executable, "-m", "hired.viz", *map(str, args)],
+        [sys.executable, "-m", "pipeline.cli", "viz", *map(str, args)],
         capture_output=True, text=True, cwd=cwd, timeout=300,
         env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"},
     )
@@ -191,15 +200,30 @@ def test_cli_bad_image_path_is_a_clear_error(tmp_path):
 def test_unreadable_images_exit_before_loading_a_model(tmp_path, capsys, name):
     (tmp_path / "notes.txt").write_text("not a picture")
     (tmp_path / "folder").mkdir()
-    with pytest.raises(SystemExit) as exit_:
-        main([str(tmp_path / name), "--model", str(tmp_path / "no-model")])
-    assert exit_.value.code == 2
+    assert main([str(tmp_path / name), "--model", str(tmp_path / "no-model")]) == 2
     assert f"cannot read image '{tmp_path / name}'" in capsys.readouterr().err
 
 
 def test_missing_model_folder_is_a_clear_error(tmp_path, capsys):
     noise_image(64, 64).save(tmp_path / "photo.png")
-    with pytest.raises(SystemExit) as exit_:
-        main([str(tmp_path / "photo.png"), "--model", str(tmp_path / "no-model")])
-    assert exit_.value.code == 2
-    assert "cannot load model" in capsys.readouterr().err
+    assert main([str(tmp_path / "photo.png"), "--model", str(tmp_path / "no-model")]) == 2
+    assert capsys.readouterr().err == f"error: --model {tmp_path / 'no-model'}: no such folder\n"
+
+
+def test_without_a_model_it_draws_with_the_demos_tiny_one_and_says_so(tmp_path):
+    """No network and no --model: a picture within seconds, from the demo's locally built model."""
+    noise_image(480, 640).save(tmp_path / "photo.jpg")
+    result = run_cli(tmp_path / "photo.jpg", "-o", tmp_path / "kept.png", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("no --model given: using the demo's tiny random-weight model at "
+                                    f"{tmp_path / 'demo_output' / 'tiny-llava-next'}")
+    assert "keeps 460 of 2304" in result.stdout and (tmp_path / "kept.png").exists()
+
+
+def test_a_hub_id_not_cached_offline_is_one_line_at_once(tmp_path):
+    noise_image(64, 64).save(tmp_path / "photo.png")
+    result = run_cli(tmp_path / "photo.png", "--model", "llava-hf/llava-v1.6-vicuna-7b-hf", cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "error: --model llava-hf/llava-v1.6-vicuna-7b-hf: not a local folder, and as a hub id not in the local cache "
+        "(HF_HUB_OFFLINE is set): download it first or give a local folder"]

@@ -18,12 +18,11 @@ import pytest
 import webdataset as wds
 
 from pipeline.errors import InputError
-from pipeline.io import webdataset as wd
-from pipeline.io.inputs import inspect_shards
-
+from pipeline.io.formats import webdataset as wd
+from pipeline.settings import JobSettings
 from pipeline.stages.read import read_rows, read_tasks
 
-from .data import encoded
+from .data import encoded, plan_input as inspect_shards, read_all
 from .servers import free_port, wait_for_http
 from .test_jobs import caption_cmd, job_env
 
@@ -52,22 +51,6 @@ def truncated_copy(source: Path, target: Path) -> None:
         picture = tar.getmember("bad/corrupt.jpg")
     target.write_bytes(source.read_bytes()[: picture.offset_data + picture.size // 2])
 
-def task_batch(task: dict) -> dict:
-    """A read task as Ray Data hands it to the read stage (batch_size=1, numpy)."""
-    batch = {}
-    for key, value in task.items():
-        column = np.empty(1, dtype=object)
-        column[0] = np.array(value, dtype=object) if isinstance(value, list) else value
-        batch[key] = column
-    return batch
-
-def read_all(shard) -> list[dict]:
-    rows = []
-    for task in read_tasks([shard]):
-        for batch in read_rows(task_batch(task)):
-            rows += [dict(zip(batch, values)) for values in zip(*batch.values())]
-    return rows
-
 # --- planning and reading, without Ray ---------------------------------------------------------
 
 def test_member_names_split_into_key_and_kind():
@@ -78,7 +61,7 @@ def test_member_names_split_into_key_and_kind():
 def test_bad_samples_are_error_rows_and_nothing_is_lost(tmp_path):
     write_tar(tmp_path / "in" / "a.tar", bad_samples())
     (shard,), failed = inspect_shards(str(tmp_path / "in"), "caption")
-    assert not failed and shard.kind == "webdataset" and shard.num_rows == 4 and shard.name == "a"
+    assert not failed and shard.format == "webdataset" and shard.num_rows == 4 and shard.name == "a"
     rows = read_all(shard)
     assert [r["id"] for r in rows] == ["bad/ok-0", "bad/no-image", "bad/corrupt", "bad/ok-1"]
     assert [r["row_index"] for r in rows] == [0, 1, 2, 3]
@@ -92,7 +75,8 @@ def test_rows_come_in_bounded_slices(tmp_path, monkeypatch):
     monkeypatch.setattr(wd, "SLICE_ROWS", 3)
     write_tar(tmp_path / "big.tar", [{"__key__": f"{i:04d}", "jpg": encoded(8, 8, "JPEG", seed=i)} for i in range(10)])
     (shard,), _ = inspect_shards(str(tmp_path / "big.tar"), "caption")
-    batches = list(read_rows(task_batch(read_tasks([shard])[0])))
+    settings = JobSettings(input=str(tmp_path / "big.tar"))
+    batches = list(read_rows({"item": np.array(read_tasks([shard]), dtype=object)}, settings.input, settings))
     assert [len(b["id"]) for b in batches] == [3, 3, 3, 1]
     assert [int(i) for b in batches for i in b["row_index"]] == list(range(10))
 
@@ -138,7 +122,8 @@ def test_a_tar_that_changed_since_planning_still_gives_the_planned_rows(tmp_path
     write_tar(tmp_path / "a.tar", bad_samples()[:2])
     rows = read_all(shard)
     assert len(rows) == 4 and [r["id"] for r in rows[2:]] == [None, None]
-    assert rows[3]["error"] == "unreadable shard: the tar holds fewer samples than when the run was planned"
+    assert rows[3]["error"] == ("unreadable shard: the shard ended after 2 of the 4 rows planned for this part "
+                                "(changed since planning?)")
     (tmp_path / "a.tar").unlink()
     assert [r["error"].split(":")[0] for r in read_all(shard)] == ["unreadable shard"] * 4
 
@@ -147,7 +132,7 @@ def test_img2dataset_sidecars_are_not_shards_but_other_mixes_are_refused(tmp_pat
     pq.write_table(pa.table({"key": ["x"], "status": ["success"]}), tmp_path / "00000.parquet")
     (tmp_path / "00000_stats.json").write_text("{}")
     shards, _ = inspect_shards(str(tmp_path), "caption")
-    assert [(s.name, s.kind) for s in shards] == [("00000", "webdataset")]
+    assert [(s.name, s.format) for s in shards] == [("00000", "webdataset")]
     with pytest.raises(InputError, match="needs questions"):
         inspect_shards(str(tmp_path), "vqa")
     pq.write_table(pa.table({"id": ["x"]}), tmp_path / "other.parquet")

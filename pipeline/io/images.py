@@ -35,6 +35,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
             image = ImageOps.exif_transpose(image)
     except RowFailed:
         raise
+    except Image.DecompressionBombError as e:  # over twice PIL's limit, which is not above ours: over ours too
+        raise RowFailed(ErrorKind.IMAGE_TOO_LARGE, f"{e}; the limit is {max_pixels}") from None
     except Exception as e:  # PIL raises many types for bad data; all mean "not a usable image"
         raise RowFailed(ErrorKind.UNDECODABLE_IMAGE, f"{type(e).__name__}: {e}") from None
     if image.width < 1 or image.height < 1:

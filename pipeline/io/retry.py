@@ -107,9 +107,10 @@ class _Stall:
         if not self.failures:
             self.began = now
         self.failures += 1
-        if now + self.delay - self.began > self.policy.window_s:
+        pause = self.delay * random.uniform(0.8, 1.2)  # jitter: many workers hitting one store spread out
+        if now + pause - self.began > self.policy.window_s:
             raise StorageUnavailable(f"{self.what}: storage unavailable after {self.failures} attempts"
                                      f"{where}: {type(error).__name__}: {error}") from None
-        log.warning("%s%s: %s: %s; retrying in %.1f s", self.what, where, type(error).__name__, error, self.delay)
-        time.sleep(self.delay * random.uniform(0.8, 1.2))
+        log.warning("%s%s: %s: %s; retrying in %.1f s", self.what, where, type(error).__name__, error, pause)
+        time.sleep(pause)
         self.delay = min(self.delay * 2, self.policy.max_delay_s)

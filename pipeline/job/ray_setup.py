@@ -27,6 +27,7 @@ def init_ray(address: str | None = None) -> None:
     # Ray runs workers at nice 15, below its daemons and the driver, so a shared node's control
     # plane stays responsive. In a private cluster the workers are the job: at nice 15 each wake-up
     # of the driver or a daemon preempts a generation thread, and on a CPU the actor's other threads
-    # then wait for it (bench/README.md), so they run at normal priority here.
-    ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False,
-             _system_config={"worker_niceness": 0})
+    # then wait for it (bench/README.md), so they run at normal priority here, unless Ray's own
+    # RAY_worker_niceness says otherwise.
+    niceness = {} if "RAY_worker_niceness" in os.environ else {"worker_niceness": 0}
+    ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, _system_config=niceness)

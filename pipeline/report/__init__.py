@@ -1,11 +1,10 @@
-"""A one-file HTML report of a pipeline output: ``python -m pipeline.report OUTPUT_URI -o report.html``.
+"""A one-file HTML report of a pipeline output: ``hired report OUTPUT_URI -o report.html``.
 
 ``data`` reads the output in two passes whose memory does not grow with its rows, ``charts`` draws
-the PNGs, ``html`` lays out the page with a Jinja2 template, ``cli`` is the command line.
+the PNGs, ``html`` lays out the page with a Jinja2 template; the command is ``pipeline.cli.report``.
 """
 
 from .charts import draw_charts
-from .cli import build_parser, main
 from .data import (
     ChartData,
     FirstPass,
@@ -27,13 +26,11 @@ __all__ = [
     "FirstPass",
     "Output",
     "ReportError",
-    "build_parser",
     "draw_charts",
     "first_ok_records",
     "first_pass",
     "generation_seconds_per_item",
     "load_output",
-    "main",
     "render_report",
     "second_pass",
     "write_report",

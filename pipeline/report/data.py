@@ -21,9 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..io.outputs import output_files
-from ..io.retry import with_retries
-from ..io.storage import Storage
+from ..io.location import Location
+from ..io.outputs import Outputs
 from ..summary import SUMMARY_COLUMNS, SummaryTotals, read_columns
 
 MAX_PLOTTED_POINTS = 20_000  # beyond this a scatter is a blot and slow to draw: plot an even subset
@@ -33,7 +32,7 @@ HISTOGRAM_BINS = 30
 DISTINCT = {"model": "models", "device": "devices", "strategy": "strategies", "budget_fraction": "budget_fractions",
             "budget_tokens": "budget_counts", "alpha": "alphas",
             "run_id": "run_ids", "source_shard": "source_shards"}
-FIRST_PASS_COLUMNS = SUMMARY_COLUMNS + ("decode_ms", "batch_size", "row_index") + tuple(DISTINCT)
+FIRST_PASS_COLUMNS = SUMMARY_COLUMNS + ("error", "decode_ms", "batch_size", "row_index") + tuple(DISTINCT)
 SECOND_PASS_COLUMNS = ("error", "visual_tokens_full", "visual_tokens_kept", "ttft_ms", "decode_ms", "batch_size",
                        "tokens_per_s", "peak_gpu_mem_bytes", "vqa_accuracy", "run_id")
 # Histogram charts: their column over the ok rows, and the unit it is drawn in.
@@ -55,7 +54,7 @@ class Output:
     """An output location's result files and what their footers and ``_summary.json`` say, rows unread."""
 
     uri: str
-    where: Storage
+    where: Location
     files: list[str]  # the result files, in output order (sorted); rows in input order within each
     file_rows: list[int]  # each file's row count, from its footer
     column_names: set[str]  # every column any file has
@@ -76,18 +75,18 @@ class Output:
             yield read_columns(self.where, path, columns)
 
 
-def _footer(where: Storage, path: str) -> pq.FileMetaData:
+def _footer(where: Location, path: str) -> pq.FileMetaData:
     def read() -> pq.FileMetaData:
         with where.fs.open(path, "rb") as f:
             return pq.ParquetFile(f).metadata
 
-    return with_retries(read, f"reading the footer of {path}")
+    return where.retry.call(read, f"reading the footer of {path}")
 
 
 def load_output(output_uri: str) -> Output:
     """The result files and saved summary under ``output_uri``; :class:`ReportError` if there are no rows."""
     try:
-        where = Storage.at(output_uri)
+        where = Location.resolve(output_uri)
         fs, path = where.fs, where.path
         exists = fs.exists(path)
     except Exception as e:  # a malformed URI, an unknown protocol, missing credentials
@@ -97,7 +96,7 @@ def load_output(output_uri: str) -> Output:
     if not fs.isdir(path):
         raise ReportError(f"{output_uri} is not a directory: give the job's --output location")
     try:
-        files = output_files(output_uri)
+        files = Outputs(where).result_files()
         footers = [_footer(where, p) for p in files]
     except Exception as e:  # a damaged result file: say which error, not a traceback
         raise ReportError(f"cannot read the result files under {output_uri}: {type(e).__name__}: {e}") from None
