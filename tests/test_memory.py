@@ -275,6 +275,19 @@ def test_captured_projections_are_the_projections_prepare_hooks(tiny_next, monke
         assert unknown.captured_projections([lengths]) == 0
 
 
+def test_a_layer_outside_the_tower_is_refused_as_hired_refuses_it(tiny_next):
+    from hired import prepare_inputs
+
+    model, processor = tiny_next
+    config = HiREDConfig(budget=0.2, initial_layer=4)
+    inputs = processor(images=[noise_image(336, 336)], text=[chat_prompt(processor, "a")], return_tensors="pt")
+    with pytest.raises(ValueError) as hired_error:
+        prepare_inputs(model, inputs, config)
+    with pytest.raises(ValueError) as memory_error:
+        MemoryModel(model.config, torch.float32).worst_case_item_bytes(config, 10, 4)
+    assert str(memory_error.value) == str(hired_error.value)
+
+
 @pytest.mark.parametrize("kind", ["llava-next", "llava-1.5"])
 @pytest.mark.parametrize("config", [None, HiREDConfig(budget=0.2), HiREDConfig(budget=0.3, newlines="all")])
 def test_the_largest_image_is_the_costliest_hired_prepares(tiny_next, tiny_llava, kind, config):

@@ -65,6 +65,7 @@ class LlavaShape:
         feature_layer = config.vision_feature_layer
         is_next = config.model_type == "llava_next"
         text_type, vision_type = getattr(text, "model_type", "?"), getattr(vision, "model_type", "?")
+        pinpoints = getattr(config, "image_grid_pinpoints", None) if is_next else None
         biases = TEXT_BIASES.get(text_type)
         if biases is None:  # Llama, and Llama-style backbones we do not know, by the config's own flags
             attention_bias = bool(getattr(text, "attention_bias", False))
@@ -79,7 +80,7 @@ class LlavaShape:
             feature_layers=(feature_layer,) if isinstance(feature_layer, int) else tuple(feature_layer),
             projector_bias=getattr(config, "multimodal_projector_bias", True),
             has_image_newline=is_next,
-            grid_pinpoints=tuple(tuple(p) for p in getattr(config, "image_grid_pinpoints", None) or ()) if is_next else (),
+            grid_pinpoints=tuple(tuple(p) for p in pinpoints or ()),
             text_hidden=text.hidden_size,
             text_intermediate=text.intermediate_size,
             text_layers=text.num_hidden_layers,

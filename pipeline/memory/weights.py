@@ -71,8 +71,12 @@ class Quantization:
         return None
 
     def converts(self, module_name: str) -> bool:
-        """Whether transformers replaces the linear layer ``module_name`` (its skip rule: a pattern
-        matching from the start up to a module boundary, or a suffix)."""
+        """Whether transformers replaces the linear layer ``module_name``.
+
+        The rule of transformers' ``should_convert_module`` (quantizers_utils), restated so that
+        counting imports no transformers: a pattern skips a module it matches from the start up to
+        a module boundary, or as a suffix.
+        """
         patterns = ("lm_head",) if self.skip_modules is None else self.skip_modules
         boundary = r"(?:(?<=\.)|(?=\.|$))"
         return not any(re.match(rf"(?:{p}){boundary}", module_name) or module_name.endswith(p) for p in patterns)
