@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 import hired  # noqa: E402
 from hired.tiny import CHAT_TEMPLATE, LLAVA_NEXT_PINPOINTS, build_tokenizer  # noqa: E402
-from pipeline.stages.memory import apply_memory_cap  # noqa: E402
+from pipeline.memory import apply_memory_cap  # noqa: E402
 from pipeline.settings import JobSettings  # noqa: E402
 from pipeline.stages.generate import FirstTokenTimer, Predictor  # noqa: E402
 

@@ -66,7 +66,8 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # a private Ray
 import hired  # noqa: E402
 from pipeline.columns import ID, IMAGE, MODEL_INPUTS  # noqa: E402
 from pipeline.settings import JobSettings  # noqa: E402
-from pipeline.stages.generate import CPU_BATCH_SIZE, Predictor  # noqa: E402
+from pipeline.memory import CPU_BATCH_SIZE  # noqa: E402
+from pipeline.stages.generate import Predictor  # noqa: E402
 from pipeline.stages.preprocess import Preprocessor  # noqa: E402
 
 PICTURE_SIDE = 672  # the real LLaVA-Next geometry: a 2x2 grid of 336 px crops plus the full view

@@ -80,17 +80,17 @@ def _text_config(vocab_size: int, tokenizer):
     )
 
 
-def _vision_config(num_layers: int, tile: int = 336):
+def _vision_config(num_layers: int, tile: int = 336, width: int = 32):
     from transformers import CLIPVisionConfig
 
     return CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=width,
+        intermediate_size=2 * width,
         num_hidden_layers=num_layers,
         num_attention_heads=4,
         image_size=tile,
         patch_size=14,
-        projection_dim=32,
+        projection_dim=width,
     )
 
 
@@ -109,11 +109,15 @@ def _with_seed(seed: int, build):
         return build()
 
 
-def build_tiny_llava_next(path: str | os.PathLike, seed: int = 0, vision_layers: int = 4, tile: int = 336) -> Path:
+def build_tiny_llava_next(
+    path: str | os.PathLike, seed: int = 0, vision_layers: int = 4, tile: int = 336, vision_width: int = 32
+) -> Path:
     """Save a tiny random LLaVA-Next checkpoint (model + processor) at ``path``.
 
     ``tile=336`` is the real geometry (576 tokens a partition); a smaller multiple of 14 (e.g. 56:
     16 tokens a partition, pinpoints scaled alike) keeps the anyres logic for soaks of many rows.
+    ``vision_width`` is the CLIP tower's hidden size (its MLP twice that); bitsandbytes' 4-bit
+    kernels need every layer at least 64 wide (the text model already is).
     """
     from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
     from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
@@ -134,7 +138,7 @@ def build_tiny_llava_next(path: str | os.PathLike, seed: int = 0, vision_layers:
         chat_template=CHAT_TEMPLATE,
     )
     config = LlavaNextConfig(
-        vision_config=_vision_config(vision_layers, tile),
+        vision_config=_vision_config(vision_layers, tile, vision_width),
         text_config=_text_config(len(tokenizer), tokenizer),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         image_grid_pinpoints=pinpoints,
@@ -145,8 +149,8 @@ def build_tiny_llava_next(path: str | os.PathLike, seed: int = 0, vision_layers:
     return _save(model, processor, Path(path), seed)
 
 
-def build_tiny_llava(path: str | os.PathLike, seed: int = 0, vision_layers: int = 4) -> Path:
-    """Save a tiny random LLaVA-1.5 checkpoint (model + processor) at ``path``."""
+def build_tiny_llava(path: str | os.PathLike, seed: int = 0, vision_layers: int = 4, vision_width: int = 32) -> Path:
+    """Save a tiny random LLaVA-1.5 checkpoint (model + processor) at ``path`` (``vision_width``: as for LLaVA-Next)."""
     from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
@@ -161,7 +165,7 @@ def build_tiny_llava(path: str | os.PathLike, seed: int = 0, vision_layers: int 
         chat_template=CHAT_TEMPLATE,
     )
     config = LlavaConfig(
-        vision_config=_vision_config(vision_layers),
+        vision_config=_vision_config(vision_layers, width=vision_width),
         text_config=_text_config(len(tokenizer), tokenizer),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         vision_feature_layer=-2,

@@ -10,7 +10,7 @@ import torch
 
 import hired
 from pipeline.settings import JobSettings
-from pipeline.stages.memory import BatchSizer, Margin
+from pipeline.memory import BatchSizer, Margin
 from pipeline.stages.generate import Predictor
 from pipeline.columns import MODEL_INPUTS
 from pipeline.wire import decode_inputs, encode_inputs

@@ -1,5 +1,7 @@
-"""Batch sizing: the memory model against hand arithmetic for LLaVA-Next-7B and against the
-allocations the torch profiler records, the actor's micro-batches (``BatchSizer``), and OOM back-off."""
+"""The memory model against what really exists: the released checkpoints' parameters on the meta
+device, what bitsandbytes really loads, the projections hired's hooks really keep and what CPU
+forward passes really allocate (torch profiler); then the actor's micro-batches, device memory
+and OOM back-off."""
 
 from __future__ import annotations
 
@@ -8,257 +10,95 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import (
+    BitsAndBytesConfig,
     CLIPVisionConfig,
+    GemmaConfig,
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaNextConfig,
     LlavaNextForConditionalGeneration,
     MistralConfig,
+    Qwen2Config,
 )
 
-from hired import HiREDConfig, ItemLengths
-from pipeline.stages import memory
-from pipeline.stages.memory import (
+from hired import HiREDConfig, ItemLengths, expected_lengths
+from pipeline import memory
+from pipeline.memory import (
     CPU_BATCH_SIZE,
     MAX_BATCH_SIZE,
     GiB,
     AdaptiveBatchSize,
     BatchSizer,
     ItemBytes,
+    LlavaShape,
     Margin,
     MemoryModel,
+    Quantization,
     apply_memory_cap,
+    count_weight_bytes,
     free_device_bytes,
     is_out_of_memory,
+    linear_layers,
+    measure_weight_bytes,
     parameter_count,
     run_with_oom_backoff,
-    weights_bytes,
 )
+from pipeline.memory.checkpoints import NAMES, checkpoint_config
 
-PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
-
-
-def llava_next_7b_config(**text_overrides) -> LlavaNextConfig:
-    """llava-v1.6-vicuna-7b's architecture, built locally."""
-    text = dict(
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        vocab_size=32064,
-        max_position_embeddings=4096,
-    )
-    text.update(text_overrides)
-    return LlavaNextConfig(
-        vision_config=CLIPVisionConfig(
-            hidden_size=1024,
-            intermediate_size=4096,
-            num_hidden_layers=24,
-            num_attention_heads=16,
-            image_size=336,
-            patch_size=14,
-            projection_dim=768,
-        ),
-        text_config=LlamaConfig(**text),
-        image_grid_pinpoints=PINPOINTS,
-        vision_feature_layer=-2,
-    )
+from .conftest import chat_prompt, noise_image
 
 
-def meta_parameter_count(model_class, config) -> int:
-    with torch.device("meta"):
-        model = model_class(config)
-    return sum(p.numel() for p in model.parameters())
+def meta_model(config, dtype=torch.float32):
+    """The real model class for ``config``, built on the meta device (no memory), in ``dtype`` as
+    ``from_pretrained(dtype=...)`` builds it (buffers keep their own dtypes)."""
+    model_class = LlavaForConditionalGeneration if isinstance(config, LlavaConfig) else LlavaNextForConditionalGeneration
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device("meta"):
+            return model_class(config)
+    finally:
+        torch.set_default_dtype(default)
+
+
+def plain_linear_names(model) -> set[str]:
+    return {name for name, module in model.named_modules() if type(module) is torch.nn.Linear}
+
+
+def unconverted_names(config, quantization) -> set[str]:
+    """The linear layers the memory model expects transformers to leave in full precision."""
+    return {x.name for x in linear_layers(LlavaShape.from_config(config)) if not quantization.converts(x.name)}
 
 
 # ---------------------------------------------------------------------------
-# LLaVA-Next-7B, by hand
+# Parameters: the released family, built as the real model classes on the meta device
 # ---------------------------------------------------------------------------
 
-FP16 = 2
-F32 = 4
 
-# Parameters. CLIP ViT-L/14 at 336 px: 24 x 24 = 576 patches + CLS = 577 positions.
-CLIP_LAYER = (
-    4 * (1024 * 1024 + 1024)  # q, k, v, out projections with biases
-    + (1024 * 4096 + 4096)  # fc1
-    + (4096 * 1024 + 1024)  # fc2
-    + 2 * (2 * 1024)  # layer_norm1, layer_norm2 (weight + bias)
-)
-VISION_PARAMS = (
-    1024  # class embedding
-    + 3 * 14 * 14 * 1024  # patch embedding conv, no bias
-    + 577 * 1024  # position embeddings
-    + 2 * (2 * 1024)  # pre_layrnorm, post_layernorm
-    + 24 * CLIP_LAYER
-)
-PROJECTOR_PARAMS = (1024 * 4096 + 4096) + (4096 * 4096 + 4096) + 4096  # linear_1, linear_2, image_newline
-LLAMA_LAYER = 4 * 4096 * 4096 + 3 * 4096 * 11008 + 2 * 4096  # q/k/v/o, gate/up/down, two RMSNorms
-LLM_PARAMS = 32064 * 4096 + 32 * LLAMA_LAYER + 4096 + 32064 * 4096  # embeddings, layers, final norm, lm_head
-TOTAL_PARAMS = VISION_PARAMS + PROJECTOR_PARAMS + LLM_PARAMS
-
-# KV cache: keys and values, 32 layers, 32 KV heads of 128.
-KV_PER_TOKEN = 2 * 32 * 32 * 128 * FP16
-
-# Prefill, per token: one decoder layer's peak (its phases), input embeddings, rotary cos/sin.
-HIDDEN = 4096 * FP16
-Q = KV = 32 * 128 * FP16
-INTERMEDIATE = 11008 * FP16
-NORM_PHASE = HIDDEN + 2 * 4096 * F32  # residual + RMSNorm's two float32 temporaries
-ROTARY_PHASE = 2 * HIDDEN + Q + 2 * KV + max(3 * Q, Q + 3 * KV)
-ATTENTION_PHASE = 2 * HIDDEN + Q + 2 * KV + 2 * Q  # no GQA repeat: 32 KV heads
-MLP_PHASE = 2 * HIDDEN + 3 * INTERMEDIATE
-PREFILL_PER_TOKEN = HIDDEN + 2 * 128 * FP16 + MLP_PHASE
-LOGITS = 32064 * FP16 + 2 * 32064 * F32  # last position's logits + generate's float32 copy and scores
+@pytest.mark.parametrize("name", NAMES)
+def test_each_released_checkpoint_is_counted_exactly(name):
+    config = checkpoint_config(name)
+    model = meta_model(config, torch.float16)
+    parameters = sum(p.numel() for p in model.parameters())
+    print(f"{name}: {parameters:,} parameters")  # pytest -s shows them
+    assert parameter_count(config) == parameters
+    # Loaded in float16: parameters and buffers (position ids, rotary tables) to the byte.
+    assert count_weight_bytes(config, torch.float16).total_bytes == model.get_memory_footprint()
+    # The linear layers named as transformers names them, so quantization's skip rules see the real names.
+    assert {x.name for x in linear_layers(LlavaShape.from_config(config))} == plain_linear_names(model)
 
 
-def prefill(prompt_tokens: int) -> int:
-    return prompt_tokens * PREFILL_PER_TOKEN + prompt_tokens**2 * (1 + FP16) + LOGITS
+@pytest.mark.parametrize("name", NAMES)
+def test_what_bitsandbytes_keeps_in_full_precision_in_each_checkpoint(name):
+    """transformers' own rule (get_keys_to_not_convert, replace_with_bnb_linear) on the real module tree."""
+    from transformers.integrations import replace_with_bnb_linear
+    from transformers.quantizers.base import get_keys_to_not_convert
 
-
-# Vision, per token of a partition: kept states (feature layer, HiRED's q/k at two layers, the
-# encoder input) + the MLP phase (residual, normed, fc1 and quick_gelu's two temporaries).
-VISION_TOKEN = (1 + 4 + 1) * 1024 * FP16 + 2 * 1024 * FP16 + 3 * 4096 * FP16
-PIXELS = 3 * 336 * 336 * FP16
-VISION_TOWER_ITEM = 5 * (PIXELS + 577 * VISION_TOKEN)  # full view + 2x2 grid
-
-
-def projector(visual_tokens_llm: int) -> int:
-    return (
-        5 * PIXELS
-        + 5 * 577 * 1024 * FP16  # feature-layer states
-        + visual_tokens_llm * 1024 * FP16  # gathered kept features
-        + 2 * visual_tokens_llm * 4096 * FP16  # linear_1 output and activation
-        + 2 * visual_tokens_llm * 4096 * FP16  # projected features and their concatenation
-    )
-
-
-TEXT_TOKENS, NEW_TOKENS = 60, 128
-FULL_PROMPT = 2880 + 48 + TEXT_TOKENS  # every grid token + one newline per row of the 48-row grid
-HIRED20_PROMPT = 576 + TEXT_TOKENS  # floor(0.2 * 2880) = 576, newlines dropped
-
-FULL_ITEM = (FULL_PROMPT + NEW_TOKENS) * KV_PER_TOKEN + prefill(FULL_PROMPT) + VISION_TOWER_ITEM
-HIRED20_ITEM = (HIRED20_PROMPT + NEW_TOKENS) * KV_PER_TOKEN + prefill(HIRED20_PROMPT) + VISION_TOWER_ITEM
-
-CARD_24GB = 24 * GiB
-FREE_AFTER_WEIGHTS = CARD_24GB - TOTAL_PARAMS * FP16
-USABLE = FREE_AFTER_WEIGHTS - (1 * GiB + -(-FREE_AFTER_WEIGHTS // 10))  # default margin: 1 GiB + 10%, rounded up
-
-
-def test_hand_figures_are_what_we_say():
-    # The figures quoted in the README and the report, so a typo above cannot hide.
-    assert TOTAL_PARAMS == 7_063_431_168
-    assert TOTAL_PARAMS * FP16 == 14_126_862_336  # ~14.1 GB
-    assert KV_PER_TOKEN == 524_288
-    assert (ROTARY_PHASE, ATTENTION_PHASE, MLP_PHASE, NORM_PHASE) == (73_728, 57_344, 82_432, 40_960)
-    assert PREFILL_PER_TOKEN == 91_136
-    assert VISION_TOWER_ITEM == 121_556_480
-    assert projector(2928) < VISION_TOWER_ITEM and projector(576) < VISION_TOWER_ITEM
-    assert FULL_ITEM == 2_054_657_328  # 1.91 GiB
-    assert HIRED20_ITEM == 581_609_136  # 0.54 GiB
-    assert USABLE == 9_404_905_472
-
-
-def test_parameter_count_of_7b_matches_hand_count_and_meta_model():
-    config = llava_next_7b_config()
-    assert parameter_count(config) == TOTAL_PARAMS
-    assert meta_parameter_count(LlavaNextForConditionalGeneration, config) == TOTAL_PARAMS
-    assert weights_bytes(config, torch.float16) == TOTAL_PARAMS * FP16
-    assert weights_bytes(config, "bfloat16") == TOTAL_PARAMS * 2
-    assert weights_bytes(config, torch.float32) == TOTAL_PARAMS * 4
-
-
-def test_weights_measured_from_a_model_count_parameters_and_buffers_at_their_dtypes():
-    config = llava_next_7b_config()
-    with torch.device("meta"):
-        model = LlavaNextForConditionalGeneration(config).to(torch.float16)
-    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
-    assert buffers > 0  # position ids (int64) and rotary frequencies
-    assert weights_bytes(config, torch.float16, model) == TOTAL_PARAMS * FP16 + buffers
-    assert MemoryModel(config, torch.float16, model=model).weights_bytes == TOTAL_PARAMS * FP16 + buffers
-
-
-def test_7b_per_item_parts_match_hand_arithmetic():
-    model = MemoryModel(llava_next_7b_config(), torch.float16)
-    assert model.kv_cache_bytes_per_token == KV_PER_TOKEN
-    assert model.kv_cache_bytes(FULL_PROMPT + NEW_TOKENS) == 3116 * 524_288
-    assert model.decoder_layer_bytes_per_token() == MLP_PHASE
-    assert model.prefill_bytes_per_token() == PREFILL_PER_TOKEN
-    assert model.prefill_bytes(FULL_PROMPT) == prefill(FULL_PROMPT) == 299_419_440
-    assert model.vision_tower_bytes(5) == VISION_TOWER_ITEM
-    assert model.projector_bytes(5, 2928) == projector(2928)
-    assert model.vision_bytes(5, 2928) == VISION_TOWER_ITEM
-
-    full = model.item_bytes(FULL_PROMPT, NEW_TOKENS, partitions=5, visual_tokens_llm=2928)
-    assert full == ItemBytes(
-        kv_cache_bytes=(FULL_PROMPT + NEW_TOKENS) * KV_PER_TOKEN,
-        prefill_bytes=prefill(FULL_PROMPT),
-        vision_bytes=VISION_TOWER_ITEM,
-    )
-    assert full.total_bytes == FULL_ITEM
-
-
-def test_largest_image_is_a_2x2_grid_and_hired_keeps_a_fifth():
-    model = MemoryModel(llava_next_7b_config(), torch.float16)
-    full = model.largest_image(None)  # stock: every grid token and every newline
-    assert (full.partitions, full.grid_tokens, full.visual_tokens_llm) == (5, 2880, 2880 + 48)
-    hired20 = model.largest_image(HiREDConfig(budget=0.2))
-    assert (hired20.partitions, hired20.grid_tokens, hired20.visual_tokens_llm) == (5, 2880, 576)
-    # A 1x3 grid has more rows (72 newlines) but fewer tokens: 2304 + 72 < 2880 + 48.
-    assert model.largest_image(HiREDConfig(budget=1.0, newlines="all")).visual_tokens_llm == 2928
-
-
-def test_what_fits_on_a_24gb_card_full_tokens_vs_hired_20():
-    model = MemoryModel(llava_next_7b_config(), torch.float16)
-    free = CARD_24GB - model.weights_bytes
-    assert free == FREE_AFTER_WEIGHTS
-
-    full = model.worst_case_item_bytes(None, TEXT_TOKENS, NEW_TOKENS)
-    hired20 = model.worst_case_item_bytes(HiREDConfig(budget=0.2), TEXT_TOKENS, NEW_TOKENS)
-    assert full.total_bytes == FULL_ITEM
-    assert hired20.total_bytes == HIRED20_ITEM
-
-    # 9,404,905,472 usable bytes: 4 items of 2,054,657,328 (a 5th needs 10.27e9);
-    # 16 items of 581,609,136 (a 17th needs 9.89e9).
-    assert USABLE // FULL_ITEM == 4 and USABLE // HIRED20_ITEM == 16
-    sizer = BatchSizer(model, NEW_TOKENS, free)
-    assert sizer.usable_bytes == USABLE
-    assert sizer.fits(full) == 4
-    assert sizer.fits(hired20) == 16
-    assert sizer.describe(full) == (
-        "batch sizing: 10.84 GiB free after weights, 8.76 GiB usable (1.00 GiB + 10% held back); "
-        "4 to a batch at 1.91 GiB per item (KV 1.52, prefill 0.28, vision 0.11)"
-    )
-
-
-# The largest LLaVA-Next-7B items, as hired.expected_lengths gives them to the generation actor.
-FULL_LENGTHS = ItemLengths(
-    partitions=5, visual_tokens_full=2880, visual_tokens_kept=2880, visual_tokens_llm=2928, prompt_tokens=FULL_PROMPT
-)
-HIRED20_LENGTHS = ItemLengths(
-    partitions=5, visual_tokens_full=2880, visual_tokens_kept=576, visual_tokens_llm=576, prompt_tokens=HIRED20_PROMPT
-)
-
-
-def test_the_actors_micro_batches_of_7b_items_on_a_24gb_card():
-    model = MemoryModel(llava_next_7b_config(), torch.float16)
-    sizer = BatchSizer(model, NEW_TOKENS, CARD_24GB - model.weights_bytes)
-    assert sizer.batch_bytes([FULL_LENGTHS]) == FULL_ITEM
-    assert sizer.batch_bytes([HIRED20_LENGTHS] * 16) == 16 * HIRED20_ITEM
-    assert [len(b) for b in sizer.micro_batches([FULL_LENGTHS] * 10)] == [4, 4, 2]
-    assert [len(b) for b in sizer.micro_batches([HIRED20_LENGTHS] * 40)] == [16, 16, 8]
-    # Mixed: longest first; a batch holding one full item pays the full length for each member.
-    mixed = [HIRED20_LENGTHS] * 20 + [FULL_LENGTHS] * 2
-    batches = sizer.micro_batches(mixed)
-    assert batches[0] == [20, 21, 0, 1]  # two full items and two short ones padded to the full length
-    assert [len(b) for b in batches] == [4, 16, 2]
-
-
-# ---------------------------------------------------------------------------
-# Other architectures: config reading and parameter counts
-# ---------------------------------------------------------------------------
+    config = checkpoint_config(name)
+    model = meta_model(config, torch.float16)
+    replace_with_bnb_linear(model, get_keys_to_not_convert(model), BitsAndBytesConfig(load_in_4bit=True))
+    assert plain_linear_names(model) == unconverted_names(config, Quantization(bits=4)) == {"lm_head"}
 
 
 def small_vision(**overrides) -> CLIPVisionConfig:
@@ -267,79 +107,202 @@ def small_vision(**overrides) -> CLIPVisionConfig:
     return CLIPVisionConfig(**settings_)
 
 
-def small_llama(**overrides) -> LlamaConfig:
+def small_text(config_class=LlamaConfig, **overrides):
     settings_ = dict(hidden_size=128, intermediate_size=344, num_hidden_layers=2, num_attention_heads=8)
     settings_.update(num_key_value_heads=2, vocab_size=500, **overrides)
-    return LlamaConfig(**settings_)
+    return config_class(**settings_)
 
 
 VARIANTS = {
-    "llava-next gqa": lambda: LlavaNextConfig(vision_config=small_vision(), text_config=small_llama()),
-    "explicit head_dim": lambda: LlavaNextConfig(vision_config=small_vision(), text_config=small_llama(head_dim=32)),
-    "biases": lambda: LlavaNextConfig(
-        vision_config=small_vision(), text_config=small_llama(attention_bias=True, mlp_bias=True)
+    "llava-next gqa": lambda: LlavaNextConfig(vision_config=small_vision(), text_config=small_text()),
+    "explicit head_dim": lambda: LlavaNextConfig(vision_config=small_vision(), text_config=small_text(head_dim=32)),
+    "llama biases": lambda: LlavaNextConfig(
+        vision_config=small_vision(), text_config=small_text(attention_bias=True, mlp_bias=True)
     ),
     "tied embeddings": lambda: LlavaNextConfig(
-        vision_config=small_vision(), text_config=small_llama(), tie_word_embeddings=True
+        vision_config=small_vision(), text_config=small_text(), tie_word_embeddings=True
     ),
     "two feature layers": lambda: LlavaNextConfig(
-        vision_config=small_vision(), text_config=small_llama(), vision_feature_layer=[-2, -1]
+        vision_config=small_vision(), text_config=small_text(), vision_feature_layer=[-2, -1]
     ),
     "no projector bias": lambda: LlavaNextConfig(
-        vision_config=small_vision(), text_config=small_llama(), multimodal_projector_bias=False
+        vision_config=small_vision(), text_config=small_text(), multimodal_projector_bias=False
     ),
-    "mistral": lambda: LlavaNextConfig(
-        vision_config=small_vision(),
-        text_config=MistralConfig(
-            hidden_size=128, intermediate_size=344, num_hidden_layers=2, num_attention_heads=8,
-            num_key_value_heads=2, vocab_size=500,
-        ),
+    "mistral": lambda: LlavaNextConfig(vision_config=small_vision(), text_config=small_text(MistralConfig)),
+    "qwen2": lambda: LlavaNextConfig(vision_config=small_vision(), text_config=small_text(Qwen2Config)),
+    "qwen2 tied": lambda: LlavaNextConfig(
+        vision_config=small_vision(), text_config=small_text(Qwen2Config), tie_word_embeddings=True
     ),
-    "llava-1.5": lambda: LlavaConfig(vision_config=small_vision(), text_config=small_llama()),
+    "llava-1.5": lambda: LlavaConfig(vision_config=small_vision(), text_config=small_text()),
+    "llava-1.5 qwen2": lambda: LlavaConfig(vision_config=small_vision(), text_config=small_text(Qwen2Config)),
 }
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
-def test_parameter_count_matches_meta_model(name):
+def test_parameter_count_matches_the_meta_model(name):
     config = VARIANTS[name]()
-    is_llava_15 = isinstance(config, LlavaConfig)
-    model_class = LlavaForConditionalGeneration if is_llava_15 else LlavaNextForConditionalGeneration
-    assert parameter_count(config) == meta_parameter_count(model_class, config)
+    model = meta_model(config)
+    assert parameter_count(config) == sum(p.numel() for p in model.parameters())
+    assert count_weight_bytes(config, torch.float32).total_bytes == model.get_memory_footprint()
 
 
-def test_kv_cache_reads_kv_heads_and_head_dim():
-    gqa = MemoryModel(VARIANTS["llava-next gqa"](), torch.bfloat16)
-    assert gqa.kv_cache_bytes_per_token == 2 * 2 * 2 * (128 // 8) * 2  # layers, KV heads, hidden/heads
-    explicit = MemoryModel(VARIANTS["explicit head_dim"](), torch.bfloat16)
-    assert explicit.kv_cache_bytes_per_token == 2 * 2 * 2 * 32 * 2
-    mistral_7b = MemoryModel(llava_next_7b_config(num_key_value_heads=8), torch.float16)
-    assert mistral_7b.kv_cache_bytes_per_token == 2 * 32 * 8 * 128 * 2 == 131_072
+def test_an_unknown_text_backbone_is_refused_from_the_config_and_measured_when_loaded():
+    config = LlavaNextConfig(vision_config=small_vision(), text_config=small_text(GemmaConfig, head_dim=16))
+    with pytest.raises(ValueError, match="llava_next/clip_vision_model/gemma: load the model and measure it"):
+        parameter_count(config)
+    with pytest.raises(ValueError, match="measure it"):
+        MemoryModel(config, torch.float32)
+    model = meta_model(config)
+    assert MemoryModel(config, torch.float32, model=model).weights_bytes == model.get_memory_footprint()
 
 
-def test_gqa_counts_repeated_keys_and_values_in_attention():
-    # 8 KV heads of 32: with a padding mask, sdpa_attention_forward repeats k/v to all heads.
-    model = MemoryModel(llava_next_7b_config(num_key_value_heads=8, intermediate_size=1024), torch.float16)
-    hidden, q, kv = 8192, 8192, 8 * 128 * 2
-    attention = 2 * hidden + q + 2 * kv + 2 * q + 2 * q  # residual, normed, q/k/v, repeated k/v, output + copy
-    assert attention == 61_440
-    assert model.decoder_layer_bytes_per_token() == attention
-
-
-def test_all_logits_adds_a_vocab_row_per_prompt_token():
-    config = llava_next_7b_config()
-    last = MemoryModel(config, torch.float16)
-    every = MemoryModel(config, torch.float16, last_logits_only=False)
-    assert every.prefill_bytes(1000) - last.prefill_bytes(1000) == 999 * 32064 * FP16
-
-
-def test_llava_15_has_one_view_and_no_newlines():
-    config = LlavaConfig(vision_config=small_vision(), text_config=small_llama())
-    image = MemoryModel(config, torch.float16).largest_image(HiREDConfig(budget=0.2))
-    assert (image.partitions, image.grid_tokens, image.visual_tokens_llm) == (1, 576, 115)
+def test_quantization_settings_are_read_or_refused():
+    assert Quantization.parse(None) is None
+    assert Quantization.parse("8bit") == Quantization(bits=8)
+    assert Quantization.parse(BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_use_double_quant=True)) == Quantization(
+        bits=4, double_quant=True
+    )
+    skip = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=["vision_tower"])
+    assert Quantization.parse(skip.to_dict()) == Quantization(bits=8, skip_modules=("vision_tower",))
+    with pytest.raises(ValueError, match="8bit, 4bit"):
+        Quantization.parse("3bit")
+    with pytest.raises(ValueError, match="bitsandbytes"):
+        Quantization.parse({"quant_method": "gptq"})
 
 
 # ---------------------------------------------------------------------------
-# The model against what transformers allocates (CPU, torch profiler)
+# Quantized weights: tiny models really loaded by bitsandbytes on CPU
+# ---------------------------------------------------------------------------
+
+# bitsandbytes' 4-bit kernels need layers at least 64 wide: the tiny models' vision tower widened to 64.
+LOADS = {
+    "fp32": (torch.float32, None),
+    "fp16": (torch.float16, None),
+    "8bit": (torch.float16, BitsAndBytesConfig(load_in_8bit=True)),
+    "8bit, vision and projector kept": (
+        torch.float16,
+        BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=["vision_tower", "multi_modal_projector", "lm_head"]),
+    ),
+    "nf4": (torch.float16, BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                              bnb_4bit_compute_dtype=torch.float16)),
+    "nf4, double quantization": (torch.float16, BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float16)),
+}
+
+
+@pytest.fixture(scope="module")
+def wide_tiny_paths(tmp_path_factory):
+    from hired.tiny import build_tiny_llava, build_tiny_llava_next
+
+    root = tmp_path_factory.mktemp("wide-tiny")
+    return {
+        "llava-next": build_tiny_llava_next(root / "next", vision_width=64),
+        "llava-1.5": build_tiny_llava(root / "llava", vision_width=64),
+    }
+
+
+@pytest.mark.parametrize("kind", ["llava-next", "llava-1.5"])
+@pytest.mark.parametrize("load", list(LOADS))
+def test_weights_from_the_config_are_what_bitsandbytes_loads(wide_tiny_paths, kind, load):
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    dtype, quantization = LOADS[load]
+    path = wide_tiny_paths[kind]
+    model = AutoModelForImageTextToText.from_pretrained(
+        path, dtype=dtype, quantization_config=quantization, device_map="cpu" if quantization else None
+    )
+    config = AutoConfig.from_pretrained(path)
+    # Read as the Predictor reads a loaded model: from its own config.
+    estimate = count_weight_bytes(config, dtype, getattr(model.config, "quantization_config", None))
+    footprint = model.get_memory_footprint()
+    measured = measure_weight_bytes(model)
+    print(f"{kind} {load}: estimate / get_memory_footprint {estimate.stored_bytes / footprint:.4f}, "
+          f"with quantization state {estimate.total_bytes / measured.total_bytes:.4f}")
+    assert abs(estimate.stored_bytes / footprint - 1) < 0.02
+    assert abs(estimate.total_bytes / measured.total_bytes - 1) < 0.02
+    assert MemoryModel(config, dtype, model=model).weights_bytes == measured.total_bytes
+    if quantization is not None:
+        # The layers left in full precision are the ones the memory model expects, and the
+        # quantization state lies beyond what get_memory_footprint() sees.
+        assert plain_linear_names(model) == unconverted_names(config, Quantization.parse(quantization))
+        assert measured.quantization_state_bytes > 0
+        assert measured.total_bytes > footprint
+
+
+# ---------------------------------------------------------------------------
+# The vision working set: what each strategy's hooks keep, as the registry says
+# ---------------------------------------------------------------------------
+
+HOOK_CASES = {
+    "hired": HiREDConfig(budget=0.2),  # initial layer 0, final layer 2 (the feature layer -2 of 4)
+    "hired, one layer for both": HiREDConfig(budget=0.2, initial_layer=2),
+    "hired, negative final layer": HiREDConfig(budget=0.2, final_layer=-1),
+    "prumerge+": HiREDConfig(budget=0.2, strategy="prumerge+"),
+    "uniform": HiREDConfig(budget=0.2, strategy="uniform"),
+    "random": HiREDConfig(budget=0.2, strategy="random"),
+    "every token kept": HiREDConfig(budget=1.0, newlines="all"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOOK_CASES))
+def test_captured_projections_are_the_projections_prepare_hooks(tiny_next, monkeypatch, case):
+    """Counted by watching ``hired.prepare_inputs`` register its hooks on the tower's q/k projections."""
+    from hired import prepare_inputs
+
+    model, processor = tiny_next
+    config = HOOK_CASES[case]
+    names = {id(module): name for name, module in model.named_modules()}
+    hooked = set()
+    register = torch.nn.Module.register_forward_hook
+
+    def recording(module, hook, *args, **kwargs):
+        hooked.add(names.get(id(module), "?"))
+        return register(module, hook, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "register_forward_hook", recording)
+    inputs = processor(images=[noise_image(672, 672)], text=[chat_prompt(processor, "a b")], return_tensors="pt")
+    prepare_inputs(model, inputs, config)
+    projections = {name for name in hooked if name.endswith(("q_proj", "k_proj"))}
+
+    lengths = expected_lengths(model, (672, 672), inputs["input_ids"].shape[1], config)
+    sizer = BatchSizer(MemoryModel(model.config, torch.float32), 4, free_bytes=None, hired_config=config)
+    assert sizer.captured_projections([lengths]) == len(projections)
+    # Not told the strategy, the sizer assumes the costliest; with nothing dropped, nothing is kept.
+    unknown = BatchSizer(MemoryModel(model.config, torch.float32), 4, free_bytes=None)
+    assert unknown.captured_projections([lengths]) >= len(projections)
+    if lengths.visual_tokens_kept == lengths.visual_tokens_full:
+        assert unknown.captured_projections([lengths]) == 0
+
+
+def test_a_layer_outside_the_tower_is_refused_as_hired_refuses_it(tiny_next):
+    from hired import prepare_inputs
+
+    model, processor = tiny_next
+    config = HiREDConfig(budget=0.2, initial_layer=4)
+    inputs = processor(images=[noise_image(336, 336)], text=[chat_prompt(processor, "a")], return_tensors="pt")
+    with pytest.raises(ValueError) as hired_error:
+        prepare_inputs(model, inputs, config)
+    with pytest.raises(ValueError) as memory_error:
+        MemoryModel(model.config, torch.float32).worst_case_item_bytes(config, 10, 4)
+    assert str(memory_error.value) == str(hired_error.value)
+
+
+@pytest.mark.parametrize("kind", ["llava-next", "llava-1.5"])
+@pytest.mark.parametrize("config", [None, HiREDConfig(budget=0.2), HiREDConfig(budget=0.3, newlines="all")])
+def test_the_largest_image_is_the_costliest_hired_prepares(tiny_next, tiny_llava, kind, config):
+    """Against ``hired.expected_lengths`` (hired's own geometry) over pictures of many shapes."""
+    model, _ = tiny_next if kind == "llava-next" else tiny_llava
+    largest = MemoryModel(model.config, torch.float32).largest_image(config)
+    sizes = [(336, 336), (672, 672), (336, 1008), (1008, 336), (500, 1000), (900, 700), (20, 1500)]
+    lengths = [expected_lengths(model, size, 10, config) for size in sizes]
+    assert largest.partitions == max(x.partitions for x in lengths)
+    assert largest.grid_tokens == max(x.visual_tokens_full for x in lengths)
+    assert largest.visual_tokens_llm == max(x.visual_tokens_llm for x in lengths)
+
+
+# ---------------------------------------------------------------------------
+# The estimate against what transformers allocates (CPU, torch profiler)
 # ---------------------------------------------------------------------------
 
 
@@ -388,51 +351,68 @@ def small_llava_next(tiny_next_path):
     return model, processor
 
 
-@pytest.mark.parametrize("budget", [None, 0.2])
-def test_estimate_bounds_what_transformers_allocates(small_llava_next, budget):
-    """The generation actor's estimate for a batch (``BatchSizer.padded_item_bytes`` from
-    ``hired.expected_lengths``, as the pipeline computes it) against the profiler's peaks."""
-    from hired import expected_lengths, prepare_inputs
+PROFILED = {
+    "every token": None,
+    "hired 20%": HiREDConfig(budget=0.2),
+    "prumerge+ 20%": HiREDConfig(budget=0.2, strategy="prumerge+"),
+    "uniform 20%": HiREDConfig(budget=0.2, strategy="uniform"),
+}
 
-    from .conftest import chat_prompt, noise_image
+
+@pytest.mark.parametrize("case", list(PROFILED))
+def test_estimate_bounds_what_transformers_allocates(small_llava_next, case):
+    """The generation actor's estimate for a batch (``BatchSizer.padded_item_bytes`` from
+    ``hired.expected_lengths``, as the pipeline computes it) against the profiler's peaks and the
+    KV cache ``generate`` leaves."""
+    from hired import prepare_inputs
 
     model, processor = small_llava_next
+    config = PROFILED[case]
     torch.set_num_threads(2)
     batch, new_tokens = 3, 8
     images = [noise_image(672, 672, seed=i) for i in range(batch)]  # 2x2 grids, nothing unpadded
     # Prompts of different lengths, so the batch is padded and the causal mask is built.
     prompts = [chat_prompt(processor, "describe the image" + " red" * i) for i in range(batch)]
     inputs = processor(images=images, text=prompts, return_tensors="pt", padding=True)
-    config = HiREDConfig(budget=budget) if budget else None
     lengths = [
         expected_lengths(model, (672, 672), int(ids), config) for ids in inputs["attention_mask"].sum(dim=1)
     ]
-    sizer = BatchSizer(MemoryModel(model.config, torch.float32, model=model), new_tokens, free_bytes=None)
+    memory_model = MemoryModel(model.config, torch.float32, model=model)
+    sizer = BatchSizer(memory_model, new_tokens, free_bytes=None, hired_config=config)
     item = sizer.padded_item_bytes(lengths)
 
-    # Vision: the tower's working set, predicted nearly to the byte when HiRED's hooks run.
+    # Vision: the tower's working set with what the strategy's hooks keep, nearly to the byte.
     with torch.no_grad():
         vision_peak = profiled_peak_bytes(lambda: prepare_inputs(model, inputs, config))
         prepared = prepare_inputs(model, inputs, config)
     assert max(prepared.prompt_tokens) == max(x.prompt_tokens for x in lengths)  # the lengths the actor predicts
     vision_estimate = batch * item.vision_bytes
-    if budget:
-        assert 0.99 < vision_peak / vision_estimate < 1.01
-    else:  # no scoring layers hooked: four fewer states kept than the model assumes
-        assert 0.75 < vision_peak / vision_estimate <= 1.0
+    assert 0.99 < vision_peak / vision_estimate < 1.01
+    # Not told the strategy, the sizer assumes the costliest.
+    unknown = BatchSizer(memory_model, new_tokens, free_bytes=None).padded_item_bytes(lengths)
+    assert unknown.vision_bytes >= item.vision_bytes
 
     # Generation: KV cache + prefill bound the peak, and not by a wide margin.
+    output = None
+
     def generate():
+        nonlocal output
         with torch.no_grad():
-            model.generate(
-                **prepared.model_inputs(), max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False
+            output = model.generate(
+                **prepared.model_inputs(), max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                return_dict_in_generate=True,
             )
 
     llm_peak = profiled_peak_bytes(generate)
     llm_estimate = batch * (item.kv_cache_bytes + item.prefill_bytes)
-    print(f"budget {budget}: measured / estimated: vision {vision_peak / vision_estimate:.3f}, "
+    print(f"{case}: measured / estimated: vision {vision_peak / vision_estimate:.3f}, "
           f"generation {llm_peak / llm_estimate:.3f}")  # pytest -s shows them
     assert 0.7 < llm_peak / llm_estimate <= 1.0
+    # The cache generate leaves: every token but the last generated one, to the byte.
+    cache = output.past_key_values
+    cached = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+    padded_length = max(prepared.prompt_tokens)
+    assert cached == batch * memory_model.kv_cache_bytes(padded_length + new_tokens - 1)
     # The whole batch's figure, which micro-batches are cut by, bounds either phase.
     assert max(vision_peak, llm_peak) <= sizer.batch_bytes(lengths)
 
@@ -441,51 +421,105 @@ def test_estimate_bounds_what_transformers_allocates(small_llava_next, budget):
 # The actor's micro-batches
 # ---------------------------------------------------------------------------
 
-ITEM = ItemBytes(kv_cache_bytes=1 * GiB, prefill_bytes=GiB // 2, vision_bytes=GiB // 4)  # 1.75 GiB
+NEW_TOKENS = 128
+# The largest LLaVA-Next-7B items, as hired.expected_lengths gives them to the generation actor
+# (a 2x2 grid, 60 text tokens): every token and its 48 newlines, and HiRED-20% without newlines.
+FULL_LENGTHS = ItemLengths(
+    partitions=5, visual_tokens_full=2880, visual_tokens_kept=2880, visual_tokens_llm=2928, prompt_tokens=2988
+)
+HIRED20_LENGTHS = ItemLengths(
+    partitions=5, visual_tokens_full=2880, visual_tokens_kept=576, visual_tokens_llm=576, prompt_tokens=636
+)
 NO_MARGIN = Margin(fraction=0.0, fixed_bytes=0)
 
 
-def sizer_7b(free_bytes, margin=NO_MARGIN, **kwargs) -> BatchSizer:
-    return BatchSizer(MemoryModel(llava_next_7b_config(), torch.float16), NEW_TOKENS, free_bytes, margin, **kwargs)
+@pytest.fixture(scope="module")
+def vicuna_7b() -> MemoryModel:
+    return MemoryModel(checkpoint_config("llava-v1.6-vicuna-7b-hf"), torch.float16)
 
 
-def test_items_fit_after_the_margin():
-    margin = Margin(fraction=0.0, fixed_bytes=GiB // 4)
-    assert sizer_7b(7 * GiB, margin).fits(ITEM) == 3  # 6.75 GiB usable: 3 x 1.75 = 5.25, 4 x = 7
-    assert sizer_7b(7 * GiB + GiB // 4, margin).fits(ITEM) == 4  # exactly 4 x 1.75
+def test_fewer_tokens_fit_more_items(vicuna_7b):
+    sizer = BatchSizer(vicuna_7b, NEW_TOKENS, 24 * GiB - vicuna_7b.weights_bytes, hired_config=HiREDConfig(budget=0.2))
+    full = sizer.items_that_fit(sizer.padded_item_bytes([FULL_LENGTHS]))
+    hired20 = sizer.items_that_fit(sizer.padded_item_bytes([HIRED20_LENGTHS]))
+    assert 1 <= full < hired20
+    assert sizer.items_that_fit(vicuna_7b.worst_case_item_bytes(None, 60, NEW_TOKENS)) == full
+    assert sizer.items_that_fit(vicuna_7b.worst_case_item_bytes(HiREDConfig(budget=0.2), 60, NEW_TOKENS)) == hired20
+
+
+def item_lengths():
+    def build(prompt_tokens, partitions, kept_share):
+        full = 576 * partitions
+        kept = max(1, int(full * kept_share))
+        return ItemLengths(partitions, full, kept, kept, prompt_tokens)
+
+    return st.builds(build, st.integers(100, 4000), st.integers(1, 5), st.sampled_from([0.1, 0.2, 0.5, 1.0]))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    lengths=st.lists(item_lengths(), max_size=30),
+    free_gib=st.floats(0.0, 40.0),
+    ceiling=st.integers(1, MAX_BATCH_SIZE),
+)
+def test_micro_batches_fit_longest_first_and_are_as_large_as_allowed(vicuna_7b, lengths, free_gib, ceiling):
+    sizer = BatchSizer(vicuna_7b, NEW_TOKENS, int(free_gib * GiB), NO_MARGIN, hired_config=HiREDConfig())
+    sizer.sizes.lower_to(ceiling, "what OOM back-off taught")
+    batches = sizer.micro_batches(lengths)
+    order = [i for batch in batches for i in batch]
+    assert sorted(order) == list(range(len(lengths)))  # every item exactly once
+    prompts = [lengths[i].prompt_tokens for i in order]
+    assert prompts == sorted(prompts, reverse=True)  # longest first
+    for k, batch in enumerate(batches):
+        members = [lengths[i] for i in batch]
+        assert 1 <= len(batch) <= ceiling
+        assert len(batch) == 1 or sizer.batch_bytes(members) <= sizer.usable_bytes  # fits, or alone
+        if k + 1 < len(batches) and len(batch) < ceiling:  # one more would not have fitted
+            assert sizer.batch_bytes(members + [lengths[batches[k + 1][0]]]) > sizer.usable_bytes
+
+
+def test_items_fit_after_the_margin(vicuna_7b):
+    item = ItemBytes(kv_cache_bytes=1 * GiB, prefill_bytes=GiB // 2, vision_bytes=GiB // 4)  # 1.75 GiB
+
+    def sizer(free_bytes, margin):
+        return BatchSizer(vicuna_7b, NEW_TOKENS, free_bytes, margin)
+
+    quarter = Margin(fraction=0.0, fixed_bytes=GiB // 4)
+    assert sizer(7 * GiB, quarter).items_that_fit(item) == 3  # 6.75 GiB usable: 3 x 1.75 = 5.25, 4 x = 7
+    assert sizer(7 * GiB + GiB // 4, quarter).items_that_fit(item) == 4  # exactly 4 x 1.75
     ten = ItemBytes(10 * GiB, 0, 0)
-    assert sizer_7b(100 * GiB, Margin(fraction=0.5, fixed_bytes=0)).fits(ten) == 5
-    assert sizer_7b(100 * GiB, Margin(fraction=0.5, fixed_bytes=GiB)).fits(ten) == 4
+    assert sizer(100 * GiB, Margin(fraction=0.5, fixed_bytes=0)).items_that_fit(ten) == 5
+    assert sizer(100 * GiB, Margin(fraction=0.5, fixed_bytes=GiB)).items_that_fit(ten) == 4
 
 
-def test_without_a_memory_figure_or_with_a_fixed_size_items_are_cut_at_that_size():
+def test_without_a_memory_figure_or_with_a_fixed_size_items_are_cut_at_that_size(vicuna_7b):
     lengths = [HIRED20_LENGTHS] * 5 + [FULL_LENGTHS] * 5
-    cpu = sizer_7b(None)
+    cpu = BatchSizer(vicuna_7b, NEW_TOKENS, None)
     assert not cpu.sizing and cpu.sizes.batch_size == CPU_BATCH_SIZE == 4
     assert cpu.micro_batches(lengths) == [[5, 6, 7, 8], [9, 0, 1, 2], [3, 4]]  # longest first, memory ignored
     assert cpu.describe(None) == "batch size 4 (CPU default: no device memory figure)"
     assert cpu.learn_from_peak(lengths, peak_bytes=100 * GiB, baseline_bytes=0) is None
-    fixed = sizer_7b(1000 * GiB, fixed_batch_size=3)
+    fixed = BatchSizer(vicuna_7b, NEW_TOKENS, 1000 * GiB, fixed_batch_size=3)
     assert not fixed.sizing and [len(b) for b in fixed.micro_batches(lengths)] == [3, 3, 3, 1]
     assert fixed.describe(None) == "batch size 3 (fixed by the caller)"
 
 
-def test_micro_batches_stay_under_the_ceiling_and_what_oom_back_off_taught():
-    sizer = sizer_7b(1000 * GiB)  # room for about 1,800 short items
+def test_micro_batches_stay_under_the_ceiling_and_what_oom_back_off_taught(vicuna_7b):
+    sizer = BatchSizer(vicuna_7b, NEW_TOKENS, 1000 * GiB, NO_MARGIN)  # room for far more than the ceiling
     assert sizer.sizes.batch_size == MAX_BATCH_SIZE
     assert [len(b) for b in sizer.micro_batches([HIRED20_LENGTHS] * 300)] == [MAX_BATCH_SIZE, 300 - MAX_BATCH_SIZE]
     sizer.sizes.lower_to(5, "out of memory on a batch of 10")
     assert [len(b) for b in sizer.micro_batches([HIRED20_LENGTHS] * 12)] == [5, 5, 2]
 
 
-def test_an_item_too_large_alone_still_gets_a_batch():
-    sizer = sizer_7b(2 * GiB, Margin())  # 1 GiB fixed + 10% leaves 0.8 GiB: not one full item
-    assert sizer.fits(sizer.padded_item_bytes([FULL_LENGTHS])) == 0
+def test_an_item_too_large_alone_still_gets_a_batch(vicuna_7b):
+    sizer = BatchSizer(vicuna_7b, NEW_TOKENS, 2 * GiB)  # 1 GiB fixed + 10% leaves 0.8 GiB: not one full item
+    full = sizer.padded_item_bytes([FULL_LENGTHS])
+    assert sizer.items_that_fit(full) == 0
     assert sizer.micro_batches([FULL_LENGTHS] * 3) == [[0], [1], [2]]  # OOM back-off makes them error rows
-    assert sizer.describe(sizer.padded_item_bytes([FULL_LENGTHS])).endswith(
-        "0 to a batch at 1.91 GiB per item (KV 1.52, prefill 0.28, vision 0.11): "
-        "such items would be out-of-memory error rows"
-    )
+    line = sizer.describe(full)
+    assert line.startswith("batch sizing: 2.00 GiB free after weights, 0.80 GiB usable (1.00 GiB + 10% held back); ")
+    assert line.endswith(f"0 to a batch at {full.describe()}: such items would be out-of-memory error rows")
 
 
 def test_bad_inputs_are_refused():
@@ -497,26 +531,28 @@ def test_bad_inputs_are_refused():
         AdaptiveBatchSize(0)
 
 
-def test_a_peak_above_the_estimate_raises_it_and_lowers_later_batches():
-    sizer = sizer_7b(14 * FULL_ITEM)
+def test_a_peak_above_the_estimate_raises_it_and_lowers_later_batches(vicuna_7b):
+    one = BatchSizer(vicuna_7b, NEW_TOKENS, None).batch_bytes([FULL_LENGTHS])
+    sizer = BatchSizer(vicuna_7b, NEW_TOKENS, 14 * one, NO_MARGIN)
     assert [len(b) for b in sizer.micro_batches([FULL_LENGTHS] * 14)] == [14]
     baseline = 15 * GiB  # the weights
-    note = sizer.learn_from_peak([FULL_LENGTHS] * 4, baseline + 4 * 2 * FULL_ITEM, baseline)  # twice the estimate
+    note = sizer.learn_from_peak([FULL_LENGTHS] * 4, baseline + 4 * 2 * one, baseline)  # twice the estimate
     assert sizer.correction == pytest.approx(2.0)
-    assert note == "a batch of 4 used 15.31 GiB, 100% over the 7.65 GiB predicted: estimates raised by that much"
-    assert sizer.batch_bytes([FULL_LENGTHS]) == 2 * FULL_ITEM
-    assert sizer.fits(ItemBytes(FULL_ITEM, 0, 0)) == 7
+    assert note == (f"a batch of 4 used {8 * one / GiB:.2f} GiB, 100% over the {4 * one / GiB:.2f} GiB predicted: "
+                    "estimates raised by that much")
+    assert sizer.batch_bytes([FULL_LENGTHS]) == 2 * one
     assert [len(b) for b in sizer.micro_batches([FULL_LENGTHS] * 14)] == [7, 7]
     # Corrections compound: the next peak is compared with the corrected estimate.
-    sizer.learn_from_peak([FULL_LENGTHS], baseline + 3 * FULL_ITEM, baseline)
+    sizer.learn_from_peak([FULL_LENGTHS], baseline + 3 * one, baseline)
     assert sizer.correction == pytest.approx(3.0)
 
 
-def test_a_peak_below_the_estimate_changes_nothing():
+def test_a_peak_below_the_estimate_changes_nothing(vicuna_7b):
     # A batch that stopped at EOS did not grow its KV cache to full length: no evidence of less.
-    sizer = sizer_7b(14 * FULL_ITEM)
+    one = BatchSizer(vicuna_7b, NEW_TOKENS, None).batch_bytes([FULL_LENGTHS])
+    sizer = BatchSizer(vicuna_7b, NEW_TOKENS, 14 * one, NO_MARGIN)
     assert sizer.learn_from_peak([FULL_LENGTHS] * 4, peak_bytes=GiB, baseline_bytes=0) is None
-    assert sizer.learn_from_peak([FULL_LENGTHS] * 4, peak_bytes=4 * FULL_ITEM, baseline_bytes=0) is None
+    assert sizer.learn_from_peak([FULL_LENGTHS] * 4, peak_bytes=4 * one, baseline_bytes=0) is None
     assert sizer.correction == 1.0
     assert [len(b) for b in sizer.micro_batches([FULL_LENGTHS] * 14)] == [14]
 

@@ -39,7 +39,8 @@ def build_dataset(pending: list[Shard], settings: JobSettings):
     """read row groups -> preprocess (CPU actors) -> generate (GPU actors) [-> VQA scoring]."""
     # torch and transformers load here, once the run is certain to start: a command that fails its
     # checks exits in a second, without the seconds they take to import.
-    from ..stages.generate import CPU_BATCH_SIZE, Predictor
+    from ..memory import CPU_BATCH_SIZE
+    from ..stages.generate import Predictor
 
     tasks = read_tasks(pending)
     gpus = settings.num_gpus

@@ -7,7 +7,7 @@ benchmarks and notebooks call it directly on a dict of columns.
 Batch sizes come from calculation, not luck. HiRED fixes each item's visual-token
 count before the GPU sees it, so every item's prompt length, and with it its KV
 cache, prefill and vision memory, is known in advance (``hired.expected_lengths``).
-``pipeline.stages.memory.BatchSizer`` (``Predictor.batches``) sorts each call's
+``pipeline.memory.BatchSizer`` (``Predictor.batches``) sorts each call's
 rows longest first and cuts them into micro-batches that fit the free device
 memory at the length of their longest member (the batch is left-padded to it).
 After each micro-batch the measured peak corrects the estimate upwards if the
@@ -37,9 +37,9 @@ from ..columns import (
 from ..faults import failpoint
 from ..row_errors import ErrorKind, RowError
 from ..settings import JobSettings
+from ..memory import BatchSizer, Margin, MemoryModel, apply_memory_cap, free_device_bytes, run_with_oom_backoff
 from ..wire import decode_inputs
 from .base import Rows
-from .memory import CPU_BATCH_SIZE, BatchSizer, Margin, MemoryModel, apply_memory_cap, free_device_bytes, run_with_oom_backoff  # noqa: F401 (CPU_BATCH_SIZE: the job sizes its Ray batches by it)
 
 log = logging.getLogger("hired.pipeline")
 
@@ -156,10 +156,11 @@ class Predictor:
         self.context_tokens = int(getattr(text_config, "max_position_embeddings", 1 << 30))
         self.memory = MemoryModel(self.model.config, self.dtype, model=self.model)
         free_bytes = free_device_bytes(self.device, gpu_memory_gb) if self.device.type == "cuda" else None
-        self.batches = BatchSizer(self.memory, max_new_tokens, free_bytes, margin, fixed_batch_size=batch_size)
+        self.batches = BatchSizer(self.memory, max_new_tokens, free_bytes, margin, fixed_batch_size=batch_size,
+                                  hired_config=config)
         if self.batches.sizing:  # quote the costliest picture the model takes, with a longish text prompt
             worst = self.memory.worst_case_item_bytes(config, text_tokens=96, max_new_tokens=max_new_tokens)
-            level = logging.INFO if self.batches.fits(worst) else logging.WARNING
+            level = logging.INFO if self.batches.items_that_fit(worst) else logging.WARNING
             log.log(level, "%s (the largest picture, 96 text tokens; shorter prompts pack more)",
                     self.batches.describe(worst))
         else:

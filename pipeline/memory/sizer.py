@@ -1,0 +1,181 @@
+"""A generation actor's micro-batches: its items, longest prompt first, cut into batches that fit
+the free memory after a margin, with estimates raised when a measured peak shows they fell short."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from hired import strategies
+from hired.config import HiREDConfig
+
+from .backoff import AdaptiveBatchSize
+from .estimate import ItemBytes, MemoryModel
+from .shape import GiB
+
+if TYPE_CHECKING:
+    from hired.prepare import ItemLengths
+
+
+@dataclass(frozen=True)
+class Margin:
+    """Memory held back from batch sizing.
+
+    ``fixed_bytes`` covers what the allocator does not see or cannot size by
+    item: the CUDA context (a few hundred MiB, outside PyTorch's allocator, so
+    it counts against a ``gpu_memory_gb`` cap only through this margin), cuBLAS
+    workspaces, lazily loaded kernels. ``fraction`` of the free memory covers
+    the caching allocator's fragmentation: the KV cache grows by ``torch.cat``
+    into a new, slightly larger block every step.
+    """
+
+    fraction: float = 0.10
+    fixed_bytes: int = 1 * GiB
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.fraction < 1.0:
+            raise ValueError(f"margin fraction must be in [0, 1), got {self.fraction}")
+        if self.fixed_bytes < 0:
+            raise ValueError(f"margin fixed_bytes must be >= 0, got {self.fixed_bytes}")
+
+    def reserve_bytes(self, free_bytes: int) -> int:
+        return self.fixed_bytes + math.ceil(self.fraction * free_bytes)
+
+
+# A strategy not named: as many projections as any registered one keeps with two distinct layers.
+MOST_CAPTURED_PROJECTIONS = max(s.needs(0, 1).captured_projections for s in strategies.REGISTRY.values())
+
+CPU_BATCH_SIZE = 4  # no device memory to size by: small batches keep latency per item sane
+# Sizing by memory, a ceiling only (the memory decides): in the job each call holds one Ray Data
+# batch, fewer rows than this; it bounds what direct callers (benchmarks, notebooks) get at once.
+MAX_BATCH_SIZE = 256
+
+
+class BatchSizer:
+    """A generation actor's micro-batches: as many items as fit, corrected by measured peaks.
+
+    Build one per actor once the model is loaded. ``free_bytes`` is what the
+    process can still allocate (:func:`free_device_bytes`); the :class:`Margin`
+    is held back from it. With ``free_bytes=None`` (no GPU) or a
+    ``fixed_batch_size`` there is no sizing: items are cut into batches of that
+    size (:data:`CPU_BATCH_SIZE` on CPU).
+
+    ``hired_config`` says which strategy runs, and so what its hooks keep from the vision
+    tower in a batch that drops tokens; ``None`` assumes the costliest registered strategy.
+
+    ``sizes`` is the OOM back-off's state: pass it to :func:`run_with_oom_backoff`
+    so that what an out-of-memory error teaches lowers later micro-batches too.
+    ``correction`` (measured / predicted, never below 1) is what measured peaks
+    taught; it scales every estimate.
+    """
+
+    def __init__(
+        self,
+        memory: MemoryModel,
+        max_new_tokens: int,
+        free_bytes: int | None,
+        margin: Margin = Margin(),
+        fixed_batch_size: int | None = None,
+        hired_config: HiREDConfig | None = None,
+    ):
+        self.memory = memory
+        self.hired_config = hired_config
+        self.max_new_tokens = max_new_tokens
+        self.free_bytes = free_bytes
+        self.margin = margin
+        self.sizing = free_bytes is not None and fixed_batch_size is None
+        self.fixed_by_caller = fixed_batch_size is not None
+        self.correction = 1.0
+        self.sizes = AdaptiveBatchSize(MAX_BATCH_SIZE if self.sizing else fixed_batch_size or CPU_BATCH_SIZE)
+
+    @property
+    def usable_bytes(self) -> int:
+        """The free memory less the margin: what micro-batches may fill."""
+        return max(0, self.free_bytes - self.margin.reserve_bytes(self.free_bytes))
+
+    def padded_item_bytes(self, lengths: Sequence[ItemLengths]) -> ItemBytes:
+        """One item's memory in a batch of these items, before correction: each is padded to the
+        longest prompt and costed with the most partitions and visual tokens among them (an upper bound)."""
+        return self.memory.item_bytes(
+            prompt_tokens=max(x.prompt_tokens for x in lengths),
+            max_new_tokens=self.max_new_tokens,
+            partitions=max(x.partitions for x in lengths),
+            visual_tokens_llm=max(x.visual_tokens_llm for x in lengths),
+            captured_projections=self.captured_projections(lengths),
+        )
+
+    def captured_projections(self, lengths: Sequence[ItemLengths]) -> int:
+        """What the strategy's hooks keep while these items go through the tower: nothing unless one drops tokens."""
+        if all(x.visual_tokens_kept >= x.visual_tokens_full for x in lengths):
+            return 0
+        if self.hired_config is None:
+            return MOST_CAPTURED_PROJECTIONS
+        return self.memory.vision_needs(self.hired_config).captured_projections
+
+    def corrected_bytes(self, item: ItemBytes) -> int:
+        """``item``'s bytes scaled by what measured peaks taught."""
+        return math.ceil(item.total_bytes * self.correction)
+
+    def batch_bytes(self, lengths: Sequence[ItemLengths]) -> int:
+        """Predicted memory of these items as one batch."""
+        return len(lengths) * self.corrected_bytes(self.padded_item_bytes(lengths))
+
+    def items_that_fit(self, item: ItemBytes) -> int:
+        """How many items of this size fit together (0: not even one)."""
+        return self.usable_bytes // self.corrected_bytes(item)
+
+    def micro_batches(self, lengths: Sequence[ItemLengths]) -> list[list[int]]:
+        """Indices of the items, longest prompt first, cut into batches that fit.
+
+        A left-padded batch costs its size times its longest member, which comes
+        first, so each batch takes as many items as fit at that length (at most
+        ``sizes.batch_size``, which OOM back-off may have lowered). An item too
+        large even alone still gets a batch of its own: OOM back-off makes it an
+        error row rather than losing it here.
+        """
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i].prompt_tokens)
+        batches, start = [], 0
+        while start < len(order):
+            size = min(self.sizes.batch_size, len(order) - start)
+            if self.sizing:
+                usable = self.usable_bytes
+                while size > 1 and self.batch_bytes([lengths[i] for i in order[start : start + size]]) > usable:
+                    size -= 1
+            batches.append(order[start : start + size])
+            start += size
+        return batches
+
+    def learn_from_peak(self, lengths: Sequence[ItemLengths], peak_bytes: int, baseline_bytes: int) -> str | None:
+        """Raise the estimates when a batch used more than predicted; returns the log line if it did.
+
+        ``baseline_bytes`` is ``torch.cuda.memory_allocated()`` before the batch
+        (the weights and whatever else stays), ``peak_bytes``
+        ``torch.cuda.max_memory_allocated()`` after it, its peak statistics reset
+        before it. Never lowered: a batch that stopped early at EOS did not grow
+        its KV cache to full length, so a smaller measurement proves nothing.
+        """
+        if not self.sizing:
+            return None
+        predicted = self.batch_bytes(lengths)
+        measured = peak_bytes - baseline_bytes
+        if measured <= predicted:
+            return None
+        self.correction *= measured / predicted
+        return (
+            f"a batch of {len(lengths)} used {measured / GiB:.2f} GiB, {100 * (measured / predicted - 1):.0f}% over "
+            f"the {predicted / GiB:.2f} GiB predicted: estimates raised by that much"
+        )
+
+    def describe(self, item: ItemBytes | None) -> str:
+        """A log line: how batches are sized and, when sizing, how many of ``item`` (say, the costliest) fit."""
+        if not self.sizing:
+            reason = "fixed by the caller" if self.fixed_by_caller else "CPU default: no device memory figure"
+            return f"batch size {self.sizes.batch_size} ({reason})"
+        count = self.items_that_fit(item)
+        return (
+            f"batch sizing: {self.free_bytes / GiB:.2f} GiB free after weights, {self.usable_bytes / GiB:.2f} GiB "
+            f"usable ({self.margin.fixed_bytes / GiB:.2f} GiB + {self.margin.fraction:.0%} held back); "
+            f"{count} to a batch at {item.describe()}" + ("" if count else ": such items would be out-of-memory error rows")
+        )
