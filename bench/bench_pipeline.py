@@ -107,17 +107,19 @@ def write_shards(folder: Path, pictures: list[bytes], shard_rows: int) -> list[d
 def column_batches(rows: list[dict], size: int):
     import numpy as np
 
-    from pipeline.columns import ERROR, ROW_INDEX, SOURCE_SHARD, object_array
+    from pipeline.columns import READ_COLUMNS, ROW_INDEX, SOURCE_SHARD
+    from pipeline.stages.base import object_array
 
     for start in range(0, len(rows), size):
         part = rows[start : start + size]
-        yield {
+        batch = {name: object_array([None] * len(part)) for name in READ_COLUMNS}  # as the read stage hands them on
+        batch.update({
             ID: object_array([r[ID] for r in part]),
             IMAGE: object_array([r[IMAGE] for r in part]),
-            ERROR: object_array([None] * len(part)),
             SOURCE_SHARD: object_array(["bare"] * len(part)),
             ROW_INDEX: np.arange(start, start + len(part)),
-        }
+        })
+        yield batch
 
 
 def preprocess(model_dir: Path, rows: list[dict]) -> list[dict]:
@@ -129,7 +131,7 @@ def split_batches(batches: list[dict], size: int) -> list[dict]:
     """The preprocessed rows re-cut into batches of ``size`` rows, as Ray Data hands them to the actor."""
     columns = list(batches[0])
     merged = {c: [v for b in batches for v in b[c]] for c in columns}
-    from pipeline.columns import object_array
+    from pipeline.stages.base import object_array
 
     n = len(merged[ID])
     return [{c: object_array(merged[c][s : s + size]) for c in columns} for s in range(0, n, size)]
@@ -142,7 +144,7 @@ def time_bare(predictor: Predictor, batches: list[dict]) -> dict:
     for batch in batches:
         out = predictor(batch)
         tokens += sum(t or 0 for t in out["generated_tokens"])
-        errors += sum(e is not None for e in out["error"])
+        errors += sum(e is not None for e in out["error_kind"])
     seconds = time.perf_counter() - started
     cpu_seconds = time.process_time() - cpu_started
     rows = sum(len(b[ID]) for b in batches)
@@ -234,9 +236,11 @@ def time_job(model_dir: Path, input_dir: Path, output_dir: Path, new_tokens: int
     from pipeline.job import run
 
     recording, arrivals = arrivals_recorder(cpu)
+    from pipeline.settings import environment_settings
+
     settings = JobSettings(task="caption", input=str(input_dir), output=str(output_dir), model=str(model_dir),
                            config=hired.HiREDConfig(budget=budget), max_new_tokens=new_tokens, num_gpus=0,
-                           dtype="float32", overwrite=True)
+                           dtype="float32", overwrite=True, **environment_settings(os.environ))  # the variant's knobs
     original, run.ShardCollector = run.ShardCollector, recording
     cpu_started = cpu.total()
     started = time.perf_counter()

@@ -118,7 +118,6 @@ def test_the_actor_learns_from_each_batchs_measured_peak(predictor, sized, tiny_
     monkeypatch.setattr(predictor, "generate", generate)
     with caplog.at_level(logging.WARNING, logger="hired.pipeline"):
         out = predictor(batch)
-    errors = error_texts(out)
     assert list(out["batch_size"]) == [3, 3, 3]
     assert sized.correction == pytest.approx(3.0)
     assert sized.batch_bytes(lengths) == pytest.approx(3 * predicted, abs=3)

@@ -17,27 +17,22 @@ from pipeline.stages.generate import Predictor, cpu_threads
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_cpu_threads_default_to_every_usable_core(monkeypatch):
-    monkeypatch.delenv("HIRED_CPU_THREADS", raising=False)
-    assert cpu_threads() == len(os.sched_getaffinity(0))
-    monkeypatch.setenv("HIRED_CPU_THREADS", "3")
-    assert cpu_threads() == 3
-    monkeypatch.setenv("HIRED_CPU_THREADS", "0")
-    assert cpu_threads() == 1
+def test_cpu_threads_default_to_every_usable_core():
+    assert cpu_threads(None) == len(os.sched_getaffinity(0))
+    assert cpu_threads(3) == 3
 
 
 @pytest.mark.parametrize("configured, expected", [(None, len(os.sched_getaffinity(0))), ("2", 2), ("1", 1)])
-def test_cpu_predictor_undoes_rays_one_thread(monkeypatch, tiny_next_path, configured, expected):
+def test_cpu_predictor_undoes_rays_one_thread(tiny_next_path, configured, expected):
     # Ray starts a num_cpus=0.5 actor with OMP_NUM_THREADS=1; the CPU predictor takes every core
     # unless HIRED_CPU_THREADS says otherwise.
+    from pipeline.settings import environment_settings
+
     before = torch.get_num_threads()
-    if configured is None:
-        monkeypatch.delenv("HIRED_CPU_THREADS", raising=False)
-    else:
-        monkeypatch.setenv("HIRED_CPU_THREADS", configured)
+    knobs = environment_settings({} if configured is None else {"HIRED_CPU_THREADS": configured})
     torch.set_num_threads(1 if expected > 1 else 2)
     try:
-        Predictor(JobSettings(model=str(tiny_next_path), dtype="float32"), device="cpu")
+        Predictor(JobSettings(model=str(tiny_next_path), dtype="float32", **knobs), device="cpu")
         assert torch.get_num_threads() == expected
     finally:
         torch.set_num_threads(before)

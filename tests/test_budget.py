@@ -147,11 +147,19 @@ def test_parse_budget_refuses_what_it_cannot_read_unambiguously(text, message):
 
 
 def test_a_budget_text_means_the_same_everywhere():
-    """The jobs' --budget, hired.viz's --budget and HiREDConfig(budget=<text>) agree on every text."""
+    """The jobs' --budget, hired viz's --budget and HiREDConfig(budget=<text>) agree on every text."""
     import argparse
 
-    from hired.viz import build_parser as viz_parser
-    from pipeline.job.cli import build_parser as job_parser
+    from pipeline.cli import build_parser
+
+    def command(name):
+        return next(a for a in build_parser()._actions if a.dest == "command").choices[name]
+
+    def viz_parser():
+        return command("viz")
+
+    def job_parser(task):
+        return command(task)
 
     for text, value, kind in PARSED:
         config = hired.HiREDConfig(budget=text)

@@ -27,4 +27,13 @@ def test_setup_installs_this_project_with_a_torch_range():
     assert CONFIG["file_mounts"][mount] == "."
     setup = " ".join(CONFIG["setup_commands"])
     assert f"-e \"{mount}[pipeline]\"" in setup and "torch>=2.4,<3" in setup
-    assert "ray:2.60.0" in CONFIG["docker"]["image"]
+    # The nodes' Ray is one the project supports: the image's version within pyproject's ray range.
+    import re
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    ray = next(Requirement(r) for r in pyproject["project"]["optional-dependencies"]["pipeline"] if r.startswith("ray"))
+    image_version = re.fullmatch(r"rayproject/ray:(\d+\.\d+\.\d+)-.*", CONFIG["docker"]["image"]).group(1)
+    assert ray.specifier.contains(image_version), (image_version, str(ray.specifier))

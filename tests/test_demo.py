@@ -33,6 +33,9 @@ def test_demo_runs_quietly_and_resumes(tmp_path):
         shutil.rmtree(temp, ignore_errors=True)
     assert first.returncode == 0, first.stderr[-3000:]
     noisy = [line for line in first.stderr.splitlines() if " ERROR " in line or line.startswith("[") and " E " in line]
+    # Ray's core worker logs one known line at error level for every actor pool whose constructor
+    # arguments live in the object store (ray-project/ray#53727): Ray Data's own doing, harmless here.
+    noisy = [line for line in noisy if "issues/53727" not in line]
     assert noisy == [], noisy
     assert not list(home.rglob("*")), f"written outside the output and temp dir: {list(home.rglob('*'))}"
     output = work / "demo_output" / "caption"

@@ -68,7 +68,7 @@ def bad_input_rows():
         ({"image": np.random.default_rng(0).bytes(3000)}, "undecodable image", None),
         ({"image": b""}, "empty image", None),
         ({"image": b"%PDF-1.4 not a picture\n" * 20}, "undecodable image", None),
-        ({"image": png_header_only(100_000, 100_000)}, "image too large: 100000x100000", None),
+        ({"image": png_header_only(100_000, 100_000)}, "image too large: 10000000000 pixels, over the limit of 64000000", None),
         ({}, "missing field: neither image nor image_uri is set", None),
         ({"image": encoded(1, 1)}, None, n_tokens(1, 1)),
         ({"image": encoded(1, 4000)}, None, n_tokens(1, 4000)),

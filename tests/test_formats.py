@@ -7,7 +7,7 @@ import io
 import shutil
 import subprocess
 import sys
-import time
+
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,7 @@ from PIL import Image as Picture
 
 from pipeline.columns import output_schema
 from pipeline.errors import InputError
-from pipeline.io import formats
+
 from pipeline.io.formats import parquet as parquet_format
 from pipeline.settings import ColumnMap, JobSettings
 from pipeline.stages.read import read_rows, read_tasks

@@ -1,6 +1,6 @@
 """The job entry points as users run them: from the shell, under `ray job submit`, killed and rerun."""
 
-import argparse
+
 import json
 import os
 import signal

@@ -23,7 +23,7 @@ from pipeline.row_errors import ErrorKind, RowFailed
 from pipeline.stages.preprocess import Preprocessor
 from pipeline.summary import DuplicateIds, summarize, summarize_output as summarize_location
 
-from .data import error_texts
+
 from .test_faults import png_header_only
 from .test_report import result_row, write_result_shards
 

@@ -1,7 +1,7 @@
 """WebDataset tar shards as the input: img2dataset's real output, hand-made tars with bad samples,
 truncated and non-tar files; planning, reading in slices, the caption job locally and on S3."""
 
-import io
+
 import json
 import os
 import shutil

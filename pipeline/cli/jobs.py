@@ -118,7 +118,7 @@ def run(args: argparse.Namespace, environ=os.environ) -> int:
         if len(points) > 1:
             summaries = run_sweep(settings, points, run_job)
             where = write_sweep(settings.output, summaries)
-            print(f"\n{task} sweep of {len(points)} settings done: output in {settings.output.uri}")
+            print(f"\n{task} sweep of {len(points)} settings done: output in {settings.output}")
             print(sweep_table(summaries))
             print(f"table: {where}")
             return EXIT_FAILED_SHARDS if any(s["failed_shards"] for s in summaries) else EXIT_OK

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace, environ=os.environ) -> int:
         if not output.exists():
             return refuse(f"{args.output_uri} does not exist")
         summary = summarize_output(output, processed_rows=0, processed_generated_tokens=0, wall_s=0.0,
-                                   extra={"output": output.uri})
+                                   extra={"output": args.output_uri})
     except Exception as e:  # a malformed URI, missing credentials, a damaged file: one line, no traceback
         return refuse(f"cannot summarise {args.output_uri}: {type(e).__name__}: {e}")
     summary.pop("this_run")  # only the job knows its wall time; its _summary.json has it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 import numpy as np
@@ -36,7 +37,9 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
     except RowFailed:
         raise
     except Image.DecompressionBombError as e:  # over twice PIL's limit, which is not above ours: over ours too
-        raise RowFailed(ErrorKind.IMAGE_TOO_LARGE, f"{e}; the limit is {max_pixels}") from None
+        pixels = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{pixels.group(1)} pixels" if pixels else str(e)
+        raise RowFailed(ErrorKind.IMAGE_TOO_LARGE, f"{size}, over the limit of {max_pixels}") from None
     except Exception as e:  # PIL raises many types for bad data; all mean "not a usable image"
         raise RowFailed(ErrorKind.UNDECODABLE_IMAGE, f"{type(e).__name__}: {e}") from None
     if image.width < 1 or image.height < 1:

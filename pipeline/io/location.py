@@ -38,6 +38,10 @@ class Location:
         """The full URI (``s3://bucket/key``, or a local path with ``file://``)."""
         return self.fs.unstrip_protocol(self.path)
 
+    def __str__(self) -> str:
+        """As people write it: a local path as a path, anything else as its URI."""
+        return self.path if "file" in self.fs.protocol else self.uri
+
     @property
     def is_s3(self) -> bool:
         return "s3" in self.fs.protocol

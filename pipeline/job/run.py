@@ -132,8 +132,8 @@ def run_job(settings: JobSettings) -> dict:
         extra={
             "run_id": settings.run_id,
             "task": settings.task,
-            "input": settings.input.uri,
-            "output": settings.output.uri,
+            "input": str(settings.input),
+            "output": str(settings.output),
             "settings": settings.result_settings(),
             "batch_size": settings.batch_size,
             "shards": {
