@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .benchmarks import BENCHMARKS, Aggregator, Benchmark, BenchmarkDataError, check_columns
-from .benchmarks.base import PREDICTION, SCORE
+from .benchmarks.base import ANSWERS_FLAG, PREDICTION, QUESTION_FLAG, SCORE
 from .benchmarks.scoring import rows_of, score_rows
 from .errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_STOPPED, InputError
 
@@ -49,18 +49,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.score",
         description="Score predictions against a benchmark as lmms-eval does, without generating.",
-        epilog="Exit statuses: 0 scored; 2 the input cannot be scored (nothing written); 4 the output could not be written.",
+        epilog="Exit statuses: 0 scored; 2 the input cannot be scored (nothing written); "
+               "4 the output could not be written.",
     )
     parser.add_argument("--benchmark", required=True, choices=list(BENCHMARKS), help="the benchmark the rows come from")
     parser.add_argument("input", metavar="INPUT", help="a Parquet file or a folder of them (local, file:// or s3://)")
-    parser.add_argument("-o", "--output", metavar="OUTPUT",
-                        help="where the scored rows go: a file for a file, a folder for a folder (default: none, only the aggregates)")
-    parser.add_argument("--json", action="store_true", help="print only the aggregates' JSON object (it is the last line either way)")
-    parser.add_argument("--text-column", default=PREDICTION, metavar="COLUMN", help="the column holding the predictions (default: text)")
-    parser.add_argument("--answers-column", metavar="COLUMN", help="the column holding the ground truth, if not the benchmark's name for it")
+    parser.add_argument("-o", "--output", metavar="OUTPUT", help="where the scored rows go: a file for a file, a folder "
+                        "for a folder (default: nowhere, only the aggregates)")
+    parser.add_argument("--json", action="store_true",
+                        help="print only the aggregates' JSON object (it is the last line either way)")
+    parser.add_argument("--text-column", default=PREDICTION, metavar="COLUMN",
+                        help="the column holding the predictions (default: text)")
+    parser.add_argument("--answers-column", metavar="COLUMN",
+                        help="the column holding the ground truth, if not the benchmark's name for it")
     parser.add_argument("--question-column", metavar="COLUMN", help="the column holding the question, if not 'question'")
     parser.add_argument("--column", action="append", default=[], metavar="NAME=COLUMN",
-                        help="read the benchmark's column NAME from the input's COLUMN (repeatable), e.g. --column type=split")
+                        help="read the benchmark's column NAME from the input's COLUMN (repeatable), "
+                        "e.g. --column type=split")
     return parser
 
 
@@ -68,9 +73,9 @@ def column_names(benchmark: Benchmark, args: argparse.Namespace) -> dict[str, st
     """The benchmark column -> input column choices the flags make."""
     named = {PREDICTION: args.text_column}
     for column in benchmark.columns:
-        if args.answers_column and column.flag == "--answers-column":
+        if args.answers_column and column.flag == ANSWERS_FLAG:
             named[column.name] = args.answers_column
-        if args.question_column and column.flag == "--question-column":
+        if args.question_column and column.flag == QUESTION_FLAG:
             named[column.name] = args.question_column
     for item in args.column:
         name, sep, source = item.partition("=")
@@ -106,8 +111,9 @@ def _pairs(fs, path: str, files: list[str], input_uri: str, output_uri: str | No
     same_store = type(out_fs) is type(fs)
     if same_store and (out_path == path.rstrip("/") or out_path.startswith(path.rstrip("/") + "/")):
         raise InputError(f"output {output_uri} is the input or inside it; choose another place")
-    if files == [path]:
-        return out_fs, [Pair(path, out_path)]
+    if files == [path]:  # a file goes to a file, or into a folder named as one
+        into_folder = output_uri.endswith("/") or out_fs.isdir(out_path)
+        return out_fs, [Pair(path, posixpath.join(out_path, posixpath.basename(path)) if into_folder else out_path)]
     return out_fs, [Pair(f, posixpath.join(out_path, posixpath.relpath(f, path))) for f in files]
 
 
@@ -146,7 +152,8 @@ class _Output:
 
     def __init__(self, fs, target: str, schema: pa.Schema):
         self.fs, self.target = fs, target
-        self.partial = posixpath.join(posixpath.dirname(target), f".{posixpath.basename(target)}.partial-{os.getpid()}")
+        hidden = f".{posixpath.basename(target)}.partial-{os.getpid()}"  # skipped by any reader of the folder
+        self.partial = posixpath.join(posixpath.dirname(target), hidden)
         self.handle = self.writer = None
         try:
             fs.makedirs(posixpath.dirname(target), exist_ok=True)
@@ -211,7 +218,8 @@ def rescore(benchmark: Benchmark, input_uri: str, output_uri: str | None = None,
                 try:
                     scores = score_rows(benchmark, scored)
                 except BenchmarkDataError as error:
-                    raise InputError(f"{fs.unstrip_protocol(pair.source)} row {offset + error.row}: {error.reason}") from None
+                    where = f"{fs.unstrip_protocol(pair.source)} row {offset + error.row}"
+                    raise InputError(f"{where}: {error.reason}") from None
                 aggregator.add(scored, scores)
                 offset += batch.num_rows
                 if output is not None:

@@ -3,6 +3,8 @@ lmms-eval's task gives them to llava_hf, hand-worked metric cases, the column ch
 scoring stage on Ray-shaped batches, and the aggregates folded table by table."""
 
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -284,3 +286,13 @@ def test_aggregator_refuses_unscored_or_unpaired_rows():
     cognition = Aggregator(BENCHMARKS["mme"])  # a category outside perception counts as cognition
     cognition.add_table(pa.table({"question_id": ["a", "a"], "category": ["made_up"] * 2, "score": [1.0, 0.0]}))
     assert cognition.result() == {"perception": None, "cognition": 50.0}
+
+
+def test_the_docs_example_runs_as_written(capsys):
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md").read_text()
+    (block,) = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
+    namespace: dict = {}
+    exec(compile(block, "docs/benchmarks.md", "exec"), namespace)
+    assert namespace["scores"].tolist() == [1.0, 0.0]
+    assert namespace["aggregator"].result() == {"accuracy": 0.5, "precision": 1.0, "recall": 1.0, "f1": 1.0, "yes_ratio": 0.5}
+    assert capsys.readouterr().out.splitlines()[0] == str(namespace["aggregator"].result())

@@ -135,11 +135,12 @@ def texts(row: Mapping[str, Any], name: str, at_least: int = 1) -> list[str]:
     if isinstance(value, str):
         value = [value]
     if value is None or not isinstance(value, (list, tuple)):
-        raise BenchmarkDataError(f"`{name}` is {'null' if value is None else type(value).__name__}, not a list of strings")
+        what = "null" if value is None else type(value).__name__
+        raise BenchmarkDataError(f"`{name}` is {what}, not a list of strings")
     if any(not isinstance(item, str) for item in value):
         raise BenchmarkDataError(f"`{name}` holds a null or non-string item")
     if len(value) < at_least:
-        raise BenchmarkDataError(f"`{name}` holds {len(value)} references; the benchmark needs at least {at_least}")
+        raise BenchmarkDataError(f"`{name}` holds {len(value)} items; the benchmark needs at least {at_least}")
     return list(value)
 
 

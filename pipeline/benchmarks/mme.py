@@ -22,7 +22,9 @@ error. A null prediction is neither yes nor no. A sum over no categories is null
 
 from __future__ import annotations
 
-from .base import STRING, STRING_OR_INTEGER, Benchmark, BenchmarkDataError, Column, Generation, answers_column, question_column, text
+from .base import (
+    STRING, STRING_OR_INTEGER, Benchmark, BenchmarkDataError, Column, Generation, answers_column, question_column, text,
+)
 
 POST_PROMPT = "\nAnswer the question using a single word or phrase."
 REMOVED_FROM_QUESTION = " Please answer yes or no."
@@ -68,7 +70,8 @@ class MMETally:
             total = 0.0
             for image, (questions, right) in images.items():
                 if questions != 2:
-                    raise BenchmarkDataError(f"MME scores questions in pairs: image {image!r} of {category!r} has {questions}")
+                    raise BenchmarkDataError(
+                        f"MME scores questions in pairs: image {image!r} of {category!r} has {questions}")
                 total += (100.0 if right == 2 else 0.0) + right / questions * 100.0
             part = "perception" if category in PERCEPTION else "cognition"
             sums[part] = (sums[part] or 0.0) + total / len(images)

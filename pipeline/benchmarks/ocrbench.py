@@ -18,7 +18,9 @@ list of strings; a null or empty one is an error.
 
 from __future__ import annotations
 
-from .base import STRING_OR_LIST, STRING_OR_NULL, Benchmark, Column, Generation, Mean, answers_column, question_column, text, texts
+from .base import (
+    STRING_OR_LIST, STRING_OR_NULL, Benchmark, Column, Generation, Mean, answers_column, question_column, text, texts,
+)
 
 HANDWRITTEN_FORMULAS = "HME100k"
 

@@ -39,7 +39,8 @@ def prompt(row) -> str:
 def right_letter(row) -> str:
     choices, answer = texts(row, "choices"), row.get("answer")
     if not isinstance(answer, int) or isinstance(answer, bool):
-        raise BenchmarkDataError(f"`answer` is {'null' if answer is None else type(answer).__name__}, not a choice's index")
+        what = "null" if answer is None else type(answer).__name__
+        raise BenchmarkDataError(f"`answer` is {what}, not a choice's index")
     if not 0 <= answer < len(choices):
         raise BenchmarkDataError(f"`answer` is {answer}, outside the {len(choices)} choices")
     return letter(answer)

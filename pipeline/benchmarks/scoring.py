@@ -71,11 +71,13 @@ def score_rows(benchmark: Benchmark, rows: Sequence[Mapping[str, Any]]) -> np.nd
     return scores
 
 
-def score_batch(benchmark: Benchmark, batch: Mapping[str, Any], columns: Mapping[str, str] | None = None) -> np.ndarray:
+def score_batch(benchmark: Benchmark, batch: Mapping[str, Any] | pa.Table,
+                columns: Mapping[str, str] | None = None) -> np.ndarray:
     """The stage's work: the float64 ``score`` of each row of ``batch``, which holds the
     benchmark's scoring columns and ``text``, the prediction."""
     names = [c.name for c in benchmark.scoring_columns()]
-    return score_rows(benchmark, rows_of(batch, _sources(benchmark, names, list(batch), columns)))
+    available = batch.column_names if isinstance(batch, (pa.Table, pa.RecordBatch)) else list(batch)
+    return score_rows(benchmark, rows_of(batch, _sources(benchmark, names, available, columns)))
 
 
 class BenchmarkScorer:
