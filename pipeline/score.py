@@ -90,20 +90,21 @@ def _parquet_files(input_uri: str) -> tuple[fsspec.AbstractFileSystem, str, list
     recursively; names starting with "." or "_" are not data)."""
     try:
         fs, path = fsspec.core.url_to_fs(input_uri)
-        if not fs.exists(path):
-            raise InputError(f"input {input_uri} does not exist")
-        if fs.isfile(path):
+        exists = fs.exists(path)
+        if exists and fs.isfile(path):
             return fs, path, [path]
-        found = sorted(p for p in fs.find(path) if p.endswith(".parquet")
-                       and not any(part.startswith((".", "_")) for part in posixpath.relpath(p, path).split("/")))
-    except (OSError, ValueError, ImportError) as error:
+        found = exists and sorted(p for p in fs.find(path) if p.endswith(".parquet")
+                                  and not any(part.startswith((".", "_")) for part in posixpath.relpath(p, path).split("/")))
+    except (OSError, ValueError, ImportError) as error:  # an unknown protocol, a store that refuses
         raise InputError(f"cannot read input {input_uri}: {error}") from None
+    if not exists:
+        raise InputError(f"input {input_uri} does not exist")
     if not found:
         raise InputError(f"input {input_uri} holds no .parquet files")
     return fs, path, found
 
 
-def _pairs(fs, path: str, files: list[str], input_uri: str, output_uri: str | None):
+def _pairs(fs, path: str, files: list[str], output_uri: str | None):
     if output_uri is None:
         return None, [Pair(f, None) for f in files]
     out_fs, out_path = fsspec.core.url_to_fs(output_uri)
@@ -198,7 +199,7 @@ def rescore(benchmark: Benchmark, input_uri: str, output_uri: str | None = None,
     their targets and moved into place only once every row has been scored and the aggregates
     computed, so input that cannot be scored leaves nothing behind."""
     fs, path, files = _parquet_files(input_uri)
-    out_fs, pairs = _pairs(fs, path, files, input_uri, output_uri)
+    out_fs, pairs = _pairs(fs, path, files, output_uri)
     checked = []
     for pair in pairs:
         schema = _schema(fs, pair.source)

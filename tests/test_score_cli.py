@@ -92,6 +92,7 @@ def test_bad_input_exits_2_in_one_line_and_writes_nothing(tmp_path, capsys):
                  [tmp_path / "in", "--column", "type"], [tmp_path / "in", "--column", "nope=answer"]):
         code, _, err = run(capsys, "--benchmark", "pope", *argv)
         assert code == 2 and err.startswith("error: ") and len(err.splitlines()) == 1, (argv, err)
+    assert run(capsys, "--benchmark", "pope", tmp_path / "missing")[2] == f"error: input {tmp_path / 'missing'} does not exist\n"
 
     mme, _, _ = LAYOUTS["mme"]()
     pq.write_table(mme.slice(0, 3), tmp_path / "unpaired.parquet")  # the second image has one question
