@@ -23,16 +23,16 @@ import statistics
 import numpy as np
 import pytest
 
-from pipeline.stages.score import (
+from pipeline.benchmarks.vqa_answers import (
     ARTICLES,
     CONTRACTIONS,
     NUMBER_WORDS,
     exact_match,
     normalize_answer,
     prepare_prediction,
-    score_vqa,
     vqa_accuracy,
 )
+from pipeline.stages.score import score_vqa
 
 
 def ten(answer: str, matching: int, other: str = "other") -> list[str]:
