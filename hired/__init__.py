@@ -19,11 +19,18 @@ import importlib
 
 from .budget import budget_kind, describe_budget, largest_remainder, parse_budget, split_budget, token_budget
 from .config import NO_DROPPING, HiREDConfig
+from .sampling import Sampling
 from .strategies import NAMES as STRATEGIES
 
 # name -> the submodule that defines it, imported on first access (PEP 562)
 _LAZY = {
     "GenerationResult": "generation",
+    "DecodeOptions": "decode",
+    "Decoder": "decode",
+    "Decoded": "decode",
+    "DecodedRow": "decode",
+    "decode": "decode",
+    "ChoiceError": "choices",
     "generate": "generation",
     "ItemLengths": "prepare",
     "PreparedInputs": "prepare",
@@ -52,6 +59,13 @@ __all__ = [
     "NO_DROPPING",
     "STRATEGIES",
     "GenerationResult",
+    "Sampling",
+    "DecodeOptions",
+    "Decoder",
+    "Decoded",
+    "DecodedRow",
+    "decode",
+    "ChoiceError",
     "PreparedInputs",
     "NoClsTokenError",
     "generate",

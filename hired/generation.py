@@ -8,38 +8,26 @@ from dataclasses import dataclass, field
 import torch
 
 from .config import HiREDConfig
+from .decode import DecodeOptions, Decoder, eos_token_ids, trim_at_eos  # noqa: F401 (eos_token_ids, trim_at_eos: public here too)
 from .prepare import prepare_inputs
+from .sampling import Sampling
 
 
 @dataclass
 class GenerationResult:
-    text: str
-    token_ids: list[int]  # generated tokens, up to and including the first EOS
+    text: str  # stripped, special tokens skipped, cut before a stop string
+    token_ids: list[int]  # generated tokens, up to and including the first EOS (or the stop string's last)
     visual_tokens_kept: int  # grid tokens that reached the LLM (the budget B)
     visual_tokens_full: int  # N: grid tokens the stock model would use
     visual_tokens_llm: int  # visual tokens in the LLM's sequence, newlines included
     prompt_tokens: int  # the LLM's input length for this item
     partition_budgets: list[int]  # tokens kept per partition: full view first, then sub-images row-major
     kept_indices: list[torch.Tensor] = field(repr=False)  # per partition: kept token indices, raster order
+    finish_reason: str = "length"  # "eos", "stop" or "length"
 
     @property
     def generated_tokens(self) -> int:
         return len(self.token_ids)
-
-
-def eos_token_ids(model) -> set[int]:
-    eos = model.generation_config.eos_token_id
-    if eos is None:
-        return set()
-    return set(eos) if isinstance(eos, (list, tuple)) else {int(eos)}
-
-
-def trim_at_eos(token_ids: list[int], eos_ids: set[int]) -> list[int]:
-    """Generated ids up to and including the first EOS (what follows is batch padding)."""
-    for i, token in enumerate(token_ids):
-        if token in eos_ids:
-            return token_ids[: i + 1]
-    return token_ids
 
 
 @torch.no_grad()
@@ -49,14 +37,21 @@ def generate(
     images: Sequence,
     prompts: Sequence[str],
     config: HiREDConfig | None = None,
-    **generate_kwargs,
+    *,
+    max_new_tokens: int = 64,
+    min_new_tokens: int = 0,
+    sampling: Sampling | Sequence[Sampling | None] | None = None,
+    choices=None,
+    options: DecodeOptions | None = None,
 ) -> list[GenerationResult]:
     """Generate for a batch of (image, prompt) pairs with HiRED token dropping.
 
     Each prompt holds the processor's image token once (``processor.apply_chat_template``
     writes it for you). Images may differ in size and aspect ratio. ``config=None``
-    keeps every visual token (the stock model). ``generate_kwargs`` go to
-    ``model.generate`` (e.g. ``max_new_tokens=64``; greedy unless you say otherwise).
+    keeps every visual token (the stock model). Decoding is greedy unless ``sampling`` says
+    otherwise (a :class:`hired.Sampling` for all rows or a list with one per row);
+    ``choices`` restricts each text to one of the given strings (a list for all rows, or one
+    list per row); ``options`` picks the decode loop's pieces (:class:`hired.DecodeOptions`).
     """
     if isinstance(prompts, str):
         prompts = [prompts]
@@ -73,24 +68,20 @@ def generate(
             )
     inputs = processor(images=list(images), text=list(prompts), return_tensors="pt", padding=True)
     prepared = prepare_inputs(model, inputs, config)
-    generate_kwargs.setdefault("do_sample", False)
-    if model.generation_config.pad_token_id is None and processor.tokenizer.pad_token_id is not None:
-        generate_kwargs.setdefault("pad_token_id", processor.tokenizer.pad_token_id)
-    output = model.generate(**prepared.model_inputs(), **generate_kwargs)
-    eos_ids = eos_token_ids(model)
-    results = []
-    for i, row in enumerate(output.tolist()):
-        token_ids = trim_at_eos(row, eos_ids)
-        results.append(
-            GenerationResult(
-                text=processor.decode(token_ids, skip_special_tokens=True).strip(),
-                token_ids=token_ids,
-                visual_tokens_kept=prepared.visual_tokens_kept[i],
-                visual_tokens_full=prepared.visual_tokens_full[i],
-                visual_tokens_llm=prepared.visual_tokens_llm[i],
-                prompt_tokens=prepared.prompt_tokens[i],
-                partition_budgets=prepared.partition_budgets[i],
-                kept_indices=prepared.kept_indices[i],
-            )
+    decoded = Decoder(model, processor, options)(
+        prepared, max_new_tokens, min_new_tokens=min_new_tokens, sampling=sampling, choices=choices
+    )
+    return [
+        GenerationResult(
+            text=row.text,
+            token_ids=row.token_ids,
+            visual_tokens_kept=prepared.visual_tokens_kept[i],
+            visual_tokens_full=prepared.visual_tokens_full[i],
+            visual_tokens_llm=prepared.visual_tokens_llm[i],
+            prompt_tokens=prepared.prompt_tokens[i],
+            partition_budgets=prepared.partition_budgets[i],
+            kept_indices=prepared.kept_indices[i],
+            finish_reason=row.finish_reason,
         )
-    return results
+        for i, row in enumerate(decoded.rows)
+    ]
