@@ -78,3 +78,115 @@ def test_driven_as_the_predictor_drives_it(tiny_next):
         assert timing.started == started <= timing.first_token <= timing.finished
         assert timing.batch == 3 and 1 <= timing.steps <= 8
         assert timing.cache_length == prepared.attention_mask.shape[1] + 8
+
+
+# -- sampling -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"temperature": -0.1}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"temperature": 1.0, "top_p": 0.0}, "top_p"),
+        ({"temperature": 1.0, "top_p": 1.5}, "top_p"),
+        ({"temperature": 1.0, "top_k": 0}, "top_k"),
+        ({"temperature": 1.0, "top_k": 2.5}, "top_k"),
+        ({"repetition_penalty": 0.0}, "repetition_penalty"),
+        ({"seed": -1}, "seed"),
+        ({"seed": True}, "seed"),
+        ({"stop": [""]}, "stop"),
+        ({"top_p": 0.9}, "temperature > 0"),
+        ({"top_k": 5}, "temperature > 0"),
+    ],
+)
+def test_bad_sampling_is_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Sampling(**kwargs)
+
+
+def test_sampling_overrides():
+    job = Sampling(temperature=0.7, seed=1, stop="###")
+    assert job.stop == ("###",)
+    row = job.with_overrides({"seed": 5, "top_p": None})
+    assert (row.temperature, row.seed, row.top_p, row.stop) == (0.7, 5, None, ("###",))
+    with pytest.raises(ValueError, match="unknown sampling field.*temprature"):
+        job.with_overrides({"temprature": 1.0})
+    assert Sampling().describe() == "greedy" and "seed=1" in job.describe()
+
+
+@pytest.fixture(scope="module")
+def four(tiny_next):
+    model, processor = tiny_next
+    images, prompts, _ = processed(processor, MIXED_SIZES, TEXTS)
+    return model, processor, images, prompts
+
+
+def test_seeded_sampling_is_reproducible_in_any_batch(four):
+    model, processor, images, prompts = four
+    config = HiREDConfig(budget=0.2)
+    hot = [Sampling(temperature=2.0, seed=s) for s in (11, 12, 13, 14)]
+    batched = hired.generate(model, processor, images, prompts, config, max_new_tokens=10, sampling=hot)
+    again = hired.generate(model, processor, images, prompts, config, max_new_tokens=10, sampling=hot,
+                           options=DecodeOptions(cache="static", sync_every=4))
+    assert [r.token_ids for r in again] == [r.token_ids for r in batched]
+    for i in (0, 3):
+        alone = hired.generate(model, processor, images[i], prompts[i], config, max_new_tokens=10, sampling=hot[i])[0]
+        assert alone.token_ids == batched[i].token_ids
+    pair = hired.generate(model, processor, images[2:], prompts[2:], config, max_new_tokens=10, sampling=hot[2:])
+    assert [r.token_ids for r in pair] == [r.token_ids for r in batched[2:]]
+    # Sampling really samples: other seeds give other texts, and the seeded rows are not the greedy ones.
+    other = hired.generate(model, processor, images, prompts, config, max_new_tokens=10,
+                           sampling=[Sampling(temperature=2.0, seed=s) for s in (21, 22, 23, 24)])
+    greedy = hired.generate(model, processor, images, prompts, config, max_new_tokens=10)
+    assert [r.token_ids for r in other] != [r.token_ids for r in batched] != [r.token_ids for r in greedy]
+
+
+def test_top_k_1_and_a_tiny_top_p_sample_the_greedy_token(four):
+    model, processor, images, prompts = four
+    greedy = hired.generate(model, processor, images, prompts, None, max_new_tokens=8)
+    for sampling in (Sampling(temperature=1.3, top_k=1, seed=3), Sampling(temperature=1.3, top_p=1e-6, seed=3)):
+        sampled = hired.generate(model, processor, images, prompts, None, max_new_tokens=8, sampling=sampling)
+        assert [r.token_ids for r in sampled] == [r.token_ids for r in greedy]
+
+
+def test_per_row_sampling_leaves_greedy_rows_greedy(four):
+    model, processor, images, prompts = four
+    greedy = hired.generate(model, processor, images, prompts, None, max_new_tokens=8)
+    mixed = hired.generate(model, processor, images, prompts, None, max_new_tokens=8,
+                           sampling=[None, Sampling(temperature=3.0, seed=1), Sampling(), Sampling(temperature=3.0, seed=2)])
+    assert [mixed[i].token_ids for i in (0, 2)] == [greedy[i].token_ids for i in (0, 2)]
+    with pytest.raises(ValueError, match="3 per-row sampling settings for 4 rows"):
+        hired.generate(model, processor, images, prompts, None, max_new_tokens=2, sampling=[Sampling()] * 3)
+
+
+def test_repetition_penalty_bars_seen_tokens(four):
+    model, processor, images, prompts = four
+    inputs = processor(images=images, text=prompts, return_tensors="pt", padding=True)
+    image_token = model.config.image_token_id
+    rows = hired.generate(model, processor, images, prompts, None, max_new_tokens=10,
+                          sampling=Sampling(repetition_penalty=1e9))
+    plain = hired.generate(model, processor, images, prompts, None, max_new_tokens=10)
+    assert any(len(set(r.token_ids)) < len(r.token_ids) for r in plain), "the greedy rows should repeat themselves"
+    for r, ids, mask in zip(rows, inputs["input_ids"], inputs["attention_mask"]):
+        prompt = set(ids[mask.bool()].tolist()) - {image_token}
+        assert len(set(r.token_ids)) == len(r.token_ids), "a generated token repeats"
+        assert not prompt & set(r.token_ids), "a prompt token was generated again"
+
+
+@pytest.mark.parametrize("sync_every", [1, 4])
+def test_stop_strings_end_the_row_and_are_cut(four, sync_every):
+    model, processor, images, prompts = four
+    options = DecodeOptions(cache="static", sync_every=sync_every)
+    free = hired.generate(model, processor, images, prompts, None, max_new_tokens=12, options=options)
+    words = [r.text.split() for r in free]
+    stops = [w[len(w) // 2] if len(w) > 2 else "zzz" for w in words]  # a word from the middle; "zzz" never appears
+    rows = hired.generate(model, processor, images, prompts, None, max_new_tokens=12, options=options,
+                          sampling=[Sampling(stop=(s, "never-there")) for s in stops])
+    for f, r, stop in zip(free, rows, stops):
+        at = f.text.find(stop)
+        if at < 0:
+            assert (r.token_ids, r.text) == (f.token_ids, f.text)
+            continue
+        assert r.finish_reason == "stop" and r.text == f.text[:at].strip()
+        assert r.token_ids == f.token_ids[: len(r.token_ids)] and len(r.token_ids) < len(f.token_ids)
+        assert stop in processor.decode(r.token_ids) and stop not in processor.decode(r.token_ids[:-1])
+    assert sum(r.finish_reason == "stop" for r in rows) >= 2
