@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import choices as choice_rows
 from .config import HiREDConfig
 from .decode import DecodeOptions, Decoder, eos_token_ids, trim_at_eos  # noqa: F401 (eos_token_ids, trim_at_eos: public here too)
 from .prepare import prepare_inputs
@@ -66,6 +67,7 @@ def generate(
                 f"prompt {i} must contain the image token {image_token!r} exactly once "
                 f"(found {prompt.count(image_token)}); e.g. 'USER: {image_token}\\nDescribe the image. ASSISTANT:'"
             )
+    choices = choice_rows.per_row(choices, len(prompts), processor.tokenizer, max_new_tokens)  # refused before any work
     inputs = processor(images=list(images), text=list(prompts), return_tensors="pt", padding=True)
     prepared = prepare_inputs(model, inputs, config)
     decoded = Decoder(model, processor, options)(

@@ -190,3 +190,114 @@ def test_stop_strings_end_the_row_and_are_cut(four, sync_every):
         assert r.token_ids == f.token_ids[: len(r.token_ids)] and len(r.token_ids) < len(f.token_ids)
         assert stop in processor.decode(r.token_ids) and stop not in processor.decode(r.token_ids[:-1])
     assert sum(r.finish_reason == "stop" for r in rows) >= 2
+
+
+# -- constrained choices --------------------------------------------------------------------------------
+def metaspace_tokenizer():
+    """A SentencePiece-style BPE tokenizer (Metaspace pre-tokenizer, ``▁`` marks a word start), trained here."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = ["Yes, there is a dog in the picture.", "No, there is no cat.", "yes no yes no maybe", "The answer is A",
+              "The answer is B or C or D", "Is there a red car? Yes.", "No way. Not really.", "none of them"] * 20
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    alphabet = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ▁.,?")
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=160, special_tokens=["<unk>", "<s>", "</s>"],
+                                                        initial_alphabet=alphabet))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
+def test_choices_spelled_with_sentencepiece_word_starts():
+    from hired.choices import build_trie, spellings
+
+    tokenizer = metaspace_tokenizer()
+    word_start = tokenizer.convert_tokens_to_ids("▁yes")
+    assert word_start != tokenizer.unk_token_id
+    assert (word_start,) in spellings(tokenizer, "yes")  # how the model continues "ASSISTANT:" with " yes"
+    for choice in ("yes", "no way", "maybe", "C"):
+        for ids in spellings(tokenizer, choice):
+            assert tokenizer.decode(list(ids)).strip() == choice
+    trie = build_trie(tokenizer, ["no", "no way", "none"])
+    assert trie.shortest == 1 and any(len(s) > 1 for s in trie.sequences)
+
+
+def test_every_path_through_the_trie_spells_a_choice():
+    """Random logits, random seeds, sampled and greedy: the tokens the constraint lets through always decode
+    to one of the choices (prefixes of one another included) and end with EOS or at the token budget."""
+    from hired.chooser import TokenChooser
+    from hired.choices import build_trie
+
+    tokenizer = metaspace_tokenizer()
+    choices = ["no", "no way", "none", "maybe", "The answer is A"]
+    trie = build_trie(tokenizer, choices, max_new_tokens=8)
+    eos, vocab, rows = tokenizer.eos_token_id, len(tokenizer), 64
+    seen = set()
+    for budget in (8, trie.to_finish[0] + 1):
+        samplings = [Sampling(temperature=2.0, seed=s) if s % 2 else Sampling() for s in range(rows)]
+        chooser = TokenChooser(samplings, [trie] * rows, [eos], torch.device("cpu"),
+                               torch.zeros(rows, 1, dtype=torch.long), torch.ones(rows, 1))
+        logits = torch.Generator().manual_seed(budget)
+        out = [[] for _ in range(rows)]
+        for step in range(budget):
+            tokens = chooser(torch.randn(rows, vocab, generator=logits) * 3, step, budget)
+            chooser.taken(tokens)
+            for r, t in enumerate(tokens.tolist()):
+                if not out[r] or out[r][-1] != eos:
+                    out[r].append(t)
+        for ids in out:
+            text = tokenizer.decode(ids, skip_special_tokens=True).strip()
+            assert text in choices, (ids, text)
+            assert ids[-1] == eos or len(ids) == budget
+            seen.add(text)
+    assert len(seen) >= 3, "random logits should reach several choices"
+
+
+@pytest.mark.parametrize("sampling", [None, Sampling(temperature=2.0, seed=7)])
+def test_choices_constrain_every_text(four, sampling):
+    model, processor, images, prompts = four
+    per_call = hired.generate(model, processor, images, prompts, HiREDConfig(budget=0.2), max_new_tokens=6,
+                              choices=["yes", "no"], sampling=sampling)
+    assert all(r.text in ("yes", "no") for r in per_call)
+    assert all(r.token_ids[-1] == model.generation_config.eos_token_id for r in per_call)
+    per_row = [["red", "green", "blue"], ["one", "one two", "three"], None, ["a photo of a dog", "a cat"]]
+    rows = hired.generate(model, processor, images, prompts, HiREDConfig(budget=0.2), max_new_tokens=6,
+                          choices=per_row, sampling=sampling)
+    for r, allowed in zip(rows, per_row):
+        if allowed is not None:
+            assert r.text in allowed
+            assert r.finish_reason == "eos" or len(r.token_ids) == 6
+
+
+def test_greedy_choice_is_the_likelier_first_token(four):
+    """With one-token choices, greedy picks the choice the model scores higher at the first step."""
+    model, processor, images, prompts = four
+    prepared = prepare_inputs(model, processor(images=images, text=prompts, return_tensors="pt", padding=True), None)
+    mask = prepared.attention_mask
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    with torch.no_grad():
+        logits = model(inputs_embeds=prepared.inputs_embeds, attention_mask=mask, position_ids=positions).logits[:, -1]
+    words = ["yes", "no", "red", "dog"]
+    ids = processor.tokenizer.convert_tokens_to_ids(words)
+    expected = [words[int(torch.argmax(row[ids]))] for row in logits]
+    rows = hired.generate(model, processor, images, prompts, None, max_new_tokens=4, choices=words)
+    assert [r.text for r in rows] == expected
+
+
+@pytest.mark.parametrize(
+    "choices, message",
+    [
+        ([[]], "row 0: choices is empty"),
+        ([["yes"], ["yes", ""]], "row 1: a choice is empty"),
+        ([None, ["yes", "zebra"]], "row 1: choice 'zebra' cannot be tokenized"),
+        ([["yes", " no"]], "row 0: choice ' no' has leading or trailing whitespace"),
+        ([["a photo of the sky"]], r"row 0: the shortest choice needs 5 tokens but max_new_tokens is 4"),
+    ],
+)
+def test_bad_choices_name_their_row(four, choices, message):
+    model, processor, images, prompts = four
+    rows = len(choices)
+    with pytest.raises(hired.ChoiceError, match=message) as caught:
+        hired.generate(model, processor, images[:rows], prompts[:rows], None, max_new_tokens=4, choices=choices)
+    assert caught.value.row == int(message[4])
