@@ -43,6 +43,7 @@ def generate(
     min_new_tokens: int = 0,
     sampling: Sampling | Sequence[Sampling | None] | None = None,
     choices=None,
+    image_index: Sequence[int] | None = None,
     options: DecodeOptions | None = None,
 ) -> list[GenerationResult]:
     """Generate for a batch of (image, prompt) pairs with HiRED token dropping.
@@ -53,13 +54,17 @@ def generate(
     otherwise (a :class:`hired.Sampling` for all rows or a list with one per row);
     ``choices`` restricts each text to one of the given strings (a list for all rows, or one
     list per row); ``options`` picks the decode loop's pieces (:class:`hired.DecodeOptions`).
+
+    Several prompts per picture: ``image_index`` gives each prompt's picture in ``images``
+    (``images=[a, b], prompts=[p, q, r], image_index=[0, 0, 1]``); each picture is preprocessed,
+    encoded and selected once, and there is one result per prompt.
     """
     if isinstance(prompts, str):
         prompts = [prompts]
     if not isinstance(images, (list, tuple)):
         images = [images]
-    if len(images) != len(prompts):
-        raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
+    if image_index is None and len(images) != len(prompts):
+        raise ValueError(f"got {len(images)} images but {len(prompts)} prompts (several prompts a picture: pass image_index)")
     image_token = getattr(processor, "image_token", "<image>")
     for i, prompt in enumerate(prompts):
         if prompt.count(image_token) != 1:
@@ -68,8 +73,11 @@ def generate(
                 f"(found {prompt.count(image_token)}); e.g. 'USER: {image_token}\\nDescribe the image. ASSISTANT:'"
             )
     choices = choice_rows.per_row(choices, len(prompts), processor.tokenizer, max_new_tokens)  # refused before any work
-    inputs = processor(images=list(images), text=list(prompts), return_tensors="pt", padding=True)
-    prepared = prepare_inputs(model, inputs, config)
+    if image_index is None:
+        inputs = processor(images=list(images), text=list(prompts), return_tensors="pt", padding=True)
+    else:
+        inputs = _shared_pictures(processor, list(images), list(prompts), image_index, image_token)
+    prepared = prepare_inputs(model, inputs, config, image_index)
     decoded = Decoder(model, processor, options)(
         prepared, max_new_tokens, min_new_tokens=min_new_tokens, sampling=sampling, choices=choices
     )
@@ -87,3 +95,19 @@ def generate(
         )
         for i, row in enumerate(decoded.rows)
     ]
+
+
+def _shared_pictures(processor, images: list, prompts: list[str], image_index: Sequence[int], image_token: str) -> dict:
+    """The processor's output for prompts that share pictures: each picture processed once, each
+    prompt's image token expanded to its picture's placeholder count as the processor counts it."""
+    if any(not 0 <= int(i) < len(images) for i in image_index) or len(image_index) != len(prompts):
+        raise ValueError(f"image_index needs one entry in [0, {len(images)}) per prompt, got {list(image_index)!r}")
+    pictures = processor(images=images, text=[image_token] * len(images), return_tensors="pt", padding=True)
+    image_token_id = processor.tokenizer.convert_tokens_to_ids(image_token)
+    counts = (pictures["input_ids"] == image_token_id).sum(dim=1).tolist()
+    expanded = [p.replace(image_token, image_token * counts[int(i)]) for p, i in zip(prompts, image_index)]
+    text = processor.tokenizer(expanded, return_tensors="pt", padding=True)  # as the processor tokenizes expanded text
+    inputs = {"input_ids": text["input_ids"], "attention_mask": text["attention_mask"], "pixel_values": pictures["pixel_values"]}
+    if "image_sizes" in pictures:
+        inputs["image_sizes"] = pictures["image_sizes"]
+    return inputs

@@ -301,3 +301,41 @@ def test_bad_choices_name_their_row(four, choices, message):
     with pytest.raises(hired.ChoiceError, match=message) as caught:
         hired.generate(model, processor, images[:rows], prompts[:rows], None, max_new_tokens=4, choices=choices)
     assert caught.value.row == int(message[4])
+
+
+# -- several prompts per picture --------------------------------------------------------------------------
+@pytest.mark.parametrize("fixture", ["tiny_next", "tiny_llava"])
+@pytest.mark.parametrize("config", [None, HiREDConfig(budget=0.2), HiREDConfig(budget=0.1, strategy="prumerge+")])
+def test_several_prompts_per_picture_encode_each_picture_once(request, fixture, config):
+    model, processor = request.getfixturevalue(fixture)
+    pictures = [noise_image(480, 640, seed=1), noise_image(300, 900, seed=2)]
+    texts = ["what is this", "describe the picture in one short caption", "is the sky blue", "red", "how many cars"]
+    prompts = [chat_prompt(processor, t) for t in texts]
+    image_index = [0, 0, 0, 1, 1]
+    seen = []
+    hook = model.model.vision_tower.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[0]))
+    try:
+        shared = hired.generate(model, processor, pictures, prompts, config, max_new_tokens=8, image_index=image_index)
+    finally:
+        hook.remove()
+    adapter = hired.models.adapter_for(model)
+    sizes = [(480, 640), (300, 900)] if fixture == "tiny_next" else [(0, 0), (0, 0)]
+    assert seen == [sum(adapter.partitions(s).num_partitions for s in sizes)], "one tower pass, each picture once"
+    assert len(shared) == 5
+    for r, (text, i) in enumerate(zip(prompts, image_index)):
+        alone = hired.generate(model, processor, pictures[i], text, config, max_new_tokens=8)[0]
+        assert shared[r].token_ids == alone.token_ids
+        assert shared[r].prompt_tokens == alone.prompt_tokens and shared[r].partition_budgets == alone.partition_budgets
+        assert all(torch.equal(a, b) for a, b in zip(shared[r].kept_indices, alone.kept_indices))
+
+
+def test_image_index_errors(tiny_next):
+    model, processor = tiny_next
+    pictures = [noise_image(64, 64, seed=1), noise_image(64, 96, seed=2)]
+    prompts = [chat_prompt(processor, "what")] * 3
+    with pytest.raises(ValueError, match=r"picture\(s\) \[1\] have no prompt"):
+        hired.generate(model, processor, pictures, prompts, None, max_new_tokens=2, image_index=[0, 0, 0])
+    with pytest.raises(ValueError, match="one entry in"):
+        hired.generate(model, processor, pictures, prompts, None, max_new_tokens=2, image_index=[0, 2, 1])
+    with pytest.raises(ValueError, match="pass image_index"):
+        hired.generate(model, processor, pictures, prompts, None, max_new_tokens=2)
