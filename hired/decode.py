@@ -45,13 +45,15 @@ class DecodeOptions:
       CUDA with the static cache; off on CPU, where the compile costs more than it saves.
     * ``sync_every``: steps between host reads of the done flags (and stop strings). Default 8 on
       CUDA, 1 on CPU (where reading costs nothing and saves the steps after the last EOS).
-    * ``batch_buckets``/``cache_multiple``: the padded sizes a compiled step is built for (used only
-      when compiling: padding an eager batch would only add work).
+    * ``pad_to_buckets``: pad the batch to the next of ``batch_buckets`` rows and the cache to a
+      multiple of ``cache_multiple`` positions, the shapes a compiled step is built for. Default:
+      when compiling (padding an eager batch would only add work).
     """
 
     cache: str | None = None
     compile: bool | None = None
     sync_every: int | None = None
+    pad_to_buckets: bool | None = None
     compile_mode: str = "reduce-overhead"
     batch_buckets: tuple[int, ...] = BATCH_BUCKETS
     cache_multiple: int = 256
@@ -76,7 +78,8 @@ class DecodeOptions:
         if compile_ and cache != "static":
             raise ValueError("compile=True needs cache='static'")
         sync_every = self.sync_every or (8 if cuda else 1)
-        return replace(self, cache=cache, compile=compile_, sync_every=sync_every)
+        pad = compile_ if self.pad_to_buckets is None else self.pad_to_buckets
+        return replace(self, cache=cache, compile=compile_, sync_every=sync_every, pad_to_buckets=pad)
 
     def batch_bucket(self, rows: int) -> int:
         return next((b for b in self.batch_buckets if b >= rows), rows)
@@ -196,7 +199,7 @@ class Decoder:
                 raise ValueError("min_new_tokens and choices contradict each other: a choice ends when it is complete")
 
         embeds, mask, ids = prepared.inputs_embeds, prepared.attention_mask, prepared.input_ids
-        batch = options.batch_bucket(rows) if options.compile else rows
+        batch = options.batch_bucket(rows) if options.pad_to_buckets else rows
         if batch > rows:  # padding rows repeat the last row: real work, thrown away
             extra = batch - rows
             embeds = torch.cat([embeds, embeds[-1:].expand(extra, -1, -1)])
@@ -206,7 +209,7 @@ class Decoder:
             tries = tries + [None] * extra
         length = mask.shape[1]
         cache_length = length + max_new_tokens
-        if options.compile:
+        if options.pad_to_buckets and options.cache == "static":
             cache_length = options.cache_length(cache_length)
         cache = self._cache_for(batch, cache_length, embeds.dtype)
 

@@ -52,6 +52,43 @@ def test_greedy_loop_equals_transformers_generate(request, fixture):
                 assert r.finish_reason == ("eos" if ids[-1] == model.generation_config.eos_token_id else "length")
 
 
+def test_padded_buckets_change_nothing(tiny_next):
+    """Rows padded to a bucket (4 for 3) and the cache rounded up (to 256) give the unpadded rows' tokens."""
+    model, processor = tiny_next
+    _, _, inputs = processed(processor, MIXED_SIZES[:3], TEXTS[:3])
+    prepared = prepare_inputs(model, inputs, HiREDConfig(budget=0.2))
+    decoded = Decoder(model, processor, DecodeOptions(cache="static", pad_to_buckets=True, sync_every=2))(prepared, 10)
+    assert decoded.timing.batch == 4 and decoded.timing.cache_length % 256 == 0
+    assert [r.token_ids for r in decoded.rows] == stock_tokens(model, prepared, 10)
+
+
+@pytest.mark.slow  # inductor compiles the tiny model's decode step on the CPU: about a minute on 2 cores
+def test_compiled_step_equals_eager(tiny_next):
+    model, processor = tiny_next
+    _, _, inputs = processed(processor, MIXED_SIZES[:3], TEXTS[:3])
+    prepared = prepare_inputs(model, inputs, HiREDConfig(budget=0.2))
+    decoder = Decoder(model, processor, DecodeOptions(cache="static", compile=True, compile_mode="default", sync_every=4))
+    expected = stock_tokens(model, prepared, 10)
+    for _ in range(2):  # the second call reuses the compiled step and the cache
+        assert [r.token_ids for r in decoder(prepared, 10).rows] == expected
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"cache": "paged"}, "cache must be one of"), ({"sync_every": 0}, "sync_every"),
+     ({"cache": "dynamic", "compile": True}, "needs cache='static'"), ({"batch_buckets": (4, 2)}, "increasing")],
+)
+def test_bad_decode_options_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DecodeOptions(**kwargs)
+
+
+def test_device_defaults():
+    cpu, cuda = DecodeOptions().resolve(torch.device("cpu")), DecodeOptions().resolve(torch.device("cuda"))
+    assert (cpu.cache, cpu.compile, cpu.sync_every, cpu.pad_to_buckets) == ("dynamic", False, 1, False)
+    assert (cuda.cache, cuda.compile, cuda.sync_every, cuda.pad_to_buckets) == ("static", True, 8, True)
+    assert DecodeOptions(compile=False).resolve(torch.device("cuda")).pad_to_buckets is False
+
 def test_driven_as_the_predictor_drives_it(tiny_next):
     """The pipeline's way in: per-row arrays from the preprocess stage, one Decoder held across calls,
     TTFT counted from before the inputs were prepared."""
