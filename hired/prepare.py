@@ -25,6 +25,7 @@ from .config import NO_DROPPING, HiREDConfig
 from .models import NEWLINE, Partitions, adapter_for
 from . import strategies
 from .strategies.base import BatchSignals
+from .transfer import to_device
 from .vision import encode
 
 PADDING = -2  # pads a picture's candidate positions to the batch's widest
@@ -134,13 +135,6 @@ def _picture_of_each_row(image_index: Sequence[int] | None, rows: int, pictures:
     if unused:
         raise ValueError(f"picture(s) {unused} have no prompt in image_index: each picture needs at least one")
     return index
-
-
-def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor on ``device``: through pinned memory, not waiting for the copy, on CUDA."""
-    if device.type == "cuda" and tensor.device.type == "cpu":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
 
 
 @dataclass(frozen=True)

@@ -376,3 +376,67 @@ def test_image_index_errors(tiny_next):
         hired.generate(model, processor, pictures, prompts, None, max_new_tokens=2, image_index=[0, 2, 1])
     with pytest.raises(ValueError, match="pass image_index"):
         hired.generate(model, processor, pictures, prompts, None, max_new_tokens=2)
+
+
+# -- HiRED's selection for a whole batch on the device --------------------------------------------------
+@pytest.fixture(scope="module")
+def batch_signals(tiny_next):
+    """The vision tower's evidence for pictures of every shape (SIZES of test_hired, extremes included)."""
+    from hired.models import adapter_for
+    from hired.prepare import _pixel_values_per_image
+    from hired.strategies.base import BatchSignals
+    from hired.vision import encode
+
+    from .test_hired import SIZES
+
+    model, processor = tiny_next
+    images = [noise_image(h, w, seed=i) for i, (h, w) in enumerate(SIZES)]
+    inputs = processor(images=images, text=[chat_prompt(processor, "what")] * len(images), return_tensors="pt", padding=True)
+    adapter = adapter_for(model)
+    parts = [adapter.partitions(tuple(s.tolist())) for s in inputs["image_sizes"]]
+    pixels = _pixel_values_per_image(inputs, [p.num_partitions for p in parts])
+    vision = encode(adapter.tower, torch.cat(pixels), [-2], [0, 2])
+    spans, offset = [], 0
+    for p in parts:
+        spans.append(slice(offset, offset + p.num_partitions))
+        offset += p.num_partitions
+    return BatchSignals(parts, spans, pixels, vision.features, vision.cls_attention[0], vision.cls_attention[2])
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 0.8, 1.0])
+def test_batch_selection_keeps_what_the_one_picture_selection_keeps(batch_signals, alpha):
+    from hired.strategies import hired as hired_strategy
+
+    for budget in (0.05, 0.1, 0.2, 0.4, 0.999, 1.0, 1, 64, 320, 640, 5000):
+        config = HiREDConfig(budget=budget, alpha=alpha)
+        keep = hired_strategy.select_batch(batch_signals, config).keep
+        for i, parts in enumerate(batch_signals.parts):
+            one = hired_strategy.select(parts, batch_signals.picture(i), config)
+            batch_kept = [row.nonzero().flatten() for row in keep[batch_signals.spans[i]]]
+            assert [len(k) for k in batch_kept] == [len(k) for k in one.kept], (budget, alpha, i)
+            assert all(torch.equal(a, b) for a, b in zip(batch_kept, one.kept)), (budget, alpha, i)
+
+
+def test_batch_split_equals_python_largest_remainder():
+    """The device split against hired.budget on shares that tie, saturate, and have no content."""
+    import random
+
+    from hired.budget import largest_remainder
+    from hired.device_budget import largest_remainder_batch
+
+    rng = random.Random(0)
+    cases = [(10, [1.0, 1.0, 1.0], [5, 5, 5]), (9, [0.0, 0.0], [3, 8]), (50, [5.0, 1.0, 0.0, 1.0], [4, 100, 7, 3]),
+             (7, [0.25, 0.25, 0.5, 0.0], [0, 2, 9, 9]), (0, [1.0], [4]), (100, [1.0, 2.0], [3, 4])]
+    for _ in range(300):
+        width = rng.randint(1, 6)
+        weights = [rng.choice([0.0, 1.0, rng.random(), float(rng.randint(0, 3))]) for _ in range(width)]
+        cases.append((rng.randint(0, 60), weights, [rng.randint(0, 20) for _ in range(width)]))
+    width = max(len(w) for _, w, _ in cases)
+    pad = lambda xs: xs + [0] * (width - len(xs))  # noqa: E731
+    totals = torch.tensor([t for t, _, _ in cases], dtype=torch.float64)
+    weights = torch.tensor([pad(w) for _, w, _ in cases], dtype=torch.float64)
+    capacities = torch.tensor([pad(c) for _, _, c in cases], dtype=torch.float64)
+    shares = largest_remainder_batch(totals, weights, capacities).long().tolist()
+    for (total, w, c), got in zip(cases, shares):
+        assert got[: len(w)] == largest_remainder(total, w, c), (total, w, c)
+        assert not any(got[len(w):])
