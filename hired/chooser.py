@@ -20,6 +20,7 @@ from transformers.generation.logits_process import (
 
 from .choices import ChoiceTrie
 from .sampling import Sampling
+from .transfer import to_device
 
 
 class ChoiceTables:
@@ -41,9 +42,9 @@ class ChoiceTables:
             terminal.extend(trie.terminal)
             to_finish.extend(trie.to_finish)
             nodes += len(trie.edges)
-        as_long = lambda values: torch.tensor(values, dtype=torch.long, device=device)  # noqa: E731
+        as_long = lambda values: to_device(torch.tensor(values, dtype=torch.long), device)  # noqa: E731
         self.edge_node, self.edge_token, self.edge_child = as_long(edge_node), as_long(edge_token), as_long(edge_child)
-        self.terminal = torch.tensor(terminal, dtype=torch.bool, device=device)
+        self.terminal = to_device(torch.tensor(terminal, dtype=torch.bool), device)
         self.edge_to_finish = as_long(to_finish)[self.edge_child] if edge_child else as_long([])
         self.state = as_long(roots)  # (B,)
         self.constrained = self.state >= 0  # (B,)
@@ -88,7 +89,7 @@ class TokenChooser:
         min_new_tokens: int = 0,
     ):
         self.device = device
-        self.eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=device)
+        self.eos = to_device(torch.tensor(sorted(eos_ids), dtype=torch.long), device)
         self.min_new_tokens = min_new_tokens
         self.choices = ChoiceTables(tries, device) if any(t is not None for t in tries) else None
         self.penalised = any(s.repetition_penalty != 1.0 for s in samplings)
@@ -100,16 +101,16 @@ class TokenChooser:
         for row, s in enumerate(samplings):
             by_setting.setdefault((s.temperature, s.top_p, s.top_k, s.repetition_penalty), []).append(row)
         for (temperature, top_p, top_k, penalty), rows in by_setting.items():
-            processors = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(penalty)] if penalty != 1.0 else [])
+            processors = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(float(penalty))] if penalty != 1.0 else [])
             warpers = LogitsProcessorList()
             if temperature > 0:
                 if temperature != 1.0:
-                    warpers.append(TemperatureLogitsWarper(temperature))
+                    warpers.append(TemperatureLogitsWarper(float(temperature)))
                 if top_k is not None:
                     warpers.append(TopKLogitsWarper(top_k))
                 if top_p is not None and top_p < 1.0:
-                    warpers.append(TopPLogitsWarper(top_p))
-            index = torch.tensor(rows, dtype=torch.long, device=device)
+                    warpers.append(TopPLogitsWarper(float(top_p)))
+            index = to_device(torch.tensor(rows, dtype=torch.long), device)
             self.groups.append((rows, index, temperature > 0, processors, warpers))
         self.single = len(self.groups) == 1
         self.generators = {}

@@ -29,6 +29,7 @@ import torch
 from . import choices as choice_rows
 from .chooser import TokenChooser
 from .sampling import Sampling, per_row
+from .transfer import to_device
 
 CACHES = ("static", "dynamic")
 # Batch sizes a compiled step is built for: a batch is padded up to the next one.
@@ -219,7 +220,7 @@ class Decoder:
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
         next_position = positions[:, -1:] + 1
         chooser = TokenChooser(samplings, tries, self.eos_ids, device, ids, mask, min_new_tokens)
-        eos = torch.tensor(self.eos_ids, dtype=torch.long, device=device)
+        eos = chooser.eos
         stops = [s.stop for s in samplings]
         tokens = torch.full((batch, max_new_tokens), self.pad_id, dtype=torch.long, device=device)
         done = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -280,6 +281,8 @@ class Decoder:
         if not self.options.compile:
             return self._forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache)
         if self._step is None:
+            # One graph per (batch bucket, cache length): more than dynamo's default 8 before it falls back to eager.
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
             self._step = torch.compile(self.model.__call__, mode=self.options.compile_mode, dynamic=False, fullgraph=False)
         out = self._step(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                          **{self._cache_kw: cache}, use_cache=True, logits_to_keep=1)
@@ -306,7 +309,7 @@ class Decoder:
             stopped[r] = (kept, _first_stop(self._text(ids[:kept]), stops[r]))
             newly.append(r)
         if newly:
-            done[torch.tensor(newly, device=done.device)] = True
+            done[to_device(torch.tensor(newly), done.device)] = True
 
     def _row(self, ids: list[int], stop: tuple[int, int] | None, watched: bool) -> DecodedRow:
         if stop is not None:
