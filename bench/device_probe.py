@@ -42,6 +42,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 import hired  # noqa: E402
 from common import build_model, copy_bandwidth, flops_per_image, matmul_rate, sync  # noqa: E402
 from hired import DecodeOptions  # noqa: E402
+from hired.decode import BATCH_BUCKETS  # noqa: E402
+from hired.models import adapter_for  # noqa: E402
+from hired.vision import encode  # noqa: E402
 
 LOOPS = {
     "dynamic": DecodeOptions(cache="dynamic", compile=False),
@@ -122,7 +125,7 @@ def largest_batch(model, lengths, new_tokens, dtype_bytes, device, cap: int) -> 
         return cap
     free, _ = torch.cuda.mem_get_info(device)
     fits = int(0.85 * free // item_bytes(model, lengths, new_tokens, dtype_bytes))
-    buckets = [b for b in hired.decode.BATCH_BUCKETS if b <= min(fits, cap)]
+    buckets = [b for b in BATCH_BUCKETS if b <= min(fits, cap)]
     return buckets[-1] if buckets else max(1, min(fits, cap))
 
 
@@ -172,10 +175,10 @@ def measure(probe, model, processor, items, config_name, batch, new_tokens, devi
     inputs = batch_inputs(items, batch, vision_dtype)
     try:
         reset_peak(device)
-        adapter = hired.models.adapter_for(model)
+        adapter = adapter_for(model)
         pixels = torch.cat([p for p in inputs["pixel_values"]]).to(device)
         needs = [0, adapter.tower.num_layers - 2] if config is not None else []
-        _, vision_s = timed(device, lambda: hired.vision.encode(adapter.tower, pixels, [-2], needs))
+        _, vision_s = timed(device, lambda: encode(adapter.tower, pixels, [-2], needs))
         del pixels
         prepared, prepare_s = timed(device, lambda: hired.prepare_inputs(model, inputs, config))
     except torch.OutOfMemoryError as error:
@@ -289,7 +292,6 @@ def main(argv=None) -> int:
     vision_dtype = next(model.model.vision_tower.parameters()).dtype
     size = tuple(items[0]["image_sizes"].tolist())
     with torch.no_grad():
-        hired.generate  # noqa: B018 (loads the generation modules before timing starts)
         for config_name in CONFIGS:
             lengths = hired.expected_lengths(model, size, len(items[0]["input_ids"]), CONFIGS[config_name])
             largest = largest_batch(model, lengths, new_tokens, dtype_bytes, device, cap=4 if args.smoke else 1024)

@@ -4,6 +4,9 @@
     results = hired.generate(model, processor, images, prompts, hired.HiREDConfig(budget=0.2))
 
 Other strategies for comparison at the same budget: ``HiREDConfig(strategy="uniform" | "random" | "prumerge+")``.
+Decoding is greedy unless ``sampling=hired.Sampling(...)`` says otherwise; ``choices=["yes", "no"]``
+constrains the answer; ``image_index`` lets several prompts share a picture; ``hired.Decoder`` is the
+one decode loop (``hired.DecodeOptions``: static cache, compiled step, host reads every k steps).
 
 See README.md. The package needs torch and transformers only.
 

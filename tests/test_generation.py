@@ -85,7 +85,7 @@ def test_bad_decode_options_are_refused(kwargs, message):
 
 def test_device_defaults():
     cpu, cuda = DecodeOptions().resolve(torch.device("cpu")), DecodeOptions().resolve(torch.device("cuda"))
-    assert (cpu.cache, cpu.compile, cpu.sync_every, cpu.pad_to_buckets) == ("dynamic", False, 1, False)
+    assert (cpu.cache, cpu.compile, cpu.sync_every, cpu.pad_to_buckets) == ("static", False, 1, False)
     assert (cuda.cache, cuda.compile, cuda.sync_every, cuda.pad_to_buckets) == ("static", True, 8, True)
     assert DecodeOptions(compile=False).resolve(torch.device("cuda")).pad_to_buckets is False
 
@@ -355,7 +355,9 @@ def test_several_prompts_per_picture_encode_each_picture_once(request, fixture, 
         shared = hired.generate(model, processor, pictures, prompts, config, max_new_tokens=8, image_index=image_index)
     finally:
         hook.remove()
-    adapter = hired.models.adapter_for(model)
+    from hired.models import adapter_for
+
+    adapter = adapter_for(model)
     sizes = [(480, 640), (300, 900)] if fixture == "tiny_next" else [(0, 0), (0, 0)]
     assert seen == [sum(adapter.partitions(s).num_partitions for s in sizes)], "one tower pass, each picture once"
     assert len(shared) == 5
@@ -440,3 +442,15 @@ def test_batch_split_equals_python_largest_remainder():
     for (total, w, c), got in zip(cases, shares):
         assert got[: len(w)] == largest_remainder(total, w, c), (total, w, c)
         assert not any(got[len(w):])
+
+
+@pytest.mark.parametrize("sync_every, most_steps", [(1, 2), (4, 4), (16, 16)])
+def test_done_rows_are_read_every_sync_every_steps(four, sync_every, most_steps):
+    """One-token choices end every row at its second token (EOS); the loop notices at its next read."""
+    model, processor, images, prompts = four
+    _, _, inputs = processed(processor, MIXED_SIZES, TEXTS)
+    prepared = prepare_inputs(model, inputs, HiREDConfig(budget=0.2))
+    decoder = Decoder(model, processor, DecodeOptions(cache="static", sync_every=sync_every))
+    decoded = decoder(prepared, 20, choices=["yes", "no"])
+    assert all(len(r.token_ids) == 2 and r.finish_reason == "eos" for r in decoded.rows)
+    assert decoded.timing.steps == most_steps
