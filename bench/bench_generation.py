@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import hired  # noqa: E402
-from common import ARCHITECTURES, build_model, copy_bandwidth, flops_per_image, matmul_rate, pictures, sync  # noqa: E402,F401
+from common import build_model, copy_bandwidth, flops_per_image, matmul_rate, pictures, sync  # noqa: E402
 from pipeline.stages.memory import apply_memory_cap  # noqa: E402
 from pipeline.settings import JobSettings  # noqa: E402
 from pipeline.stages.generate import FirstTokenTimer, Predictor  # noqa: E402
@@ -253,9 +253,9 @@ def run_loops(args, model, processor, items, images, prompt, device, dtype, new_
     configs = {name: CONFIGS[name] for name in args.loop_configs.split(",")}
     variants = args.loop_variants.split(",") if args.loop_variants else (
         ["dynamic", "static", "static-compiled"] if device.type == "cuda" else ["dynamic", "static"])
-    auto = None
+    auto_batches = None
     if device.type == "cuda":
-        def auto(config):
+        def auto_batches(config):
             settings = JobSettings(model="bench", config=config, max_new_tokens=new_tokens, dtype=str(dtype).removeprefix("torch."),
                                    gpu_memory_gb=args.gpu_memory_gb)
             predictor = Predictor(settings, device=str(device), loaded=(model, processor))
@@ -263,7 +263,7 @@ def run_loops(args, model, processor, items, images, prompt, device, dtype, new_
             return predictor.batches.micro_batches([lengths] * len(items))
     print(f"\nloops: {', '.join(['generate', *variants])} on {', '.join(configs)}, batches {args.batches}", flush=True)
     results = generation_loops.compare(model, processor, items, configs, args.batches.split(","), new_tokens,
-                                       args.repeats, variants, device, auto)
+                                       args.repeats, variants, device, auto_batches)
     print(generation_loops.table(results))
     report = {"device": device_name, "mode": args.mode, "dtype": str(dtype), "torch": torch.__version__,
               "transformers": __import__("transformers").__version__, "threads": torch.get_num_threads(),

@@ -179,7 +179,7 @@ def measure(probe, model, processor, items, config_name, batch, new_tokens, devi
         pixels = torch.cat([p for p in inputs["pixel_values"]]).to(device)
         needs = [0, adapter.tower.num_layers - 2] if config is not None else []
         _, vision_s = timed(device, lambda: encode(adapter.tower, pixels, [-2], needs))
-        del pixels
+        pixels = None  # the tower's input is not held while the rest runs
         prepared, prepare_s = timed(device, lambda: hired.prepare_inputs(model, inputs, config))
     except torch.OutOfMemoryError as error:
         row["oom"] = str(error).splitlines()[0]

@@ -259,6 +259,10 @@ class Decoder:
         timing = DecodeTiming(started, first_token, finished, steps, batch, cache_length)
         return Decoded(out, timing, options)
 
+    def release(self) -> None:
+        """Let the held static cache go (e.g. before backing off after running out of memory)."""
+        self._cache = None
+
     # -- the model ----------------------------------------------------------------------------------
     def _cache_for(self, batch: int, cache_length: int, dtype: torch.dtype):
         from transformers import DynamicCache, StaticCache
