@@ -27,6 +27,11 @@ matmul rate, and for decoding, weight bytes per step over the measured copy band
 Preprocessing (the processor on CPU) is excluded from every timing and reported separately.
 
 Results: a table on stdout, ``bench/results/generation-<mode>-<device>.json`` and ``.png``.
+
+The ``loops`` section (``--sections loops``) puts the decode loops side by side on the same pruned
+inputs: transformers' ``generate`` against ``hired.Decoder`` with a dynamic cache, a static cache,
+and (on a GPU, or with ``--loop-variants``) the compiled static step; see bench/generation_loops.py.
+It writes ``bench/results/generation-loops-<mode>-<device>.json``.
 """
 
 from __future__ import annotations
@@ -44,24 +49,16 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import hired  # noqa: E402
-from hired.tiny import CHAT_TEMPLATE, LLAVA_NEXT_PINPOINTS, build_tokenizer  # noqa: E402
+from common import build_model, copy_bandwidth, flops_per_image, matmul_rate, pictures, sync  # noqa: E402
 from pipeline.memory import apply_memory_cap  # noqa: E402
 from pipeline.settings import JobSettings  # noqa: E402
 from pipeline.stages.generate import FirstTokenTimer, Predictor  # noqa: E402
 
 GiB = 2**30
 
-# The full LLaVA-Next-7B (llava-v1.6-vicuna-7b) architecture, and a scaled-down one with the same geometry.
-ARCHITECTURES = {
-    "gpu": dict(vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16),
-                text=dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                          num_key_value_heads=32, vocab_size=32064)),
-    "cpu": dict(vision=dict(hidden_size=192, intermediate_size=768, num_hidden_layers=6, num_attention_heads=6),
-                text=dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=6,
-                          num_key_value_heads=6, vocab_size=32064)),
-}
 CONFIGS = {
     "stock": "stock",
     "ours-full": None,
@@ -69,50 +66,6 @@ CONFIGS = {
     "hired-20": hired.HiREDConfig(budget=0.2),
     "hired-40": hired.HiREDConfig(budget=0.4),
 }
-
-
-def build_model(mode: str, device: torch.device, dtype: torch.dtype):
-    """A random-weight LLaVA-Next of the mode's architecture, built on the device (no download)."""
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
-    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
-
-    tokenizer = build_tokenizer()
-    processor = LlavaNextProcessor(
-        image_processor=LlavaNextImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
-                                                   image_grid_pinpoints=LLAVA_NEXT_PINPOINTS),
-        tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="default",
-        num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE,
-    )
-    arch = ARCHITECTURES[mode]
-    config = LlavaNextConfig(
-        vision_config=CLIPVisionConfig(image_size=336, patch_size=14, projection_dim=768, **arch["vision"]),
-        text_config=LlamaConfig(max_position_embeddings=4096, bos_token_id=1, eos_token_id=2, pad_token_id=3, **arch["text"]),
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        image_grid_pinpoints=LLAVA_NEXT_PINPOINTS,
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-    )
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        torch.manual_seed(0)
-        with torch.device(device):
-            model = LlavaNextForConditionalGeneration(config)
-    finally:
-        torch.set_default_dtype(previous)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model.eval(), processor
-
-
-def pictures(count: int, size: int) -> list:
-    from pipeline.demo.data import draw_scene
-
-    return [draw_scene(size, size, seed=i) for i in range(count)]
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def summarise(samples: list, peak: int | None) -> dict:
@@ -188,56 +141,6 @@ def vision_stage(model, processor, predictor_items, images, prompt, config, devi
     return 1e3 * statistics.median(times)
 
 
-# -- floors --------------------------------------------------------------------------------------------
-def matmul_rate(device, dtype) -> float:
-    """Measured FLOP/s of a large square matmul in ``dtype`` (random data)."""
-    n = 8192 if device.type == "cuda" else 1024
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    sync(device)
-    reps = 10 if device.type == "cuda" else 3
-    start = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - start)
-
-
-def copy_bandwidth(device) -> float:
-    """Measured bytes/s of a large device-to-device copy (read + write)."""
-    n = (1 << 30) if device.type == "cuda" else (1 << 26)
-    src = torch.empty(n, dtype=torch.uint8, device=device).random_(0, 255)
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    sync(device)
-    reps = 10 if device.type == "cuda" else 3
-    start = time.perf_counter()
-    for _ in range(reps):
-        dst.copy_(src)
-    sync(device)
-    return 2 * n * reps / (time.perf_counter() - start)
-
-
-def flops_per_image(model, visual_tokens_llm: int, partitions: int, text_tokens: int, new_tokens: int) -> dict:
-    """Forward FLOPs for one image: vision tower, prefill and decode (2 FLOPs per multiply-add)."""
-    v, t = model.config.vision_config, model.config.text_config
-    tokens = (v.image_size // v.patch_size) ** 2 + 1
-    per_layer = 2 * tokens * (4 * v.hidden_size**2 + 2 * v.hidden_size * v.intermediate_size) + 4 * tokens**2 * v.hidden_size
-    vision = partitions * (v.num_hidden_layers * per_layer + 2 * tokens * 3 * v.patch_size**2 * v.hidden_size)
-    projector = 2 * visual_tokens_llm * (v.hidden_size * t.hidden_size + t.hidden_size**2)
-    head_dim = t.hidden_size // t.num_attention_heads
-    kv = t.num_key_value_heads * head_dim
-    linear = 2 * t.hidden_size**2 + 2 * t.hidden_size * kv + 3 * t.hidden_size * t.intermediate_size
-    prompt = text_tokens + visual_tokens_llm
-    prefill = t.num_hidden_layers * (2 * prompt * linear + 2 * prompt**2 * t.hidden_size) + 2 * t.hidden_size * t.vocab_size
-    decode = sum(
-        t.num_hidden_layers * (2 * linear + 4 * (prompt + k) * t.hidden_size) + 2 * t.hidden_size * t.vocab_size
-        for k in range(new_tokens)
-    )
-    return {"vision": vision + projector, "prefill": prefill, "decode": decode, "total": vision + projector + prefill + decode}
-
-
 def floors(row: dict, flops: dict, rate: float, bandwidth: float, weights_bytes: int, new_tokens: int) -> dict:
     """How far a measurement is from what the device could do at best, per image.
 
@@ -259,50 +162,9 @@ def floors(row: dict, flops: dict, rate: float, bandwidth: float, weights_bytes:
     }
 
 
-# -- main -------------------------------------------------------------------------------------------------
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=["cpu", "gpu"], default="gpu" if torch.cuda.is_available() else "cpu",
-                        help="gpu: the 7B architecture in fp16; cpu: a scaled-down model in fp32")
-    parser.add_argument("--images", type=int, default=None, help="images for the auto-batch run (default: 16 gpu, 8 cpu)")
-    parser.add_argument("--new-tokens", type=int, default=None, help="tokens generated per image (default: 128 gpu, 16 cpu)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats after one warm-up (median)")
-    parser.add_argument("--gpu-memory-gb", type=float, default=24.0, help="cap the GPU at this size (a commodity card)")
-    parser.add_argument("--image-size", type=int, default=672, help="square images of this size (672: a 2x2 grid)")
-    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ", ".join(CONFIGS))
-    parser.add_argument("--batches", default="1,4,auto", help="batch settings to run")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    args = parser.parse_args(argv)
-
-    device = torch.device("cuda" if args.mode == "gpu" else "cpu")
-    dtype = torch.float16 if args.mode == "gpu" else torch.float32
-    n_images = args.images or (16 if args.mode == "gpu" else 8)
-    new_tokens = args.new_tokens or (128 if args.mode == "gpu" else 16)
-    if device.type == "cuda":
-        apply_memory_cap(args.gpu_memory_gb, device)
-        device_name = torch.cuda.get_device_name(device)
-    else:
-        torch.set_num_threads(max(1, torch.get_num_threads()))
-        device_name = platform.processor() or platform.machine()
-    print(f"building the {args.mode} model on {device_name} ...", flush=True)
-    model, processor = build_model(args.mode, device, dtype)
-    weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    prompt = processor.apply_chat_template(
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image in detail."}]}],
-        add_generation_prompt=True,
-    )
-    images = pictures(n_images, args.image_size)
-    started = time.perf_counter()
-    items = []
-    for picture in images:
-        inputs = processor(images=[picture], text=[prompt], return_tensors="np")
-        items.append({"input_ids": inputs["input_ids"][0], "pixel_values": inputs["pixel_values"][0].astype(np.float32),
-                      "image_sizes": inputs["image_sizes"][0]})
-    preprocess_ms = 1e3 * (time.perf_counter() - started) / n_images
-
-    rate, bandwidth = matmul_rate(device, dtype), copy_bandwidth(device)
-    print(f"matmul {rate / 1e12:.2f} TFLOP/s, copy {bandwidth / 1e9:.1f} GB/s, weights {weights_bytes / GiB:.2f} GiB", flush=True)
-
+def run_configs(args, model, processor, items, images, prompt, device, dtype, new_tokens, n_images, rate, bandwidth,
+                weights_bytes, device_name, preprocess_ms, slug) -> None:
+    """Stock transformers, our predictor and HiRED at each batch setting (``generation-<mode>-<device>``)."""
     # Build every (configuration, batch) run first, then time them round-robin: drift on the
     # machine (other processes, clocks) then falls on every configuration alike.
     planned = []  # (row, run)
@@ -376,11 +238,101 @@ def main(argv=None) -> int:
     }
     print("\n" + ratio_table(report))
     args.out.mkdir(parents=True, exist_ok=True)
-    slug = "".join(c if c.isalnum() else "-" for c in device_name.lower()).strip("-")
     stem = args.out / f"generation-{args.mode}-{slug}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2))
     chart(report, stem.with_suffix(".png"))
     print(f"\nwrote {stem}.json and {stem}.png")
+
+
+def run_loops(args, model, processor, items, images, prompt, device, dtype, new_tokens, n_images, rate, bandwidth,
+              weights_bytes, device_name, preprocess_ms, slug) -> None:
+    """transformers' generate against hired.Decoder's variants on the same pruned inputs
+    (``generation-loops-<mode>-<device>``; bench/generation_loops.py)."""
+    import generation_loops
+
+    configs = {name: CONFIGS[name] for name in args.loop_configs.split(",")}
+    variants = args.loop_variants.split(",") if args.loop_variants else (
+        ["dynamic", "static", "static-compiled"] if device.type == "cuda" else ["dynamic", "static"])
+    auto_batches = None
+    if device.type == "cuda":
+        def auto_batches(config):
+            settings = JobSettings(model="bench", config=config, max_new_tokens=new_tokens, dtype=str(dtype).removeprefix("torch."),
+                                   gpu_memory_gb=args.gpu_memory_gb)
+            predictor = Predictor(settings, device=str(device), loaded=(model, processor))
+            lengths = hired.expected_lengths(model, (args.image_size, args.image_size), len(items[0]["input_ids"]), config)
+            return predictor.batches.micro_batches([lengths] * len(items))
+    print(f"\nloops: {', '.join(['generate', *variants])} on {', '.join(configs)}, batches {args.batches}", flush=True)
+    results = generation_loops.compare(model, processor, items, configs, args.batches.split(","), new_tokens,
+                                       args.repeats, variants, device, auto_batches)
+    print(generation_loops.table(results))
+    report = {"device": device_name, "mode": args.mode, "dtype": str(dtype), "torch": torch.__version__,
+              "transformers": __import__("transformers").__version__, "threads": torch.get_num_threads(),
+              "image_size": args.image_size, "new_tokens": new_tokens, "images": n_images, "repeats": args.repeats,
+              "results": results}
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"generation-loops-{args.mode}-{slug}.json"
+    path.write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {path}")
+
+
+# -- main -------------------------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=["cpu", "gpu"], default="gpu" if torch.cuda.is_available() else "cpu",
+                        help="gpu: the 7B architecture in fp16; cpu: a scaled-down model in fp32")
+    parser.add_argument("--images", type=int, default=None, help="images for the auto-batch run (default: 16 gpu, 8 cpu)")
+    parser.add_argument("--new-tokens", type=int, default=None, help="tokens generated per image (default: 128 gpu, 16 cpu)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats after one warm-up (median)")
+    parser.add_argument("--gpu-memory-gb", type=float, default=24.0, help="cap the GPU at this size (a commodity card)")
+    parser.add_argument("--image-size", type=int, default=672, help="square images of this size (672: a 2x2 grid)")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ", ".join(CONFIGS))
+    parser.add_argument("--batches", default="1,4,auto", help="batch settings to run")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--sections", default="configs,loops",
+                        help="configs: stock vs predictor vs HiRED; loops: generate vs hired.Decoder's variants")
+    parser.add_argument("--loop-configs", default="ours-full,hired-20", help="configs the loops section runs")
+    parser.add_argument("--loop-variants", default=None,
+                        help="comma-separated of dynamic, static, static-compiled (default: cpu dynamic,static; gpu all)")
+    args = parser.parse_args(argv)
+
+    device = torch.device("cuda" if args.mode == "gpu" else "cpu")
+    dtype = torch.float16 if args.mode == "gpu" else torch.float32
+    n_images = args.images or (16 if args.mode == "gpu" else 8)
+    new_tokens = args.new_tokens or (128 if args.mode == "gpu" else 16)
+    if device.type == "cuda":
+        apply_memory_cap(args.gpu_memory_gb, device)
+        device_name = torch.cuda.get_device_name(device)
+    else:
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+        device_name = platform.processor() or platform.machine()
+    print(f"building the {args.mode} model on {device_name} ...", flush=True)
+    model, processor = build_model(args.mode, device, dtype)
+    weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image in detail."}]}],
+        add_generation_prompt=True,
+    )
+    images = pictures(n_images, args.image_size)
+    started = time.perf_counter()
+    items = []
+    for picture in images:
+        inputs = processor(images=[picture], text=[prompt], return_tensors="np")
+        items.append({"input_ids": inputs["input_ids"][0], "pixel_values": inputs["pixel_values"][0].astype(np.float32),
+                      "image_sizes": inputs["image_sizes"][0]})
+    preprocess_ms = 1e3 * (time.perf_counter() - started) / n_images
+
+    rate, bandwidth = matmul_rate(device, dtype), copy_bandwidth(device)
+    print(f"matmul {rate / 1e12:.2f} TFLOP/s, copy {bandwidth / 1e9:.1f} GB/s, weights {weights_bytes / GiB:.2f} GiB", flush=True)
+
+    sections = args.sections.split(",")
+    slug = "".join(c if c.isalnum() else "-" for c in device_name.lower()).strip("-")
+    context = dict(args=args, model=model, processor=processor, items=items, images=images, prompt=prompt, device=device,
+                   dtype=dtype, new_tokens=new_tokens, n_images=n_images, rate=rate, bandwidth=bandwidth,
+                   weights_bytes=weights_bytes, device_name=device_name, preprocess_ms=preprocess_ms, slug=slug)
+    if "configs" in sections:
+        run_configs(**context)
+    if "loops" in sections:
+        run_loops(**context)
     return 0
 
 

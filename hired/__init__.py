@@ -4,6 +4,9 @@
     results = hired.generate(model, processor, images, prompts, hired.HiREDConfig(budget=0.2))
 
 Other strategies for comparison at the same budget: ``HiREDConfig(strategy="uniform" | "random" | "prumerge+")``.
+Decoding is greedy unless ``sampling=hired.Sampling(...)`` says otherwise; ``choices=["yes", "no"]``
+constrains the answer; ``image_index`` lets several prompts share a picture; ``hired.Decoder`` is the
+one decode loop (``hired.DecodeOptions``: static cache, compiled step, host reads every k steps).
 
 See README.md. The package needs torch and transformers only.
 
@@ -19,11 +22,18 @@ import importlib
 
 from .budget import budget_kind, describe_budget, largest_remainder, parse_budget, split_budget, token_budget
 from .config import NO_DROPPING, HiREDConfig
+from .sampling import Sampling
 from .strategies import NAMES as STRATEGIES
 
 # name -> the submodule that defines it, imported on first access (PEP 562)
 _LAZY = {
     "GenerationResult": "generation",
+    "DecodeOptions": "decode",
+    "Decoder": "decode",
+    "Decoded": "decode",
+    "DecodedRow": "decode",
+    "decode": "decode",
+    "ChoiceError": "choices",
     "generate": "generation",
     "ItemLengths": "prepare",
     "PreparedInputs": "prepare",
@@ -52,6 +62,13 @@ __all__ = [
     "NO_DROPPING",
     "STRATEGIES",
     "GenerationResult",
+    "Sampling",
+    "DecodeOptions",
+    "Decoder",
+    "Decoded",
+    "DecodedRow",
+    "decode",
+    "ChoiceError",
     "PreparedInputs",
     "NoClsTokenError",
     "generate",

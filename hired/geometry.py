@@ -136,21 +136,28 @@ def interval_overlap(side: int, spans: torch.Tensor) -> torch.Tensor:
     return (hi - lo).clamp(min=0) * side
 
 
-def subimage_content_scores(full_view_attention: torch.Tensor, layout: AnyresLayout) -> torch.Tensor:
+def subimage_region_weights(layout: AnyresLayout) -> tuple[torch.Tensor, torch.Tensor]:
+    """How much of each full-view token row (column) lies in each sub-image's region: float64
+    ``(rows, side)`` and ``(cols, side)``. Regions of one grid row share their vertical span, of one
+    column their horizontal span, so the weight of a token in a region is row weight x column weight."""
+    regions = torch.tensor(layout.regions, dtype=torch.float64).view(*layout.grid, 4)
+    return interval_overlap(layout.side, regions[:, 0, 0:2]), interval_overlap(layout.side, regions[0, :, 2:4])
+
+
+def subimage_content_scores(
+    full_view_attention: torch.Tensor, layout: AnyresLayout, weights: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> torch.Tensor:
     """Visual-content score of each sub-image (paper Eq. 1's numerator).
 
     ``full_view_attention`` is the CLS attention over the full view's tokens,
     ``(side*side,)`` in raster order. A sub-image's score is the attention of
     the full-view tokens lying in its region of the picture; a token straddling
     a region's edge counts in proportion to its area inside. Returns
-    ``(rows*cols,)`` in row-major sub-image order.
+    ``(rows*cols,)`` in row-major sub-image order, on the attention's device.
+    ``weights``: :func:`subimage_region_weights` already on that device (a batch sends them at once).
     """
     side = layout.side
+    row_weights, col_weights = weights if weights is not None else subimage_region_weights(layout)
     attention = full_view_attention.double().view(side, side)
-    regions = torch.tensor(layout.regions, dtype=torch.float64).view(*layout.grid, 4)
-    rows, cols = layout.grid
-    # Regions of one grid row share their vertical span, of one column their horizontal span.
-    row_weights = interval_overlap(side, regions[:, 0, 0:2])  # (rows, side)
-    col_weights = interval_overlap(side, regions[0, :, 2:4])  # (cols, side)
     scores = row_weights @ attention @ col_weights.T  # (rows, cols)
-    return scores.reshape(rows * cols).float()
+    return scores.reshape(-1).float()

@@ -100,6 +100,25 @@ class LlavaNextAdapter(_Adapter):
         return torch.cat([kept[0], flat[kept_grid]])
 
 
+    def candidates(self, parts: Partitions, newlines: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every position the LLM's visual sequence can hold for this image, in the stock order:
+        ``(entries, grid_row)``. ``entries`` as in :meth:`token_order` (newline entries per
+        ``newlines``); ``grid_row``: the row of the unpadded grid an entry lies in (``-1``: full view).
+        The kept tokens of :meth:`token_order` are these entries filtered by what is kept."""
+        layout = parts.layout
+        side, (rows, cols), tokens = layout.side, layout.grid, layout.full_tokens
+        gy = torch.arange(rows * side)[:, None]
+        gx = torch.arange(cols * side)[None, :]
+        flat = (1 + (gy // side) * cols + gx // side) * tokens + (gy % side) * side + gx % side
+        top, height, left, width = layout.window
+        flat = flat[top : top + height, left : left + width]
+        row = torch.arange(height)[:, None].expand(height, width)
+        if newlines != "none":
+            flat = torch.cat([flat, torch.full((height, 1), NEWLINE)], dim=1)
+            row = torch.cat([row, torch.arange(height)[:, None]], dim=1)
+        return torch.cat([torch.arange(tokens), flat.flatten()]), torch.cat([torch.full((tokens,), -1), row.flatten()])
+
+
 class LlavaAdapter(_Adapter):
     """LLaVA-1.5: one view of the image, no sub-images, no newline tokens."""
 
@@ -116,6 +135,9 @@ class LlavaAdapter(_Adapter):
 
     def token_order(self, parts: Partitions, kept: list[torch.Tensor], newlines: str) -> torch.Tensor:
         return kept[0]
+
+    def candidates(self, parts: Partitions, newlines: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.arange(self.tokens), torch.full((self.tokens,), -1)
 
 
 def adapter_for(model: nn.Module) -> LlavaNextAdapter | LlavaAdapter:

@@ -5,7 +5,8 @@ Every strategy keeps exactly B = ``config.tokens_to_keep(N)`` grid tokens of an 
 per partition summing to B, never a padding token, in spatial order, so strategies compare at
 equal cost. The registry is plain Python: the config, the command lines and the memory model
 consult it without importing torch; a strategy's selection (one module each, a ``select(parts,
-signals, config)`` returning a :class:`hired.strategies.base.Selection`) loads on first use.
+signals, config)`` returning a :class:`hired.strategies.base.Selection`, and optionally a
+``select_batch(signals, config)`` for a whole batch on the device) loads on first use.
 
 A new strategy is a module here and an entry in :data:`REGISTRY`.
 """
@@ -41,6 +42,17 @@ class Strategy:
     def select(self, parts, signals, config):
         """The tokens this strategy keeps of one image (``hired.strategies.base.Selection``)."""
         return importlib.import_module(f"{__name__}.{self.module}").select(parts, signals, config)
+
+    def select_batch(self, signals, config):
+        """The tokens kept of a batch of pictures (``hired.strategies.base.BatchSelection``): the module's
+        own ``select_batch`` where it has one (on the device, no per-picture host sync), else ``select``
+        picture by picture."""
+        module = importlib.import_module(f"{__name__}.{self.module}")
+        if hasattr(module, "select_batch"):
+            return module.select_batch(signals, config)
+        from .base import select_each
+
+        return select_each(self, signals, config)
 
 
 REGISTRY: dict[str, Strategy] = {

@@ -48,6 +48,56 @@ class Selection:
         return features
 
 
+@dataclass
+class BatchSignals:
+    """The vision tower's evidence for a batch of pictures, partitions concatenated (``P`` in all),
+    on the device; picture ``i`` owns rows ``spans[i]``."""
+
+    parts: list[Partitions]
+    spans: list[slice]
+    pixel_values: list[torch.Tensor]  # per picture, (P_i, 3, H, W)
+    features: torch.Tensor  # (P, T, D)
+    initial_attention: torch.Tensor | None = None  # (P, T)
+    final_attention: torch.Tensor | None = None  # (P, T)
+    final_keys: torch.Tensor | None = None  # (P, T, D_k)
+
+    def picture(self, i: int) -> ImageSignals:
+        """Picture ``i``'s signals for a one-image ``select``: attention on the CPU, where it runs."""
+        span = self.spans[i]
+        rows = lambda x: None if x is None else x[span].cpu()  # noqa: E731
+        keys = None if self.final_keys is None else self.final_keys[span]
+        return ImageSignals(self.pixel_values[i], self.features[span], rows(self.initial_attention),
+                            rows(self.final_attention), keys)
+
+
+@dataclass
+class BatchSelection:
+    """What a batch of pictures keeps: ``keep`` bool ``(P, T)`` on the device; ``features``, if the
+    strategy merges, the batch's ``(P, T, D)`` features with the kept tokens' replacements written in."""
+
+    keep: torch.Tensor
+    features: torch.Tensor | None = None
+
+
+def select_each(strategy, signals: BatchSignals, config) -> BatchSelection:
+    """A one-image strategy run picture by picture (with the host copies that takes)."""
+    keep = torch.cat([p.valid for p in signals.parts]).clone()  # (P, T), on the host
+    features = None
+    for i, parts in enumerate(signals.parts):
+        if config.tokens_to_keep(parts.grid_tokens) == parts.grid_tokens:
+            continue  # every token: the stock layout
+        picture = signals.picture(i)
+        selection = strategy.select(parts, picture, config)
+        rows = keep[signals.spans[i]]
+        rows.zero_()
+        for p, kept in enumerate(selection.kept):
+            rows[p, kept.cpu()] = True
+        if selection.features is not None:
+            features = signals.features.clone() if features is None else features
+            features[signals.spans[i]] = selection.apply(picture.features)
+    return BatchSelection(keep.to(signals.features.device), features)
+
+
 def keep_all(parts: Partitions) -> Selection:
     """Every token the stock model would use."""
     return Selection([row.nonzero().flatten() for row in parts.valid])
