@@ -5,7 +5,7 @@
 
 Other strategies for comparison at the same budget: ``HiREDConfig(strategy="uniform" | "random" | "prumerge+")``.
 
-See README.md. The package needs torch and transformers only.
+See README.md and docs/hired.md. The package needs torch and transformers only.
 
 The budget and the config are plain Python and load at once; what runs the model (``generate``,
 ``prepare_inputs`` and the rest) loads torch and transformers on first use. So a process that only
