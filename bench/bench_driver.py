@@ -14,8 +14,8 @@ shards in flight at once, a few blocks delivered twice (a batch Ray retried), an
 Side by side, round-robin, each in a fresh process on the same blocks:
 
 * ``columnar``: this tree's collector;
-* ``row-wise``: the collector of ``--baseline`` (a git commit, by default the last one with the
-  row-by-row collector), run from ``git archive``.
+* ``row-wise``: the collector at ``--baseline`` (a git commit; by default cb64896, whose collector
+  keeps a Python object a row), run from ``git archive``.
 
 Prints rows/s against the target and writes ``bench/results/driver-*.json``.
 """
@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BASELINE = "cb64896"  # main with the row-wise collector
+BASELINE = "cb64896"  # a commit whose collector keeps a Python object a row
 TARGET_ROWS_PER_S = 10_000
 RETRIED_BLOCKS = 0.02  # share of blocks delivered a second time
 

@@ -449,20 +449,10 @@ def main(argv=None) -> int:
 
 
 def markdown_table(report: dict) -> str:
-    """The README's table: one row per variant and repeat, the bare run beside it on the same line."""
-    lines = ["| variant | repeat | bare images/s | steady state images/s (difference) | ratio | between blocks "
-             "images/s | actor's generation s a row / bare's | load average |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for name in report["variants"]:
-        for k, r in enumerate(report["repeats"]):
-            v = r["variants"][name]
-            job, bare = v["large_job"], v["bare"]
-            lines.append(
-                f"| {name} | {k} | {bare['images_per_s']:.2f} | {number(v['images_per_s_difference'])} | "
-                f"{number(v['ratio_difference'])} | {number(v['images_per_s_between_blocks'])} | "
-                f"{job['actor_generation_s_per_row']:.2f} / {bare['seconds'] / bare['rows']:.2f} | "
-                f"{number(v.get('load_average'))} |")
-    return "\n".join(lines)
+    """bench/README.md's table of this report (bench/tables.py draws it there from the results file)."""
+    from tables import pipeline_table  # bench/tables.py, beside this script
+
+    return pipeline_table(report)
 
 
 REPORTED = ("images_per_s_difference", "ratio_difference", "images_per_s_between_blocks", "ratio_between_blocks",

@@ -10,9 +10,8 @@ then times ``plan()`` side by side, round-robin so that load on the machine hits
 * ``parallel``: this tree's ``plan()`` (one listing each for input and output, footers read by
   a pool of threads, one request a footer);
 * ``one-thread``: the same code with one thread (what the request savings alone give);
-* ``sequential``: the planning of ``--baseline`` (a git commit, by default the last one before
-  the parallel planner), run from ``git archive`` in a subprocess: every footer and output
-  checked one after another.
+* ``sequential``: the planning at ``--baseline`` (a git commit; by default cb64896, whose planner
+  checks every footer and output one after another), run from ``git archive`` in a subprocess.
 
 Every configuration must give the same split. Prints seconds and ratios against the target
 (``--target-s``, 8 s for 2,000 shards on 2 cores) and writes ``bench/results/plan-*.json``.
@@ -48,18 +47,19 @@ from pipeline.job.plan import plan  # noqa: E402
 from pipeline.settings import JobSettings  # noqa: E402
 from tests.servers import start_s3  # noqa: E402
 
-BASELINE = "cb64896"  # main before parallel planning
+BASELINE = "cb64896"  # a commit whose plan() checks every footer and output one after another
 ROWS_PER_SHARD, ROWS_PER_GROUP = 10, 5
 BUCKET = "bench-plan"
 
-# Run in a subprocess against an extracted older tree: its plan() with the same settings.
+# Run in a subprocess in the tree extracted at --baseline: its plan() with the same settings.
 BASELINE_SCRIPT = """
 import json, sys, time
 from pipeline.job.plan import plan
 from pipeline.settings import JobSettings
 settings = JobSettings(task="caption", input=sys.argv[1], output=sys.argv[2], model="bench-model")
-# The outputs were written by today's code, whose settings record more fields (e.g. the column
-# mapping): the old planner is told today's record, so it judges completeness, not versions.
+# The outputs are written by this tree's code, whose settings record may hold fields the baseline's
+# lacks (e.g. the column mapping): the baseline is given this tree's record, so it judges
+# completeness, not versions.
 wanted = json.loads(sys.argv[3])
 JobSettings.result_settings = lambda self: wanted
 started, cpu = time.perf_counter(), time.process_time()

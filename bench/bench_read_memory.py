@@ -5,8 +5,7 @@ small JPEG padded with incompressible bytes, so the rows are also usable images)
 it twice, each time in a fresh process:
 
 * ``streamed``: the read stage as it is (pipeline.stages.read.read_rows: bounded slices);
-* ``whole``: the row group loaded at once and turned into column lists, as the read stage
-  did before streaming reads.
+* ``whole``: the row group loaded at once and turned into column lists (a reader without slices).
 
 For each it reports the peak resident memory above the process's memory just before the
 read (Linux: VmHWM reset through /proc/self/clear_refs), and the time taken, side by side.
@@ -89,7 +88,7 @@ def measure(reader: str, path: str) -> dict:
                 slices += 1
                 rows += len(batch["id"])
                 image_bytes += sum(len(b) for b in batch["image"])
-    else:  # the read stage before this change: the row group at once, then Python lists
+    else:  # a reader without slices: the row group at once, then Python lists
         with open(path, "rb") as f:
             parquet = pq.ParquetFile(f)
             table = parquet.read_row_group(0, columns=[c for c in parquet.schema_arrow.names if c in READ_COLUMNS])

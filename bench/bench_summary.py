@@ -7,10 +7,10 @@ and measures its wall time and peak RSS (its own ``ru_maxrss``, from ``os.wait4`
 Prints the figures against the targets and writes them to ``bench/results/summary-<machine>-<rows>-rows.json``.
 
     python bench/bench_summary.py                 # both outputs, summary and report
-    python bench/bench_summary.py --row-by-row    # also the former summary (every row in Python)
+    python bench/bench_summary.py --row-by-row    # also a summary that reads every row into Python
     python bench/bench_summary.py --rows 10000000 # ten million rows, same 200 files
 
-Targets (issue 12): summary of 1M rows in <= 600 MiB and <= 30 s; report in <= 800 MiB and
+Targets: summary of 1M rows in <= 600 MiB and <= 30 s; report in <= 800 MiB and
 <= 60 s; the summary's peak over 1M rows no more than over 1,000 rows plus a small constant.
 """
 
@@ -41,7 +41,7 @@ FILES = 200
 TARGETS = {"summary": {"peak_rss_mib": 600, "wall_s": 30}, "report": {"peak_rss_mib": 800, "wall_s": 60}}
 SMALL_CONSTANT_MIB = 64  # what "no more than over 1,000 rows plus a small constant" allows here
 
-# The former end-of-run summary, for comparison: every output row read into Python.
+# For comparison (--row-by-row): a summary that reads every output row into Python.
 ROW_BY_ROW = """
 import sys, collections
 import pyarrow.parquet as pq
@@ -150,7 +150,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=FILES, help="result files each output is written in")
     parser.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "hired-bench-summary"),
                         help="where the synthetic outputs are written (kept for reruns)")
-    parser.add_argument("--row-by-row", action="store_true", help="also time the former row-by-row summary")
+    parser.add_argument("--row-by-row", action="store_true", help="also time a summary that reads every row into Python")
     parser.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = parser.parse_args()
 

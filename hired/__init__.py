@@ -8,7 +8,7 @@ Decoding is greedy unless ``sampling=hired.Sampling(...)`` says otherwise; ``cho
 constrains the answer; ``image_index`` lets several prompts share a picture; ``hired.Decoder`` is the
 one decode loop (``hired.DecodeOptions``: static cache, compiled step, host reads every k steps).
 
-See README.md. The package needs torch and transformers only.
+See README.md and docs/hired.md. The package needs torch and transformers only.
 
 The budget and the config are plain Python and load at once; what runs the model (``generate``,
 ``prepare_inputs`` and the rest) loads torch and transformers on first use. So a process that only

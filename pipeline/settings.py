@@ -2,7 +2,7 @@
 variable, and whether it decides the results. Built once at the edge (the command line, or a
 caller), checked before Ray starts, and handed whole to every stage.
 
-The command lines' flags and ``--help`` come from the fields here (``pipeline.cli.flags``);
+The command lines' flags and ``--help`` come from the fields here (``pipeline.cli.base``);
 environment variables are read once, by :func:`environment_settings`, never deep in the code.
 """
 
