@@ -4,6 +4,7 @@
     results = hired.generate(model, processor, images, prompts, hired.HiREDConfig(budget=0.2))
 
 Other strategies for comparison at the same budget: ``HiREDConfig(strategy="uniform" | "random" | "prumerge+")``.
+``hired.load_model(name, device="cuda", quantization="8bit" | "4bit")`` loads a checkpoint in 8 or 4 bits.
 
 See README.md. The package needs torch and transformers only.
 
@@ -30,6 +31,10 @@ _LAZY = {
     "expected_lengths": "prepare",
     "prepare_inputs": "prepare",
     "NoClsTokenError": "vision",
+    "load_model": "loading",
+    "bitsandbytes_config": "loading",
+    "default_dtype": "loading",
+    "QUANTIZATIONS": "loading",
     "tiny": None,  # the submodule itself: tiny checkpoints for tests and the demo
 }
 
@@ -64,5 +69,9 @@ __all__ = [
     "parse_budget",
     "budget_kind",
     "describe_budget",
+    "load_model",
+    "bitsandbytes_config",
+    "default_dtype",
+    "QUANTIZATIONS",
 ]
 __version__ = "0.1.0"
