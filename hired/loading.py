@@ -12,6 +12,7 @@ bitsandbytes places weights with accelerate, so a quantized model always gets a 
 from __future__ import annotations
 
 import logging
+import warnings
 
 # torch loads on first use, not on import: the job's driver reads QUANTIZATIONS to check a command line.
 QUANTIZATIONS = ("8bit", "4bit")
@@ -99,7 +100,10 @@ def load_model(
         device_map = {"": str(device)}  # bitsandbytes places weights through accelerate
     if device_map is not None:
         options["device_map"] = device_map
-    model = AutoModelForImageTextToText.from_pretrained(name, **options)
+    with warnings.catch_warnings():
+        # A device map names LLaVA-Next's image_newline, a parameter, which accelerate expects to be a module.
+        warnings.filterwarnings("ignore", message="The following device_map keys do not match any submodules")
+        model = AutoModelForImageTextToText.from_pretrained(name, **options)
     if device_map is None:
         model = model.to(device)
     return model.eval(), AutoProcessor.from_pretrained(name)

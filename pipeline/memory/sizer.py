@@ -94,12 +94,23 @@ class BatchSizer:
             self.shares = (whole_model("device", free_bytes, memory.shape),)
         else:
             self.shares = tuple(free_bytes)
-        self.free_bytes = sum(s.free_bytes for s in self.shares) if self.shares else None  # over every device
         self.margin = margin
         self.sizing = bool(self.shares) and fixed_batch_size is None
         self.fixed_by_caller = fixed_batch_size is not None
         self.correction = 1.0
         self.sizes = AdaptiveBatchSize(MAX_BATCH_SIZE if self.sizing else fixed_batch_size or CPU_BATCH_SIZE)
+
+    @property
+    def free_bytes(self) -> int | None:
+        """What the devices can still allocate, all together (None: no figure)."""
+        return sum(share.free_bytes for share in self.shares) if self.shares else None
+
+    @free_bytes.setter
+    def free_bytes(self, value: int) -> None:
+        """A new figure for a model on one device."""
+        if len(self.shares) > 1:
+            raise ValueError("a model over several devices has a figure per device: set shares")
+        self.shares = (whole_model("device", value, self.memory.shape),)
 
     def usable_on(self, share: DeviceShare) -> int:
         """A device's free memory less the margin: what micro-batches may fill there."""
