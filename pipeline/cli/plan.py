@@ -20,6 +20,9 @@ EPILOG = f"""exit status:
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    import hired
+
+    from ..settings import at_least
     from .jobs import budget_list
 
     describe(parser, (
@@ -36,11 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--budget", type=argument_type(budget_list), default=[0.2], help=(
         "visual tokens kept per image, as the jobs take it: 0.2, 20%%, 640, or a list such as 0.4,0.2 "
         "(default: 0.2)"))
-    parser.add_argument("--quantization", choices=("8bit", "4bit"), default=None,
+    parser.add_argument("--quantization", choices=hired.QUANTIZATIONS, default=None,
                         help="linear layers in 8 or 4 bits (default: float16)")
-    parser.add_argument("--gpus-per-model", type=int, default=1, metavar="N",
+    parser.add_argument("--gpus-per-model", type=argument_type(at_least(1)), default=1, metavar="N",
                         help="GPUs one model spreads over (default: 1)")
-    parser.add_argument("--max-new-tokens", type=int, default=128, metavar="N",
+    parser.add_argument("--max-new-tokens", type=argument_type(at_least(1)), default=128, metavar="N",
                         help="most tokens generated per item (default: 128)")
 
 
@@ -65,8 +68,6 @@ def print_plans(name: str, config, cards, budgets, quantization, gpus: int, max_
 def run(args: argparse.Namespace, environ=os.environ) -> int:
     import hired
 
-    if args.gpus_per_model < 1 or args.max_new_tokens < 1:
-        return refuse("--gpus-per-model and --max-new-tokens must be at least 1")
     try:
         budgets = [hired.HiREDConfig(budget=b) for b in args.budget]
     except ValueError as error:
