@@ -7,6 +7,7 @@ Other strategies for comparison at the same budget: ``HiREDConfig(strategy="unif
 Decoding is greedy unless ``sampling=hired.Sampling(...)`` says otherwise; ``choices=["yes", "no"]``
 constrains the answer; ``image_index`` lets several prompts share a picture; ``hired.Decoder`` is the
 one decode loop (``hired.DecodeOptions``: static cache, compiled step, host reads every k steps).
+``hired.load_model(name, device="cuda", quantization="8bit" | "4bit")`` loads a checkpoint in 8 or 4 bits.
 
 See README.md and docs/hired.md. The package needs torch and transformers only.
 
@@ -40,6 +41,10 @@ _LAZY = {
     "expected_lengths": "prepare",
     "prepare_inputs": "prepare",
     "NoClsTokenError": "vision",
+    "load_model": "loading",
+    "bitsandbytes_config": "loading",
+    "default_dtype": "loading",
+    "QUANTIZATIONS": "loading",
     "tiny": None,  # the submodule itself: tiny checkpoints for tests and the demo
 }
 
@@ -81,5 +86,9 @@ __all__ = [
     "parse_budget",
     "budget_kind",
     "describe_budget",
+    "load_model",
+    "bitsandbytes_config",
+    "default_dtype",
+    "QUANTIZATIONS",
 ]
 __version__ = "0.1.0"

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import hired
+from hired.loading import QUANTIZATIONS
 
 from .errors import InputError
 from .io.images import DEFAULT_MAX_PIXELS
@@ -100,7 +101,12 @@ class JobSettings:
     model: str = knob("", flag="--model", metavar="MODEL", group="model", decides_results=True, help=(
         "a LLaVA-Next (or LLaVA-1.5) checkpoint: hub id or local folder"))
     dtype: str = knob("auto", flag="--dtype", group="model", choices=("auto", "float16", "bfloat16", "float32"),
-                      help="weights' precision; auto = bfloat16 (or float16) on GPU, float32 on CPU")
+                      help="weights' precision; auto = bfloat16 (or float16) on GPU, float32 on CPU (float16 with "
+                      "--quantization 8bit)")
+    quantization: str | None = knob(None, flag="--quantization", group="model", choices=QUANTIZATIONS,
+                                    decides_results=True, help=(
+        "store the model's linear layers in 8 or 4 bits (bitsandbytes; 4bit: nf4 computing in the --dtype), "
+        "for a model too large for the card in 16 bits: `hired plan` shows what fits (default: full precision)"))
     max_new_tokens: int | None = knob(None, flag="--max-new-tokens", metavar="N", group="model", parse=at_least(1),
                                       decides_results=True,
                                       help="most tokens generated per item (default: 64 for captions, 16 for VQA)")
@@ -108,8 +114,15 @@ class JobSettings:
                                decides_results=True, help="instruction for rows whose prompt is null or missing")
     # None: every visual token (the stock model). Set from the token-dropping flags (pipeline.cli.jobs).
     config: hired.HiREDConfig | None = knob(hired.HiREDConfig(), help="HiRED's settings", decides_results=True)
-    num_gpus: int | None = knob(None, flag="--num-gpus", metavar="N", parse=at_least(0),
-                                help="GPU actors (one per GPU); default: every GPU in the cluster; 0 runs on CPU")
+    num_gpus: int | None = knob(None, flag="--num-gpus", metavar="N", parse=at_least(0), help=(
+        "GPUs to generate on (one actor per --gpus-per-model of them); default: every GPU in the cluster; "
+        "0 runs on CPU"))
+    gpus_per_model: int = knob(1, flag="--gpus-per-model", metavar="N", parse=at_least(1), help=(
+        "GPUs each copy of the model spreads over (its decoder layers split between them, weights balanced), "
+        "for a model no one card holds; --num-gpus must be a multiple of it"))
+    accelerator_type: str | None = knob(None, flag="--accelerator-type", metavar="TYPE", help=(
+        "generate only on GPUs of this Ray accelerator type, e.g. A10G, T4, L4, A100-80G, H100 (Ray's "
+        "accelerator_type resource; a cluster of several GPU kinds then starts only these); default: any"))
     batch_size: int | None = knob(None, flag="--batch-size", metavar="N", parse=at_least(1), help=(
         "items generated together; default: as many as fit in GPU memory, computed per batch from each "
         "item's token count (HiRED fixes it in advance); 4 on CPU"))
@@ -134,6 +147,15 @@ class JobSettings:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise InputError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.quantization is not None and self.quantization not in QUANTIZATIONS:
+            raise InputError(f"--quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
+        if self.gpus_per_model < 1:
+            raise InputError(f"--gpus-per-model must be at least 1, got {self.gpus_per_model}")
+        if self.gpus_per_model > 1 and self.num_gpus == 0:
+            raise InputError(f"--gpus-per-model {self.gpus_per_model} needs GPUs, and --num-gpus 0 runs on CPU")
+        if self.num_gpus and self.num_gpus % self.gpus_per_model:
+            raise InputError(f"--num-gpus {self.num_gpus} is not a multiple of --gpus-per-model {self.gpus_per_model}: "
+                             f"each copy of the model takes {self.gpus_per_model} GPUs")
         retry = RetryPolicy(window_s=self.io_retry_s)
         for name in ("input", "output"):  # resolved once, here; handed on as Location objects
             value = getattr(self, name)

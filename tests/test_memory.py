@@ -45,6 +45,7 @@ from pipeline.memory import (
     run_with_oom_backoff,
 )
 from pipeline.memory.checkpoints import NAMES, checkpoint_config
+from pipeline.memory.weights import count_weight_bytes_by_module, module_of
 
 from .conftest import chat_prompt, noise_image
 
@@ -222,6 +223,12 @@ def test_weights_from_the_config_are_what_bitsandbytes_loads(wide_tiny_paths, ki
     assert abs(estimate.stored_bytes / footprint - 1) < 0.02
     assert abs(estimate.total_bytes / measured.total_bytes - 1) < 0.02
     assert MemoryModel(config, dtype, model=model).weights_bytes == measured.total_bytes
+    # Part by part too, as a model split over GPUs places them: parameters and buffers exactly.
+    by_part = {part: w.stored_bytes for part, w in count_weight_bytes_by_module(config, dtype, quantization).items()}
+    held = dict.fromkeys(by_part, 0)
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        held[module_of(name)] += tensor.numel() * tensor.element_size()
+    assert held == by_part
     if quantization is not None:
         # The layers left in full precision are the ones the memory model expects, and the
         # quantization state lies beyond what get_memory_footprint() sees.

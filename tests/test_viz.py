@@ -227,3 +227,12 @@ def test_a_hub_id_not_cached_offline_is_one_line_at_once(tmp_path):
     assert result.stderr.splitlines() == [
         "error: --model llava-hf/llava-v1.6-vicuna-7b-hf: not a local folder, and as a hub id not in the local cache "
         "(HF_HUB_OFFLINE is set): download it first or give a local folder"]
+
+
+def test_quantized_in_8_bits_it_keeps_the_same_count(tmp_path, tiny_next_path, capsys):
+    noise_image(480, 640).save(tmp_path / "photo.jpg")
+    status = main([str(tmp_path / "photo.jpg"), "--model", str(tiny_next_path), "--quantization", "8bit",
+                   "-o", str(tmp_path / "out.png")])
+    assert status == 0 and "keeps 460 of 2304" in capsys.readouterr().out
+    with Image.open(tmp_path / "out.png") as png:
+        assert png.size == figure_size(panel_boxes(5, (2, 2), 336))

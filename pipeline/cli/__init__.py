@@ -2,6 +2,7 @@
 
     hired caption --input s3://bucket/shards/ --output s3://bucket/captions/ --model M
     hired vqa ...; hired summary OUTPUT; hired report OUTPUT -o report.html; hired viz photo.jpg
+    hired plan --model llava-hf/llava-v1.6-vicuna-13b-hf --gpu a10g --quantization 8bit
 
 Each subcommand is a module here with ``add_arguments(parser, command)`` and ``run(args) -> int``.
 Modules import what they run inside ``run``, so ``--help`` and refused settings answer in a second.
@@ -21,6 +22,7 @@ COMMANDS = {
     "summary": ("summary", "print the summary of a job's output"),
     "report": ("report", "write an HTML report of a job's output"),
     "viz": ("viz", "draw which visual tokens are kept of a picture"),
+    "plan": ("plan", "whether a model fits a GPU, at which budget and batch, from its config"),
 }
 
 

@@ -68,6 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser, task: str) -> None:
                       "model); a list such as hired,uniform sweeps (default: hired)")
     drop.add_argument("--no-hired", action="store_true",
                       help="keep every visual token (the stock model), for comparison: the same as --strategy none")
+    parser.add_argument("--dry-run", action="store_true", help=(
+        "plan and stop: check the settings, list the input's shards (to do, complete, unreadable) and say whether "
+        "the model fits the GPUs (those of --accelerator-type or --gpu-memory-gb, else every card `hired plan` "
+        "knows), at each budget, from the model's config; loads no model and starts no Ray"))
 
 
 def _demo(args: argparse.Namespace, task: str, log: logging.Logger) -> None:
@@ -93,6 +97,36 @@ def _next_steps(output_uri: str, model: str) -> str:
     ])
 
 
+def dry_run(settings, points) -> int:
+    """``--dry-run``: the input's plan and the model's, printed; nothing loaded, nothing started."""
+    from ..job.plan import plan
+    from ..memory.cards import CARDS, capped_card, card_for_accelerator
+    from ..memory.checkpoints import planning_config
+    from .plan import print_plans
+
+    pending, done, failed = plan(settings, tidy=False)
+    rows = sum(s.num_rows for s in pending)
+    print(f"input {settings.input}: {len(pending)} shards to do ({rows} rows), {len(done)} already complete in "
+          f"{settings.output}, {len(failed)} unreadable")
+    for shard in failed:
+        print(f"  unreadable: {shard.uri}: {shard.reason}")
+    try:
+        config, source = planning_config(settings.model)
+    except (OSError, ValueError) as error:
+        raise InputError(f"--model {error}") from None
+    card = card_for_accelerator(settings.accelerator_type)
+    if settings.gpu_memory_gb:
+        card = capped_card(settings.gpu_memory_gb)
+    dtype = "float16" if settings.dtype == "auto" else settings.dtype
+    print(f"model config: {source}")
+    try:
+        print_plans(settings.model, config, [card] if card else list(CARDS.values()), [p.config() for p in points],
+                    settings.quantization, settings.gpus_per_model, settings.max_new_tokens, dtype)
+    except ValueError as error:
+        raise InputError(str(error)) from None
+    return EXIT_OK
+
+
 def run(args: argparse.Namespace, environ=os.environ) -> int:
     task = args.command
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -113,6 +147,8 @@ def run(args: argparse.Namespace, environ=os.environ) -> int:
     try:
         settings = settings_from_args(args, task, environ, config=points[0].config())
         check_model(settings.model)
+        if args.dry_run:
+            return dry_run(settings, points)
         from ..job.run import run_job
 
         if len(points) > 1:

@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--newlines", choices=NEWLINE_MODES, default="none", help=(
         "image_newline tokens sent to the LLM; they are not drawn, only counted in the figure's title "
         "(default: none)"))
+    parser.add_argument("--quantization", choices=hired.QUANTIZATIONS, default=None, help=(
+        "load the model's linear layers in 8 or 4 bits (bitsandbytes), for a model too large for the card "
+        "(default: full precision)"))
     parser.add_argument("--device", default=None,
                         help="where to run the vision tower, e.g. cpu or cuda (default: cuda if available, else cpu)")
     parser.add_argument("-o", "--output", type=Path, default=None,
@@ -72,17 +75,15 @@ def run(args: argparse.Namespace, environ=os.environ) -> int:
 
     import torch
     import transformers
-    from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from hired.viz import render_prepared
 
     transformers.utils.logging.disable_progress_bar()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.float32 if device == "cpu" else torch.float16
+    dtype = torch.float32 if device == "cpu" and args.quantization != "8bit" else torch.float16
     try:
-        processor = AutoProcessor.from_pretrained(model_name)
-        model = AutoModelForImageTextToText.from_pretrained(model_name, dtype=dtype).to(device).eval()
-    except (OSError, ValueError) as error:
+        model, processor = hired.load_model(model_name, device, dtype, args.quantization)
+    except (OSError, ValueError, ImportError) as error:
         return refuse(f"cannot load model {model_name!r}: {error}")
     image_token = getattr(processor, "image_token", "<image>")
     inputs = processor(images=[image], text=[image_token], return_tensors="pt")

@@ -26,11 +26,12 @@ log = logging.getLogger("hired.pipeline")
 PLAN_THREADS = 32
 
 
-def plan(settings: JobSettings, threads: int = PLAN_THREADS) -> tuple[list[Shard], list[Shard], list[FailedShard]]:
-    """Check the input and output before any model loads; split shards into to-do and done."""
+def plan(settings: JobSettings, threads: int = PLAN_THREADS, tidy: bool = True) -> tuple[list[Shard], list[Shard], list[FailedShard]]:
+    """Check the input and output before any model loads; split shards into to-do and done.
+    ``tidy=False`` (a dry run) leaves the temporary files a killed run left."""
     outputs = Outputs(settings.output)
     outputs.check_writable()
-    if removed := outputs.remove_stale_temporaries():
+    if tidy and (removed := outputs.remove_stale_temporaries()):
         log.info("removed %d temporary file(s) an interrupted run left in %s", removed, settings.output.uri)
     shards, failed = inspect_input(settings.input, settings, threads)
     if settings.overwrite:

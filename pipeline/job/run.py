@@ -15,7 +15,7 @@ import time
 
 import ray
 
-from ..errors import RunAborted, StorageUnavailable
+from ..errors import InputError, RunAborted, StorageUnavailable
 from ..io.shard import Shard
 from ..settings import JobSettings, with_run_id
 from ..stages.preprocess import Preprocessor
@@ -43,12 +43,20 @@ def build_dataset(pending: list[Shard], settings: JobSettings):
     from ..stages.generate import Predictor
 
     tasks = read_tasks(pending)
-    gpus = settings.num_gpus
+    gpus, per_model = settings.num_gpus, settings.gpus_per_model
     if gpus is None:
         gpus = int(ray.cluster_resources().get("GPU", 0))
+        if gpus == 0 and per_model > 1:
+            raise InputError(f"--gpus-per-model {per_model}: the cluster has no GPUs yet (pass --num-gpus N to wait "
+                             "for N GPU workers)")
         if gpus == 0:
             log.warning("no GPUs in the cluster: generating on CPU (pass --num-gpus N to wait for N GPU workers)")
-    device = "cuda" if gpus > 0 else "cpu"
+        elif gpus < per_model:
+            raise InputError(f"--gpus-per-model {per_model}: the cluster has {gpus} GPUs (pass --num-gpus N to wait "
+                             "for more)")
+    actors = max(gpus // per_model, 1)
+    # On a GPU node the actor finds CUDA; a node whose GPUs torch cannot use generates on its CPU and says so.
+    device = "auto" if gpus > 0 else "cpu"
     cpus = int(ray.cluster_resources().get("CPU", 1))
     # Half the CPUs: the generation actors, Ray and reads need the rest. The pool starts at one and
     # grows with the backlog.
@@ -57,7 +65,8 @@ def build_dataset(pending: list[Shard], settings: JobSettings):
     pixel_dtype = "float32" if device == "cpu" or settings.dtype == "float32" else "float16"
     log.info(
         "%d shards, %d read tasks; %s generation actors; %d preprocessing actors",
-        len(pending), len(tasks), f"{gpus} GPU" if gpus else "1 CPU", workers,
+        len(pending), len(tasks), (f"{actors} GPU" if per_model == 1 else f"{actors} {per_model}-GPU") if gpus else "1 CPU",
+        workers,
     )
 
     dataset = ray.data.from_items(tasks, override_num_blocks=max(1, len(tasks)))
@@ -74,10 +83,11 @@ def build_dataset(pending: list[Shard], settings: JobSettings):
     dataset = dataset.map_batches(
         Predictor,
         fn_constructor_kwargs={"settings": settings, "device": device},
-        compute=ray.data.ActorPoolStrategy(size=max(gpus, 1)),
+        compute=ray.data.ActorPoolStrategy(size=actors),
         # Rows per actor call; the actor cuts them into micro-batches that fit its memory.
         batch_size=settings.batch_size or (64 if gpus else CPU_BATCH_SIZE),
-        num_gpus=1 if gpus else 0,
+        num_gpus=per_model if gpus else 0,
+        accelerator_type=settings.accelerator_type if gpus else None,
         # A fraction: the actor's real work is on the GPU, and whole CPUs reserved by idle
         # actors starve the read and preprocessing stages on small nodes.
         num_cpus=0.5,

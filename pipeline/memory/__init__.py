@@ -8,10 +8,14 @@ A LLaVA-Next / LLaVA config and a dtype become bytes, and bytes become micro-bat
 * :mod:`.estimate`: what one item adds to a batch (:class:`MemoryModel`: KV cache, prefill,
   vision phase);
 * :mod:`.device`: the memory this process can still allocate on its GPU, and caps;
+* :mod:`.placement`: one model over several GPUs (:func:`split_model`, the device map) and each
+  device's part of every item (:class:`DeviceShare`);
 * :mod:`.sizer`: :class:`BatchSizer`, what a generation actor runs: each call's items, longest
-  prompt first, cut into micro-batches that fit after a :class:`Margin`;
+  prompt first, cut into micro-batches that fit after a :class:`Margin` (on every device);
 * :mod:`.backoff`: :func:`run_with_oom_backoff`, for a batch that runs out of memory anyway;
-* :mod:`.checkpoints`: the released llava-hf checkpoints' configs, built locally.
+* :mod:`.checkpoints`: the released llava-hf checkpoints' configs, built locally;
+* :mod:`.cards`: the plan before a run: a model on a card (:data:`CARDS`), the batch per budget,
+  and whether it fits (what ``hired plan`` prints).
 
 Plain Python and torch; nothing imports Ray, and nothing needs CUDA to count.
 """
@@ -19,6 +23,7 @@ Plain Python and torch; nothing imports Ray, and nothing needs CUDA to count.
 from .backoff import AdaptiveBatchSize, is_out_of_memory, run_with_oom_backoff
 from .device import apply_memory_cap, free_device_bytes, release_device_memory
 from .estimate import ImageTokens, ItemBytes, MemoryModel
+from .placement import DeviceShare, Split, shares_of, split_model
 from .shape import GiB, LlavaShape, dtype_bytes
 from .sizer import CPU_BATCH_SIZE, MAX_BATCH_SIZE, BatchSizer, Margin
 from .weights import (
@@ -36,8 +41,10 @@ __all__ = [
     "CPU_BATCH_SIZE",
     "MAX_BATCH_SIZE",
     "QUANTIZATIONS",
+    "Split",
     "AdaptiveBatchSize",
     "BatchSizer",
+    "DeviceShare",
     "GiB",
     "ImageTokens",
     "ItemBytes",
@@ -56,5 +63,7 @@ __all__ = [
     "parameter_count",
     "release_device_memory",
     "run_with_oom_backoff",
+    "shares_of",
+    "split_model",
     "weights_bytes",
 ]

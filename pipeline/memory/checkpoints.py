@@ -10,6 +10,7 @@ heads, KV heads, MLP and vocabulary (resized by llava-hf to a multiple of 64 aft
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 LLAVA_NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 
@@ -79,3 +80,27 @@ def checkpoint_config(name: str):
         return CHECKPOINTS[key]()
     except KeyError:
         raise ValueError(f"unknown checkpoint {name!r}; known: {', '.join(NAMES)}") from None
+
+
+def planning_config(model: str) -> tuple[object, str]:
+    """The config of ``model`` read without weights or network, and where it came from: a local
+    folder's ``config.json``, the hub cache's copy of a hub id's, or a released checkpoint built here."""
+    from transformers import AutoConfig
+
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{model}: the folder holds no config.json")
+        return AutoConfig.from_pretrained(str(path), local_files_only=True), f"{path}/config.json"
+    if path.exists():
+        raise ValueError(f"{model}: not a folder (give the checkpoint's folder, which holds config.json)")
+    import huggingface_hub
+
+    cached = huggingface_hub.try_to_load_from_cache(model, "config.json") if model.count("/") == 1 else None
+    if isinstance(cached, str):
+        return AutoConfig.from_pretrained(str(Path(cached).parent), local_files_only=True), f"the hub cache ({cached})"
+    key = model if "/" in model else f"llava-hf/{model}"
+    if key in CHECKPOINTS:
+        return CHECKPOINTS[key](), f"{key}'s config as pipeline.memory.checkpoints builds it"
+    raise ValueError(f"{model}: not a local folder, not in the hub cache, and not a released checkpoint known here "
+                     f"({', '.join(n.removeprefix('llava-hf/') for n in NAMES)})")

@@ -278,12 +278,28 @@ class MemoryModel:
             visual_tokens_llm=max(c.visual_tokens_llm for c in candidates),
         )
 
-    def worst_case_item_bytes(
-        self, hired_config: HiREDConfig | None, text_tokens: int, max_new_tokens: int
+    def image_tokens(self, image_size: tuple[int, int], hired_config: HiREDConfig | None) -> ImageTokens:
+        """What a picture of ``image_size`` (height, width) costs under ``hired_config`` (None: keep
+        every token): the counts ``hired.expected_lengths`` gives, from the config alone."""
+        from hired.geometry import anyres_layout
+
+        config = hired_config or NO_DROPPING
+        s = self.shape
+        if not s.grid_pinpoints:  # LLaVA-1.5: one view, no newlines
+            return ImageTokens(1, s.patch_tokens, config.tokens_to_keep(s.patch_tokens))
+        layout = anyres_layout(tuple(image_size), [list(p) for p in s.grid_pinpoints], s.image_size, s.patch_size)
+        newlines = 0 if config.newlines == "none" else layout.newline_tokens
+        return ImageTokens(1 + layout.num_subimages, layout.grid_tokens, config.tokens_to_keep(layout.grid_tokens) + newlines)
+
+    def picture_item_bytes(
+        self, image_size: tuple[int, int], hired_config: HiREDConfig | None, text_tokens: int, max_new_tokens: int
     ) -> ItemBytes:
-        """Per-item memory for the costliest image with a prompt of ``text_tokens`` text tokens,
-        under ``hired_config`` (None: keep every token)."""
-        image = self.largest_image(hired_config)
+        """Per-item memory for a picture of ``image_size`` with a prompt of ``text_tokens`` text tokens."""
+        return self._image_item_bytes(self.image_tokens(image_size, hired_config), hired_config, text_tokens,
+                                      max_new_tokens)
+
+    def _image_item_bytes(self, image: ImageTokens, hired_config: HiREDConfig | None, text_tokens: int,
+                          max_new_tokens: int) -> ItemBytes:
         config = hired_config or NO_DROPPING
         drops = config.tokens_to_keep(image.grid_tokens) < image.grid_tokens
         return self.item_bytes(
@@ -293,3 +309,10 @@ class MemoryModel:
             visual_tokens_llm=image.visual_tokens_llm,
             captured_projections=self.vision_needs(config).captured_projections if drops else 0,
         )
+
+    def worst_case_item_bytes(
+        self, hired_config: HiREDConfig | None, text_tokens: int, max_new_tokens: int
+    ) -> ItemBytes:
+        """Per-item memory for the costliest image with a prompt of ``text_tokens`` text tokens,
+        under ``hired_config`` (None: keep every token)."""
+        return self._image_item_bytes(self.largest_image(hired_config), hired_config, text_tokens, max_new_tokens)

@@ -1,5 +1,6 @@
 """A generation actor's micro-batches: its items, longest prompt first, cut into batches that fit
-the free memory after a margin, with estimates raised when a measured peak shows they fell short."""
+the free memory after a margin (on every device, for a model spread over several), with estimates
+raised when a measured peak shows they fell short."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from hired.config import HiREDConfig
 
 from .backoff import AdaptiveBatchSize
 from .estimate import ItemBytes, MemoryModel
+from .placement import DeviceShare, whole_model
 from .shape import GiB
 
 if TYPE_CHECKING:
@@ -58,9 +60,12 @@ class BatchSizer:
 
     Build one per actor once the model is loaded. ``free_bytes`` is what the
     process can still allocate (:func:`free_device_bytes`); the :class:`Margin`
-    is held back from it. With ``free_bytes=None`` (no GPU) or a
-    ``fixed_batch_size`` there is no sizing: items are cut into batches of that
-    size (:data:`CPU_BATCH_SIZE` on CPU).
+    is held back from it. A model spread over several devices gives one
+    :class:`DeviceShare` per device instead (what each can still allocate, and
+    its part of every item): a batch fits when it fits on each, so the tightest
+    device decides. With ``free_bytes=None`` (no GPU) or a ``fixed_batch_size``
+    there is no sizing: items are cut into batches of that size
+    (:data:`CPU_BATCH_SIZE` on CPU).
 
     ``hired_config`` says which strategy runs, and so what its hooks keep from the vision
     tower in a batch that drops tokens; ``None`` assumes the costliest registered strategy.
@@ -75,7 +80,7 @@ class BatchSizer:
         self,
         memory: MemoryModel,
         max_new_tokens: int,
-        free_bytes: int | None,
+        free_bytes: int | Sequence[DeviceShare] | None,
         margin: Margin = Margin(),
         fixed_batch_size: int | None = None,
         hired_config: HiREDConfig | None = None,
@@ -83,17 +88,38 @@ class BatchSizer:
         self.memory = memory
         self.hired_config = hired_config
         self.max_new_tokens = max_new_tokens
-        self.free_bytes = free_bytes
+        if free_bytes is None:
+            self.shares: tuple[DeviceShare, ...] = ()
+        elif isinstance(free_bytes, int):
+            self.shares = (whole_model("device", free_bytes, memory.shape),)
+        else:
+            self.shares = tuple(free_bytes)
         self.margin = margin
-        self.sizing = free_bytes is not None and fixed_batch_size is None
+        self.sizing = bool(self.shares) and fixed_batch_size is None
         self.fixed_by_caller = fixed_batch_size is not None
         self.correction = 1.0
         self.sizes = AdaptiveBatchSize(MAX_BATCH_SIZE if self.sizing else fixed_batch_size or CPU_BATCH_SIZE)
 
     @property
+    def free_bytes(self) -> int | None:
+        """What the devices can still allocate, all together (None: no figure)."""
+        return sum(share.free_bytes for share in self.shares) if self.shares else None
+
+    @free_bytes.setter
+    def free_bytes(self, value: int) -> None:
+        """A new figure for a model on one device."""
+        if len(self.shares) > 1:
+            raise ValueError("a model over several devices has a figure per device: set shares")
+        self.shares = (whole_model("device", value, self.memory.shape),)
+
+    def usable_on(self, share: DeviceShare) -> int:
+        """A device's free memory less the margin: what micro-batches may fill there."""
+        return max(0, share.free_bytes - self.margin.reserve_bytes(share.free_bytes))
+
+    @property
     def usable_bytes(self) -> int:
-        """The free memory less the margin: what micro-batches may fill."""
-        return max(0, self.free_bytes - self.margin.reserve_bytes(self.free_bytes))
+        """The free memory less the margin, over every device."""
+        return sum(self.usable_on(share) for share in self.shares)
 
     def padded_item_bytes(self, lengths: Sequence[ItemLengths]) -> ItemBytes:
         """One item's memory in a batch of these items, before correction: each is padded to the
@@ -114,17 +140,27 @@ class BatchSizer:
             return MOST_CAPTURED_PROJECTIONS
         return self.memory.vision_needs(self.hired_config).captured_projections
 
-    def corrected_bytes(self, item: ItemBytes) -> int:
+    def corrected_bytes(self, item: ItemBytes | int) -> int:
         """``item``'s bytes scaled by what measured peaks taught."""
-        return math.ceil(item.total_bytes * self.correction)
+        return math.ceil((item if isinstance(item, int) else item.total_bytes) * self.correction)
 
     def batch_bytes(self, lengths: Sequence[ItemLengths]) -> int:
-        """Predicted memory of these items as one batch."""
-        return len(lengths) * self.corrected_bytes(self.padded_item_bytes(lengths))
+        """Predicted memory of these items as one batch, over every device."""
+        item = self.padded_item_bytes(lengths)
+        if not self.shares:  # no device figure: the whole model's
+            return len(lengths) * self.corrected_bytes(item)
+        return len(lengths) * sum(self.corrected_bytes(share.item_bytes(item)) for share in self.shares)
 
     def items_that_fit(self, item: ItemBytes) -> int:
-        """How many items of this size fit together (0: not even one)."""
-        return self.usable_bytes // self.corrected_bytes(item)
+        """How many items of this size fit together on every device (0: not even one)."""
+        return min(
+            (self.usable_on(share) // max(1, self.corrected_bytes(share.item_bytes(item))) for share in self.shares),
+            default=0,
+        )
+
+    def fits(self, lengths: Sequence[ItemLengths]) -> bool:
+        """Whether these items fit as one batch on every device."""
+        return len(lengths) <= self.items_that_fit(self.padded_item_bytes(lengths))
 
     def micro_batches(self, lengths: Sequence[ItemLengths]) -> list[list[int]]:
         """Indices of the items, longest prompt first, cut into batches that fit.
@@ -140,8 +176,7 @@ class BatchSizer:
         while start < len(order):
             size = min(self.sizes.batch_size, len(order) - start)
             if self.sizing:
-                usable = self.usable_bytes
-                while size > 1 and self.batch_bytes([lengths[i] for i in order[start : start + size]]) > usable:
+                while size > 1 and not self.fits([lengths[i] for i in order[start : start + size]]):
                     size -= 1
             batches.append(order[start : start + size])
             start += size
@@ -153,7 +188,7 @@ class BatchSizer:
         ``baseline_bytes`` is ``torch.cuda.memory_allocated()`` before the batch
         (the weights and whatever else stays), ``peak_bytes``
         ``torch.cuda.max_memory_allocated()`` after it, its peak statistics reset
-        before it. Never lowered: a batch that stopped early at EOS did not grow
+        before it; for a model over several devices, each summed over them. Never lowered: a batch that stopped early at EOS did not grow
         its KV cache to full length, so a smaller measurement proves nothing.
         """
         if not self.sizing:
@@ -174,8 +209,13 @@ class BatchSizer:
             reason = "fixed by the caller" if self.fixed_by_caller else "CPU default: no device memory figure"
             return f"batch size {self.sizes.batch_size} ({reason})"
         count = self.items_that_fit(item)
-        return (
-            f"batch sizing: {self.free_bytes / GiB:.2f} GiB free after weights, {self.usable_bytes / GiB:.2f} GiB "
-            f"usable ({self.margin.fixed_bytes / GiB:.2f} GiB + {self.margin.fraction:.0%} held back); "
-            f"{count} to a batch at {item.describe()}" + ("" if count else ": such items would be out-of-memory error rows")
-        )
+        held = f"{self.margin.fixed_bytes / GiB:.2f} GiB + {self.margin.fraction:.0%} held back"
+        if len(self.shares) == 1:
+            room = (f"{self.free_bytes / GiB:.2f} GiB free after weights, {self.usable_bytes / GiB:.2f} GiB "
+                    f"usable ({held})")
+        else:
+            room = f"over {len(self.shares)} devices ({held} on each): " + ", ".join(
+                f"{s.device} {s.free_bytes / GiB:.2f} GiB free after its weights, {self.usable_on(s) / GiB:.2f} usable "
+                f"({s.layers} of {s.total_layers} layers{', vision' if s.vision else ''})" for s in self.shares)
+        return (f"batch sizing: {room}; {count} to a batch at {item.describe()}"
+                + ("" if count else ": such items would be out-of-memory error rows"))

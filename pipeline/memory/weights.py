@@ -26,9 +26,10 @@ from dataclasses import dataclass
 
 import torch
 
+from hired.loading import QUANTIZATIONS
+
 from .shape import FLOAT32_BYTES, LlavaShape, dtype_bytes
 
-QUANTIZATIONS = ("8bit", "4bit")
 NF4_CODE_ENTRIES = 16  # the 4-bit data type's lookup table, one per layer
 DYNAMIC_CODE_ENTRIES = 256  # the 8-bit map that double quantization's absmax uses
 
@@ -152,21 +153,47 @@ def linear_layers(shape: LlavaShape) -> list[Linear]:
     return layers
 
 
-def other_parameters(shape: LlavaShape) -> int:
-    """Parameters outside the linear layers: embeddings, norms, the patch convolution, ``image_newline``."""
-    d = shape.vision_hidden
+# The model's top-level parts, as accelerate's device maps name them (a decoder layer: ``LAYER.format(i)``).
+VISION, PROJECTOR, NEWLINE = "model.vision_tower", "model.multi_modal_projector", "model.image_newline"
+EMBEDDINGS, LAYER = "model.language_model.embed_tokens", "model.language_model.layers.{}"
+ROTARY, FINAL_NORM, LM_HEAD = "model.language_model.rotary_emb", "model.language_model.norm", "lm_head"
+
+
+def module_of(name: str) -> str:
+    """The top-level part that holds the parameter or layer ``name``."""
+    if name.startswith("model.language_model.layers."):
+        return ".".join(name.split(".")[:4])
+    for part in (VISION, PROJECTOR, NEWLINE, EMBEDDINGS, ROTARY, FINAL_NORM, LM_HEAD):
+        if name == part or name.startswith(part + "."):
+            return part
+    raise ValueError(f"{name!r} is in no part of a LLaVA(-Next) model")
+
+
+def other_parameters_by_module(shape: LlavaShape) -> dict[str, int]:
+    """Parameters outside the linear layers, by part: embeddings, norms, the patch convolution, ``image_newline``."""
+    d, h = shape.vision_hidden, shape.text_hidden
     vision = d + shape.channels * shape.patch_size**2 * d + (shape.patch_tokens + 1) * d  # CLS, conv, positions
     # Two LayerNorms a layer, and pre_layrnorm and post_layernorm (LLaVA reads a state before the latter).
     vision += (2 * shape.vision_layers + 2) * 2 * d
-    newline = shape.text_hidden if shape.has_image_newline else 0
-    h = shape.text_hidden
-    text = shape.vocab * h + (2 * shape.text_layers + 1) * h  # embeddings; two RMSNorms a layer and the final one
-    return vision + newline + text
+    parts = {VISION: vision, EMBEDDINGS: shape.vocab * h, FINAL_NORM: h}
+    parts.update({LAYER.format(i): 2 * h for i in range(shape.text_layers)})  # two RMSNorms a layer
+    if shape.has_image_newline:
+        parts[NEWLINE] = h
+    return parts
+
+
+def other_parameters(shape: LlavaShape) -> int:
+    """Parameters outside the linear layers: embeddings, norms, the patch convolution, ``image_newline``."""
+    return sum(other_parameters_by_module(shape).values())
+
+
+def buffer_bytes_by_module(shape: LlavaShape) -> dict[str, int]:
+    """The model's buffers: CLIP's position ids (int64) and the rotary frequencies (float32, kept twice)."""
+    return {VISION: (shape.patch_tokens + 1) * 8, ROTARY: 2 * (shape.head_dim // 2) * FLOAT32_BYTES}
 
 
 def buffer_bytes(shape: LlavaShape) -> int:
-    """The model's buffers: CLIP's position ids (int64) and the rotary frequencies (float32, kept twice)."""
-    return (shape.patch_tokens + 1) * 8 + 2 * (shape.head_dim // 2) * FLOAT32_BYTES
+    return sum(buffer_bytes_by_module(shape).values())
 
 
 def _check_counted_exactly(shape: LlavaShape) -> None:
@@ -197,21 +224,39 @@ class WeightBytes:
         return self.stored_bytes + self.quantization_state_bytes
 
 
+    def __add__(self, other: "WeightBytes") -> "WeightBytes":
+        return WeightBytes(self.stored_bytes + other.stored_bytes,
+                           self.quantization_state_bytes + other.quantization_state_bytes)
+
+
+def count_weight_bytes_by_module(config, dtype: torch.dtype | str, quantization=None) -> dict[str, WeightBytes]:
+    """:func:`count_weight_bytes` for each top-level part of the model (the vision tower, the
+    projector, ``image_newline``, the embeddings, each decoder layer, the final norm, the rotary
+    tables, ``lm_head``), in the model's order: what a device map places."""
+    shape = LlavaShape.from_config(config)
+    _check_counted_exactly(shape)
+    quant, e = Quantization.parse(quantization), dtype_bytes(dtype)
+    other, buffers = other_parameters_by_module(shape), buffer_bytes_by_module(shape)
+    layers = [LAYER.format(i) for i in range(shape.text_layers)]
+    order = [VISION, PROJECTOR, *([NEWLINE] if shape.has_image_newline else []), EMBEDDINGS, ROTARY, *layers,
+             FINAL_NORM, *([] if shape.tied_embeddings else [LM_HEAD])]
+    parts = {part: WeightBytes(other.get(part, 0) * e + buffers.get(part, 0)) for part in order}
+    for layer in linear_layers(shape):
+        part = module_of(layer.name)
+        if quant is None or not quant.converts(layer.name):
+            parts[part] += WeightBytes(layer.parameters * e)
+        else:
+            bias = layer.outputs * e if layer.bias else 0
+            stored = quant.weight_bytes(layer.inputs, layer.outputs) + bias
+            parts[part] += WeightBytes(stored, quant.state_bytes(layer.inputs, layer.outputs))
+    return parts
+
+
 def count_weight_bytes(config, dtype: torch.dtype | str, quantization=None) -> WeightBytes:
     """The weights of ``config`` loaded in ``dtype`` (the dtype passed to ``from_pretrained``), quantized
     as ``quantization`` says (``None``, ``"8bit"``, ``"4bit"``, a :class:`Quantization` or a
     ``BitsAndBytesConfig``)."""
-    shape = LlavaShape.from_config(config)
-    _check_counted_exactly(shape)
-    quant, e = Quantization.parse(quantization), dtype_bytes(dtype)
-    stored, state = other_parameters(shape) * e + buffer_bytes(shape), 0
-    for layer in linear_layers(shape):
-        if quant is None or not quant.converts(layer.name):
-            stored += layer.parameters * e
-        else:
-            stored += quant.weight_bytes(layer.inputs, layer.outputs) + (layer.outputs * e if layer.bias else 0)
-            state += quant.state_bytes(layer.inputs, layer.outputs)
-    return WeightBytes(stored, state)
+    return sum(count_weight_bytes_by_module(config, dtype, quantization).values(), WeightBytes(0))
 
 
 # ---------------------------------------------------------------------------

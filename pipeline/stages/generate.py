@@ -15,6 +15,10 @@ model under-counted. Should a micro-batch still run out of memory,
 ``run_with_oom_backoff`` splits it and lowers the size for later ones; an item
 that fails alone becomes an error row. On a CPU there is no memory figure: a
 fixed batch size applies.
+
+``settings.quantization`` loads the linear layers in 8 or 4 bits (``hired.load_model``);
+``settings.gpus_per_model`` spreads one model over that many GPUs (Ray gives the actor them), its
+decoder layers split as ``pipeline.memory.split_model`` says, and batches fit every device.
 """
 
 from __future__ import annotations
@@ -37,7 +41,9 @@ from ..columns import (
 from ..faults import failpoint
 from ..row_errors import ErrorKind, RowError
 from ..settings import JobSettings
-from ..memory import BatchSizer, Margin, MemoryModel, apply_memory_cap, free_device_bytes, run_with_oom_backoff
+from ..memory import (
+    BatchSizer, Margin, MemoryModel, apply_memory_cap, free_device_bytes, run_with_oom_backoff, shares_of, split_model,
+)
 from ..wire import decode_inputs
 from .base import Rows
 
@@ -82,17 +88,52 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+def resolve_dtype(dtype: str, device: torch.device, quantization: str | None = None) -> torch.dtype:
     if dtype == "auto":
-        if device.type != "cuda":
-            return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return hired.default_dtype(device, quantization)
     return getattr(torch, dtype)
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def model_devices(device: torch.device, gpus_per_model: int) -> list[torch.device]:
+    """The devices one model spreads over: ``gpus_per_model`` GPUs from ``device`` on (Ray numbers
+    an actor's GPUs from 0), or the CPU."""
+    if device.type != "cuda":
+        return [device]
+    first = device.index or 0
+    if torch.cuda.device_count() < first + gpus_per_model:
+        raise RuntimeError(f"--gpus-per-model {gpus_per_model}: this process sees {torch.cuda.device_count()} GPUs "
+                           f"from cuda:{first}")
+    return [torch.device("cuda", first + k) for k in range(gpus_per_model)]
+
+
+def placement(settings: JobSettings, config, dtype: torch.dtype, devices: list[torch.device]) -> dict | str | None:
+    """The ``device_map`` for ``devices``: None for one device (the whole model goes there), else
+    the decoder layers split with balanced weights, or accelerate's ``"balanced"`` for a model
+    whose weights are not counted from its config."""
+    if len(devices) == 1:
+        return None
+    try:
+        split = split_model(config, dtype, len(devices), settings.quantization)
+    except ValueError as error:
+        log.warning("%s; accelerate places the model instead (device_map='balanced')", error)
+        return "balanced"
+    return {part: str(devices[index]) for part, index in split.device_map.items()}
+
+
+def _synchronize(devices: list[torch.device]) -> None:
+    for device in devices:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+
+def _ray_gpu_ids() -> list:
+    """The GPUs Ray gave this actor ([] outside Ray)."""
+    try:
+        import ray
+
+        return list(ray.get_gpu_ids()) if ray.is_initialized() else []
+    except ImportError:
+        return []
 
 
 @dataclass
@@ -120,20 +161,23 @@ class Predictor:
         model, config, max_new_tokens = settings.model, settings.config, settings.max_new_tokens
         batch_size, gpu_memory_gb = settings.batch_size, settings.gpu_memory_gb
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(settings.dtype, self.device)
+        self.dtype = resolve_dtype(settings.dtype, self.device, settings.quantization)
+        self.devices = model_devices(self.device, settings.gpus_per_model)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-            apply_memory_cap(gpu_memory_gb, self.device)  # a big GPU acting as a commodity card
+            for each in self.devices:
+                apply_memory_cap(gpu_memory_gb, each)  # a big GPU acting as a commodity card
         else:
             torch.set_num_threads(cpu_threads(settings.cpu_threads))
+            assigned = _ray_gpu_ids()
+            if assigned:
+                log.warning("Ray gave this actor GPUs %s, but torch finds no CUDA: generating on the CPU", assigned)
         started = time.perf_counter()
         if loaded is None:
-            from transformers import AutoModelForImageTextToText, AutoProcessor
+            from transformers import AutoConfig
 
-            loaded = (
-                AutoModelForImageTextToText.from_pretrained(model, dtype=self.dtype).to(self.device).eval(),
-                AutoProcessor.from_pretrained(model),
-            )
+            device_map = placement(settings, AutoConfig.from_pretrained(model), self.dtype, self.devices)
+            loaded = hired.load_model(model, self.device, self.dtype, settings.quantization, device_map)
         self.model, self.processor = loaded
         self.model_name = model
         self.config = config
@@ -146,17 +190,23 @@ class Predictor:
         self.pad_token_id = self.model.generation_config.pad_token_id
         if self.pad_token_id is None:
             self.pad_token_id = self.processor.tokenizer.pad_token_id
+        where = ", ".join(str(d) for d in self.devices)
         log.info(
-            "loaded %s on %s in %s in %.1f s; %s",
-            model, self.device, str(self.dtype).removeprefix("torch."), time.perf_counter() - started,
-            f"HiRED {config}" if config else "no token dropping",
+            "loaded %s on %s in %s%s in %.1f s; %s",
+            model, where, str(self.dtype).removeprefix("torch."),
+            f", linear layers in {settings.quantization}" if settings.quantization else "",
+            time.perf_counter() - started, f"HiRED {config}" if config else "no token dropping",
         )
 
         text_config = getattr(self.model.config, "text_config", self.model.config)
         self.context_tokens = int(getattr(text_config, "max_position_embeddings", 1 << 30))
-        self.memory = MemoryModel(self.model.config, self.dtype, model=self.model)
-        free_bytes = free_device_bytes(self.device, gpu_memory_gb) if self.device.type == "cuda" else None
-        self.batches = BatchSizer(self.memory, max_new_tokens, free_bytes, margin, fixed_batch_size=batch_size,
+        self.memory = MemoryModel(self.model.config, self.dtype, model=self.model)  # the loaded weights, measured
+        shares = None
+        if self.device.type == "cuda":
+            device_map = getattr(self.model, "hf_device_map", None) or {"": str(self.devices[0])}
+            free = {str(d): free_device_bytes(d, gpu_memory_gb) for d in self.devices}
+            shares = shares_of(device_map, free, self.memory.shape)
+        self.batches = BatchSizer(self.memory, max_new_tokens, shares, margin, fixed_batch_size=batch_size,
                                   hired_config=config)
         if self.batches.sizing:  # quote the costliest picture the model takes, with a longish text prompt
             worst = self.memory.worst_case_item_bytes(config, text_tokens=96, max_new_tokens=max_new_tokens)
@@ -178,8 +228,9 @@ class Predictor:
         failpoint("generate")
         on_gpu = self.device.type == "cuda"
         if on_gpu:
-            torch.cuda.reset_peak_memory_stats(self.device)
-        _synchronize(self.device)
+            for device in self.devices:
+                torch.cuda.reset_peak_memory_stats(device)
+        _synchronize(self.devices)
         started = time.perf_counter()
         prepared = hired.prepare_inputs(self.model, inputs, self.config)
         timer = FirstTokenTimer()
@@ -191,20 +242,21 @@ class Predictor:
             streamer=timer,
             **self.generate_kwargs,
         )
-        _synchronize(self.device)
+        _synchronize(self.devices)
         finished = time.perf_counter()
         first = timer.first_token_at or finished
         timing = BatchTiming(
             ttft_ms=(first - started) * 1e3,
             decode_ms=(finished - first) * 1e3,
-            peak_gpu_mem_bytes=int(torch.cuda.max_memory_allocated(self.device)) if on_gpu else None,
+            # Each device's own peak, summed over the model's devices.
+            peak_gpu_mem_bytes=sum(int(torch.cuda.max_memory_allocated(d)) for d in self.devices) if on_gpu else None,
         )
         from hired.generation import trim_at_eos  # already loaded by __init__
 
         return [trim_at_eos(row, self.eos_ids) for row in output.tolist()], prepared, timing
 
     def _run(self, chunk: list[tuple[dict, hired.ItemLengths]]) -> list[ItemResult]:
-        baseline = torch.cuda.memory_allocated(self.device) if self.device.type == "cuda" else 0
+        baseline = sum(torch.cuda.memory_allocated(d) for d in self.devices) if self.device.type == "cuda" else 0
         token_ids, prepared, timing = self.generate([item for item, _ in chunk])
         note = self.batches.learn_from_peak([lengths for _, lengths in chunk], timing.peak_gpu_mem_bytes, baseline)
         if note:
@@ -278,8 +330,9 @@ class Predictor:
         history.clear()
         config = self.config
         fraction, tokens = hired.budget_kind(config.budget) if config else (None, None)
+        device = ",".join(str(d) for d in self.devices) if len(self.devices) > 1 else str(self.device)
         for i in range(rows.size):
-            out[DEVICE][i] = str(self.device)
+            out[DEVICE][i] = device
             out[MODEL][i] = self.model_name
             out[RUN_ID][i] = self.run_id
             out[STRATEGY][i] = config.strategy if config else hired.strategies.STOCK
