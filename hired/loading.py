@@ -11,6 +11,11 @@ bitsandbytes places weights with accelerate, so a quantized model always gets a 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
 import logging
 import warnings
 
