@@ -23,33 +23,60 @@ def make_folder(root, names: list[str]) -> None:
 
 NAMES = ["b.jpg", "a.png", "sub/c.jpeg", "sub/deeper/d.JPG", "e.webp", "f.jpg", "g.jpg"]
 
-def test_files_are_cut_into_sorted_fixed_size_shards(tmp_path, monkeypatch):
+def test_files_are_cut_into_chunks_of_sorted_files(tmp_path, monkeypatch):
     monkeypatch.setattr(folders, "FILES_PER_SHARD", 3)
     make_folder(tmp_path, [n for n in NAMES if not n.endswith(".webp")] + ["e.png"])
     (tmp_path / "notes.txt").write_text("not a picture")
     (tmp_path / ".hidden.jpg").write_bytes(b"x")
+    (tmp_path / "_staging").mkdir()
+    (tmp_path / "_staging" / "half.jpg").write_bytes(b"x")  # under a hidden folder: no input either
     shards, failed = inspect_shards(str(tmp_path), "caption")
-    assert not failed
-    assert [s.name for s in shards] == ["images-00000", "images-00001", "images-00002"]
-    assert [s.plan for s in shards] == [("a.png", "b.jpg", "e.png"), ("f.jpg", "g.jpg", "sub/c.jpeg"),
-                                           ("sub/deeper/d.JPG",)]
-    assert [s.num_rows for s in shards] == [3, 3, 1] and {s.format for s in shards} == {"folder"}
-    assert shards[0].uri.startswith(f"file://{tmp_path}#images-00000.")
-    assert inspect_shards(str(tmp_path), "caption")[0] == shards  # the same folder, the same shards
+    assert not failed and {s.format for s in shards} == {"folder"}
+    assert [m for s in shards for m in s.plan] == ["a.png", "b.jpg", "e.png", "f.jpg", "g.jpg", "sub/c.jpeg",
+                                                  "sub/deeper/d.JPG"]  # every file once, in sorted order
+    assert len(shards) > 1 and [s.num_rows for s in shards] == [len(s.plan) for s in shards]
+    assert len({s.name for s in shards}) == len(shards) and all(s.name.startswith("images-") for s in shards)
+    assert all(s.uri == f"file://{tmp_path}#{s.name}" for s in shards)
+    assert all(len(s.versions) == s.num_rows for s in shards)
+    assert inspect_shards(str(tmp_path), "caption")[0] == shards  # the same folder, the same chunks
 
-    (tmp_path / "sub" / "c.jpeg").write_bytes(encoded(50, 50, "JPEG", seed=99))  # rewritten in place
-    (tmp_path / "h.jpg").write_bytes(encoded(10, 10, "JPEG"))  # sorts into the second shard
-    changed, _ = inspect_shards(str(tmp_path), "caption")
-    assert changed[0] == shards[0]  # untouched: resumable
-    assert changed[1].plan == ("f.jpg", "g.jpg", "h.jpg") and changed[1].uri != shards[1].uri
-    assert changed[2].plan == ("sub/c.jpeg", "sub/deeper/d.JPG") and changed[2].uri != shards[2].uri
+
+def chunk_sets(root) -> dict[str, tuple]:
+    return {s.name: s.plan for s in inspect_shards(str(root), "caption")[0]}
+
+
+@pytest.mark.parametrize("name", ["0-first.jpg", "m-middle.jpg", "zz-last.jpg"])
+def test_a_file_added_anywhere_changes_only_the_chunk_it_sorts_into(tmp_path, monkeypatch, name):
+    """With chunks of 10 files on average over 300 files: adding a file, wherever it sorts, leaves
+    every other chunk as it was (same name, same files); so does removing one; rewriting one changes
+    only its own chunk's name."""
+    monkeypatch.setattr(folders, "FILES_PER_SHARD", 10)
+    for i in range(300):
+        (tmp_path / f"{chr(97 + i % 26)}-{i:03d}.jpg").write_bytes(b"x" * (i % 7 + 1))
+    before = chunk_sets(tmp_path)
+    assert 15 <= len(before) <= 60  # about 300 / 10
+    (tmp_path / name).write_bytes(b"new")
+    after = chunk_sets(tmp_path)
+    gone, came = set(before) - set(after), set(after) - set(before)
+    # Its chunk, perhaps split in two at the new file (or, past the last chunk's end, a chunk of its own).
+    assert len(gone) <= 1 and 1 <= len(came) <= 2
+    assert sorted(m for c in came for m in after[c]) == sorted([m for c in gone for m in before[c]] + [name])
+
+    (tmp_path / name).unlink()
+    assert chunk_sets(tmp_path) == before
+    chunk = sorted(before)[len(before) // 2]
+    (tmp_path / before[chunk][0]).write_bytes(b"rewritten, another size")
+    rewritten = chunk_sets(tmp_path)
+    assert set(before) - set(rewritten) == {chunk} and sorted(rewritten.values()) == sorted(before.values())
+
 
 def test_a_rewritten_file_changes_its_shards_identity(tmp_path):
     make_folder(tmp_path, ["a.jpg", "b.jpg"])
     (before,), _ = inspect_shards(str(tmp_path), "caption")
     (tmp_path / "b.jpg").write_bytes(encoded(70, 70, "JPEG", seed=5))
     (after,), _ = inspect_shards(str(tmp_path), "caption")
-    assert before.plan == after.plan and before.uri != after.uri
+    assert before.plan == after.plan and before.uri != after.uri and before.fingerprint != after.fingerprint
+    assert before.versions[0] == after.versions[0] and before.versions[1] != after.versions[1]
 
 def test_rows_ids_and_unreadable_files(tmp_path, monkeypatch):
     monkeypatch.setattr(folders, "FILES_PER_TASK", 3)
