@@ -104,10 +104,12 @@ def test_one_image_file_is_an_input_and_vqa_is_refused(tmp_path):
     with pytest.raises(InputError, match="the VQA job needs questions"):
         inspect_shards(str(tmp_path), "vqa")
 
-def test_caption_job_on_an_s3_prefix_resumes_and_redoes_a_changed_shard(ray_local, bucket, tiny_next_path,
-                                                                        monkeypatch):
-    """Seven files in shards of three on S3, one undecodable: run; rerun (nothing to do); add a file
-    to the last shard and rerun (only that shard is redone, with the new file)."""
+def test_two_nights_over_a_changing_s3_prefix(ray_local, bucket, tiny_next_path, monkeypatch):
+    """Seven files on S3 in chunks of three on average, one undecodable: night 1 captions them; a
+    rerun has nothing to do; then a photo is added, one rewritten and one removed: night 2 generates
+    exactly the added and the rewritten photo, carries the other results of their chunk over, keeps
+    the untouched chunks' outputs, names the output whose photos are all gone, and counts the 7
+    photos the prefix holds."""
     import s3fs
 
     from pipeline.job.run import run_job
@@ -124,37 +126,47 @@ def test_caption_job_on_an_s3_prefix_resumes_and_redoes_a_changed_shard(ray_loca
         return run_job(JobSettings(task="caption", input=f"{bucket}/pictures", output=f"{bucket}/out",
                                    model=str(tiny_next_path), num_gpus=0, max_new_tokens=2))
 
-    def outputs() -> dict[str, list[dict]]:
+    def outputs() -> dict[str, dict[str, dict]]:
         tables = {}
         fs.invalidate_cache()  # outputs were replaced since the last look: no stale sizes or ETags
         for path in sorted(fs.ls(f"{bucket}/out".removeprefix("s3://"))):
             if path.endswith(".parquet"):
                 with fs.open(path, "rb") as f:
-                    tables[path.rsplit("/", 1)[1]] = pq.read_table(f).to_pylist()
+                    tables[path.rsplit("/", 1)[1]] = {r["id"]: r for r in pq.read_table(f).to_pylist()}
         return tables
 
     first = run()
-    assert first["shards"] == {"total": 3, "written_this_run": 3, "already_complete": 0, "failed": 0}
-    tables = outputs()
-    assert {name: [r["id"] for r in rows] for name, rows in tables.items()} == {
-        "images-00000.parquet": ["a.jpg", "b.png", "bad.jpg"],
-        "images-00001.parquet": ["c/d.jpg", "c/e.jpg", "f.webp"],
-        "images-00002.parquet": ["g.jpg"],
-    }
-    errors = {r["id"]: r["error"] for rows in tables.values() for r in rows}
+    assert first["shards"] == {"total": 4, "written_this_run": 4, "already_complete": 0, "failed": 0}
+    night1 = outputs()
+    assert sorted(list(rows) for rows in night1.values()) == [["a.jpg"], ["b.png"], ["bad.jpg"],
+                                                              ["c/d.jpg", "c/e.jpg", "f.webp", "g.jpg"]]
+    errors = {i: r["error"] for rows in night1.values() for i, r in rows.items()}
     assert errors.pop("bad.jpg").startswith("undecodable image") and set(errors.values()) == {None}
     assert first["items"] == 7 and first["errors"] == 1
 
     again = run()
-    assert again["shards"] == {"total": 3, "written_this_run": 0, "already_complete": 3, "failed": 0}
+    assert again["shards"] == {"total": 4, "written_this_run": 0, "already_complete": 4, "failed": 0}
+    assert again["this_run"]["rows_processed"] == 0
 
-    fs.pipe(f"{prefix}/h.jpg", encoded(33, 44, "JPEG", seed=7))
-    changed = run()
-    assert changed["shards"] == {"total": 3, "written_this_run": 1, "already_complete": 2, "failed": 0}
-    tables = outputs()
-    assert [r["id"] for r in tables["images-00002.parquet"]] == ["g.jpg", "h.jpg"]
-    runs = {name: {r["run_id"] for r in rows} for name, rows in tables.items()}
-    assert runs["images-00000.parquet"] == runs["images-00001.parquet"] == {first["run_id"]}
-    assert runs["images-00002.parquet"] == {changed["run_id"]}
-    assert changed["items"] == 8 and changed["duplicate_ids"] == 0
-    assert os.environ.get("AWS_SECRET_ACCESS_KEY", "") not in str(changed)
+    fs.pipe(f"{prefix}/h.jpg", encoded(33, 44, "JPEG", seed=7))  # added
+    fs.pipe(f"{prefix}/c/e.jpg", encoded(50, 20, "JPEG", seed=8))  # rewritten
+    fs.rm(f"{prefix}/b.png")  # removed: its chunk had no other photo
+    second = run()
+    assert second["this_run"]["rows_processed"] == 2
+    assert second["shards"] == {"total": 3, "written_this_run": 1, "already_complete": 2, "failed": 0}
+    (gone,) = [name for name, rows in night1.items() if "b.png" in rows]
+    changes = second["input_changes"]
+    assert changes["removed_results"] == 1 and changes["removed_examples"] == [gone.removesuffix(".parquet")]
+    assert changes["files"] == {"new": 1, "changed": 1, "removed": 1, "carried_over": 3}
+    night2 = outputs()
+    (tail,) = set(night2) - set(night1)
+    assert list(night2[tail]) == ["c/d.jpg", "c/e.jpg", "f.webp", "g.jpg", "h.jpg"]
+    run_ids = {i: r["run_id"] for i, r in night2[tail].items()}
+    assert run_ids == {"c/d.jpg": first["run_id"], "c/e.jpg": second["run_id"], "f.webp": first["run_id"],
+                       "g.jpg": first["run_id"], "h.jpg": second["run_id"]}
+    assert night2[tail]["f.webp"] == {**night1[[n for n in night1 if "f.webp" in night1[n]][0]]["f.webp"],
+                                     "source_shard": night2[tail]["f.webp"]["source_shard"], "row_index": 2}
+    assert set(night2) == set(night1) - {n for n in night1 if "g.jpg" in night1[n]} | {tail}  # b.png's output kept
+    assert night2[gone] == night1[gone] and gone in second["left_out_results"]["examples"][0]
+    assert second["items"] == 7 and second["duplicate_ids"] == 0
+    assert os.environ.get("AWS_SECRET_ACCESS_KEY", "") not in str(second)

@@ -89,7 +89,7 @@ def test_a_reexported_shard_is_redone_and_said_so(root, caplog):
         changed = plan(settings)
     assert [s.name for s in changed.pending] == ["a"] and [s.name for s in changed.done] == ["b"]
     assert changed.why == {"a": "changed since its output was written"}
-    assert "1 shard(s) changed since its output was written, so redone: a" in caplog.text
+    assert "1 shard(s) redone (changed since its output was written): a" in caplog.text
 
 
 def test_a_retarred_shard_is_redone_and_an_unchanged_one_is_not_read_again(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ Results whose input shard is gone can be set aside under ``_removed/<run_id>/``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import posixpath
 import uuid
@@ -27,8 +28,13 @@ META_SOURCE = b"hired.source_shard"
 META_FINGERPRINT = b"hired.source_fingerprint"
 META_ROWS = b"hired.source_rows"
 META_SETTINGS = b"hired.settings"
-META_ROW_VERSIONS = b"hired.row_versions"  # per row, its input file's version (folder chunks)
+META_ROW_VERSIONS = b"hired.row_versions"  # per row, a digest of its input file's version (folder chunks)
 REMOVED = "_removed"
+
+
+def version_digest(version: str) -> str:
+    """A file version as a row's footer entry: 16 hex digits, so 1,000 rows keep the footer within one read."""
+    return hashlib.blake2b(version.encode(), digest_size=8).hexdigest()
 
 
 def is_result_file(path: str) -> bool:
@@ -65,6 +71,7 @@ class Recorded:
         return self.damaged is None and self.source == uri and self.fingerprint == fingerprint
 
     def row_versions(self) -> list[str] | None:
+        """Per row, the digest of its input file's version (:func:`version_digest`), if recorded."""
         raw = self.metadata.get(META_ROW_VERSIONS)
         return None if raw is None else json.loads(raw)
 
@@ -150,7 +157,7 @@ class Outputs:
         meta.update({META_SOURCE: shard.uri.encode(), META_FINGERPRINT: shard.fingerprint.encode(),
                      META_ROWS: str(shard.num_rows).encode(), META_SETTINGS: json.dumps(settings).encode()})
         if shard.versions:
-            meta[META_ROW_VERSIONS] = json.dumps(list(shard.versions)).encode()
+            meta[META_ROW_VERSIONS] = json.dumps([version_digest(v) for v in shard.versions]).encode()
         table = table.replace_schema_metadata(meta)
         parent = posixpath.dirname(final.path)
 

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from ..columns import ID, ROW_INDEX, SOURCE_SHARD
 from ..io.location import in_threads
-from ..io.outputs import Outputs, Recorded
+from ..io.outputs import Outputs, Recorded, version_digest
 from ..io.shard import Shard
 
 
@@ -46,7 +46,7 @@ def carry_results(outputs: Outputs, current: list[Shard], pending: list[Shard], 
     ids = in_threads(lambda r: outputs.read_rows(r.name, None, [ID]).column(ID).to_pylist(), mine, threads)
     members = {member for shard in current for member in shard.plan}
     result = Carried(pending=[], removed=others)
-    held: dict[str, tuple[str, int, str]] = {}  # file -> (output name, row, version) of a result made from it
+    held: dict[str, tuple[str, int, str]] = {}  # file -> (output name, row, version digest) of a result made from it
     for recorded, names in zip(mine, ids):
         if not any(name in members for name in names):
             result.removed.append(recorded.name)
@@ -66,7 +66,7 @@ def carry_results(outputs: Outputs, current: list[Shard], pending: list[Shard], 
             found = held.get(member)
             if found is None:
                 result.new_files += 1
-            elif found[2] != version:
+            elif found[2] != version_digest(version):
                 result.changed_files += 1
             else:
                 carried.append((row, found[0], found[1]))

@@ -122,7 +122,7 @@ def _log(found: Plan, settings: JobSettings) -> None:
         if why not in ("new", "overwrite"):
             by_reason.setdefault(why, []).append(name)
     for why, names in by_reason.items():
-        log.info("%d shard(s) %s, so redone: %s", len(names), why.removeprefix("its "), _some(names))
+        log.info("%d shard(s) redone (%s): %s", len(names), why, _some(names))
     if found.files is not None and (found.pending or found.superseded):
         files = found.files
         log.info("folder: %d new and %d changed file(s) to generate, %d removed; %d result(s) carried over into "
