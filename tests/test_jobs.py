@@ -266,9 +266,12 @@ def test_every_environment_knob_is_read_once_into_the_settings(tmp_path, tiny_ne
     args = build_parser().parse_args(["caption", "--input", str(tmp_path), "--output", str(tmp_path / "o"),
                                       "--model", str(tiny_next_path)])
     environ = {"HIRED_IO_RETRY_SECONDS": "7", "HIRED_CPU_THREADS": "3", "HIRED_PREPROCESS_NICENESS": "0",
-               "RAY_ADDRESS": "127.0.0.1:6379"}
+               "HIRED_PROGRESS_SECONDS": "5", "RAY_ADDRESS": "127.0.0.1:6379"}
     settings = settings_from_args(args, "caption", environ)
     assert (settings.io_retry_s, settings.cpu_threads, settings.preprocess_niceness) == (7.0, 3, 0)
+    assert settings.progress_s == 5.0 and settings.prune is False
+    pruning = build_parser().parse_args(["caption", "--prune", "--input", str(tmp_path), "--model", "m"])
+    assert settings_from_args(pruning, "caption", {}).prune is True
     assert settings.ray_address == "127.0.0.1:6379"
     assert settings.input.retry.window_s == settings.output.retry.window_s == 7.0  # the locations' policy too
     flagged = build_parser().parse_args(["caption", "--ray-address", "auto", "--input", str(tmp_path)])

@@ -45,33 +45,37 @@ def carry_results(outputs: Outputs, current: list[Shard], pending: list[Shard], 
     others = sorted({r.name for r in not_current} - {r.name for r in mine})
     ids = in_threads(lambda r: outputs.read_rows(r.name, None, [ID]).column(ID).to_pylist(), mine, threads)
     members = {member for shard in current for member in shard.plan}
-    result = Carried(pending=[], removed=others)
-    held: dict[str, tuple[str, int, str]] = {}  # file -> (output name, row, version digest) of a result made from it
+    result = Carried(pending=[])
+    removed = set(others)
+    gone: set[str] = set()  # files old outputs hold and the input no longer does
+    # file -> {version digest: (output name, row)}: the results made from it, whichever version
+    held: dict[str, dict[str, tuple[str, int]]] = defaultdict(dict)
     for recorded, names in zip(mine, ids):
+        gone.update(name for name in names if name not in members)
         if not any(name in members for name in names):
-            result.removed.append(recorded.name)
-            result.removed_files += len(names)
+            removed.add(recorded.name)
             continue
         result.superseded.append(recorded.name)
-        result.removed_files += sum(name not in members for name in names)
         versions = recorded.row_versions()
         if versions is None or len(versions) != len(names):
             continue  # made before per-file versions were recorded: nothing to carry
         outputs.check_settings(recorded, settings)  # results made otherwise are never mixed in
         for row, (name, version) in enumerate(zip(names, versions)):
-            held.setdefault(name, (recorded.name, row, version))
+            held[name].setdefault(version, (recorded.name, row))
     for shard in pending:
         carried = []
         for row, (member, version) in enumerate(zip(shard.plan, shard.versions)):
-            found = held.get(member)
-            if found is None:
-                result.new_files += 1
-            elif found[2] != version_digest(version):
+            made = held.get(member)
+            found = made.get(version_digest(version)) if made else None
+            if found is not None:
+                carried.append((row, *found))
+            elif made:
                 result.changed_files += 1
             else:
-                carried.append((row, found[0], found[1]))
+                result.new_files += 1
         result.carried_rows += len(carried)
         result.pending.append(replace(shard, carried=tuple(carried)))
+    result.removed, result.removed_files = sorted(removed), len(gone)
     return result
 
 

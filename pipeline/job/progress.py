@@ -77,8 +77,8 @@ def progress_line(figures: dict) -> str:
     percent = f" ({100 * rows / total:.0f}%)" if total else ""
     rate = figures["images_per_s_last_minute"]
     eta = figures["eta_s"]
-    return (f"{figures['shards_written']}/{figures['shards_to_write']} shards written"
-            f" ({figures['already_complete']} already complete), {rows}/{total} rows{percent}, "
+    return (f"{figures['shards_written']:,}/{figures['shards_to_write']:,} shards written"
+            f" ({figures['already_complete']:,} already complete), {rows:,}/{total:,} rows{percent}, "
             f"{'n/a' if rate is None else f'{rate:.2f}'} images/s over the last minute, "
             f"ETA {'unknown' if eta is None else duration(eta)}, elapsed {duration(figures['elapsed_s'])}")
 

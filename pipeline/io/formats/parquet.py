@@ -86,12 +86,17 @@ def _footer_bytes(tail: bytes) -> int:
 def inspect_shard(where: Location, name: str, settings: JobSettings, size: int | None = None,
                   info: dict | None = None) -> Shard | FailedShard:
     """One shard's footer: its row counts, its schema checked for the task, and its fingerprint.
-    ``size`` (bytes, from the listing ``info``) saves asking the store for it.
+    The listing's ``info`` (or ``size``, bytes) saves asking the store for the file's size.
 
     A footer that cannot be read makes a failed shard (the others go on); a readable shard
     with the wrong columns stops the run with :class:`InputError`."""
+    info = dict(info or {})
+    if info.get("size") is None:
+        info["size"] = size
     try:
-        tail = where.retry.call(lambda: read_tail(where, size), f"reading the footer of {where.uri}")
+        if info["size"] is None:
+            info["size"] = where.retry.call(lambda: where.fs.size(where.path), f"looking at {where.uri}")
+        tail = where.retry.call(lambda: read_tail(where, info["size"]), f"reading the footer of {where.uri}")
         metadata = _parse_footer(tail)
         schema = metadata.schema.to_arrow_schema()
     except StorageUnavailable:
@@ -101,14 +106,14 @@ def inspect_shard(where: Location, name: str, settings: JobSettings, size: int |
     layout = resolve_layout(schema, settings.columns, settings.task, where.uri)
     groups = tuple(metadata.row_group(i).num_rows for i in range(metadata.num_row_groups))
     return Shard(uri=where.uri, name=name, num_rows=metadata.num_rows, format="parquet", path=where.path,
-                 plan=groups, id_type=layout.id_type, fingerprint=fingerprint(tail, info or {"size": size}))
+                 plan=groups, id_type=layout.id_type, fingerprint=fingerprint(tail, info))
 
 
 def inspect(input: Location, files: dict[str, dict], settings: JobSettings, threads: int, records=None):
     paths = list(files)
     jobs = list(zip(paths, shard_names(paths, input)))
-    inspected = in_threads(lambda job: inspect_shard(input.at(job[0]), job[1], settings, files[job[0]].get("size"),
-                                                     files[job[0]]), jobs, threads)
+    inspected = in_threads(lambda job: inspect_shard(input.at(job[0]), job[1], settings, info=files[job[0]]), jobs,
+                           threads)
     return [s for s in inspected if isinstance(s, Shard)], [s for s in inspected if isinstance(s, FailedShard)]
 
 

@@ -8,8 +8,9 @@ the key. A ``txt`` member is img2dataset's alt text, not an instruction, so the 
 
 Every tar is read in one sequential streaming pass (``tarfile``'s ``r|`` mode): at plan time to
 count the samples (the row count the driver waits for; skipped for a tar whose output records
-its size and ETag or mtime as they are), and again by the read task to emit the rows. On S3 that pass is one GET stream of the whole object, fetched in READ_BLOCK_BYTES ranges:
-planning costs one read of the input, shard by shard, so it parallelises with the shards. The
+its size and ETag or mtime as they are), and again by the read task to emit the rows. On S3
+that pass is one GET stream of the whole object, fetched in READ_BLOCK_BYTES ranges: planning
+costs one read of the input, shard by shard, so it parallelises with the shards. The
 count cannot come cheaper: a tar has no index, and its headers sit between the members' bytes
 (bench/bench_tar_inspect.py measures what it costs).
 
