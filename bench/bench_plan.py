@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 from pipeline.columns import OUTPUT_SCHEMA  # noqa: E402
 from pipeline.io.location import Location  # noqa: E402
 from pipeline.io.outputs import Outputs  # noqa: E402
-from pipeline.io.shard import Shard  # noqa: E402
+from pipeline.io.formats.parquet import inspect_shard  # noqa: E402
 from pipeline.job.plan import plan  # noqa: E402
 from pipeline.settings import JobSettings  # noqa: E402
 from tests.servers import start_s3  # noqa: E402
@@ -98,9 +98,9 @@ def build(input_uri: str, output_uri: str, shards: int, threads: int = 32) -> No
     def write(i: int) -> None:
         uri = f"{input_uri}/{names[i]}.parquet"
         fs.pipe_file(uri.removeprefix("s3://"), data)
-        if i % 2 == 0:
-            shard = Shard(uri=uri, name=names[i], num_rows=ROWS_PER_SHARD, format="parquet", path=uri.removeprefix("s3://"),
-                          plan=(ROWS_PER_GROUP, ROWS_PER_GROUP))
+        if i % 2 == 0:  # planned as a run plans it, so its output records the shard's fingerprint
+            where = Location.resolve(uri)
+            shard = inspect_shard(where, names[i], JobSettings(), info=where.fs.info(where.path))
             rows = [{"id": f"r{k}", "text": "a caption", "source_shard": uri, "row_index": k} for k in range(ROWS_PER_SHARD)]
             outputs.write(shard, pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA), settings)
 
@@ -132,8 +132,9 @@ def cpu_floor_s(planner_cpu_s: float, server_cpu_s: float, cores: int) -> float:
 
 def time_plan(input_uri: str, output_uri: str, threads: int) -> dict:
     started = time.perf_counter()
-    todo, done, failed = plan(settings_for(input_uri, output_uri), threads=threads)
-    return {"seconds": time.perf_counter() - started, "split": [len(todo), len(done), len(failed)]}
+    planned = plan(settings_for(input_uri, output_uri), threads=threads)
+    return {"seconds": time.perf_counter() - started,
+            "split": [len(planned.pending), len(planned.done), len(planned.failed)]}
 
 
 def extract_baseline(ref: str, where: Path) -> Path | None:

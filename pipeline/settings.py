@@ -96,6 +96,9 @@ class JobSettings:
                                    help="the output folder (local path, file://, s3://)")
     overwrite: bool = knob(False, flag="--overwrite", group="data",
                            help="redo every shard even if its output is complete (default: resume)")
+    prune: bool = knob(False, flag="--prune", group="data", help=(
+        "move result files whose input shard is no longer in the input under <output>/_removed/<run_id>/ "
+        "at the end of the run (default: keep them; they are left out of the summary and report)"))
     columns: ColumnMap = field(default_factory=ColumnMap, metadata={"knob": Knob(
         help="which input column is the id, the image, ...", decides_results=True)})
     model: str = knob("", flag="--model", metavar="MODEL", group="model", decides_results=True, help=(
@@ -135,6 +138,8 @@ class JobSettings:
     ray_address: str | None = knob(None, flag="--ray-address", metavar="ADDRESS", env="RAY_ADDRESS", help=(
         "the Ray cluster to join (ray job submit sets RAY_ADDRESS); default: a private local Ray"))
     run_id: str = knob("", flag="--run-id", metavar="NAME", help="a name for this run (default: a timestamp); stored in every row")
+    progress_s: float = knob(30.0, env="HIRED_PROGRESS_SECONDS", parse=at_least(1, float), help=(
+        "how often the job logs its progress line (shards and rows done, images/s, ETA), in seconds"))
     io_retry_s: float = knob(120.0, env="HIRED_IO_RETRY_SECONDS", parse=at_least(0, float), help=(
         "how long one stall of storage is retried before the run stops (exit 4; a rerun finishes it)"))
     cpu_threads: int | None = knob(None, env="HIRED_CPU_THREADS", parse=at_least(1), help=(

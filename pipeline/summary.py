@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import os
 import posixpath
 import sys
@@ -31,7 +32,9 @@ from .columns import (
     VISUAL_TOKENS_KEPT, VQA_ACCURACY,
 )
 from .io.location import Location
-from .io.outputs import Outputs
+from .io.manifest import GONE, Manifest
+from .io.outputs import Outputs, result_name
+from .job.progress import progress_line
 
 # The columns the summary reads; captions, prompts and VQA references are never loaded.
 SUMMARY_COLUMNS = (ID, ERROR_KIND, VISUAL_TOKENS_KEPT, VISUAL_TOKENS_FULL, GENERATED_TOKENS, TTFT_MS,
@@ -44,22 +47,38 @@ DUPLICATE_EXAMPLES = 20
 ID_BUCKETS = 64  # spill files for the duplicate check: each holds about 1/64 of the ids
 
 
-def read_columns(where: Location, path: str, columns) -> pa.Table:
-    """One result file's ``columns`` (those it has), retried as a whole if storage falters."""
+def read_columns(where: Location, path: str, columns, manifest: Manifest | None = None) -> pa.Table | str:
+    """One result file's ``columns`` (those it has), retried as a whole if storage falters; with a
+    ``manifest``, why the file is left out instead, when it does not describe the current input
+    (told by its footer, which opening the file reads anyway)."""
 
-    def read() -> pa.Table:
+    def read() -> pa.Table | str:
         with where.fs.open(path, "rb") as f:
             parquet = pq.ParquetFile(f)
+            if manifest is not None:
+                why = manifest.why_left_out(result_name(path), parquet.metadata.metadata)
+                if why is not None:
+                    return why
             present = [c for c in columns if c in parquet.schema_arrow.names]
             return parquet.read(columns=present)
 
     return where.retry.call(read, f"reading {path}")
 
 
-def output_tables(output: Location, columns) -> Iterator[pa.Table]:
-    """Each result file's projected columns in output order, one file in memory at a time."""
+def output_tables(output: Location, columns, manifest: Manifest | None = None,
+                  left_out: dict[str, str] | None = None) -> Iterator[pa.Table]:
+    """Each result file's projected columns in output order, one file in memory at a time; with a
+    ``manifest``, only the files describing the current input (the others named in ``left_out``)."""
     for path in Outputs(output).result_files():
-        yield read_columns(output, path, columns)
+        if manifest is not None and result_name(path) not in manifest.results:
+            read = GONE  # no need to open it
+        else:
+            read = read_columns(output, path, columns, manifest)
+        if isinstance(read, str):
+            if left_out is not None:
+                left_out[posixpath.basename(path)] = read
+            continue
+        yield read
 
 
 class RunningMean:
@@ -213,8 +232,10 @@ class SummaryTotals:
 
 
 def summarize_tables(tables, *, processed_rows: int, processed_generated_tokens: int, wall_s: float,
-                     extra: dict) -> dict:
-    """The summary of the rows in ``tables`` (an iterable, read one at a time), plus this run's throughput."""
+                     extra: dict, left_out: dict[str, str] | None = None) -> dict:
+    """The summary of the rows in ``tables`` (an iterable, read one at a time), plus this run's
+    throughput; ``left_out``: result files not counted, and why (filled as ``tables`` is read)."""
+    left_out = {} if left_out is None else left_out
     with tempfile.TemporaryDirectory(prefix="hired-summary-") as spill:
         totals = SummaryTotals(spill)
         for table in tables:
@@ -224,6 +245,8 @@ def summarize_tables(tables, *, processed_rows: int, processed_generated_tokens:
     summary = {
         **extra,
         **counts,
+        "left_out_results": {"count": len(left_out),
+                             "examples": [f"{name}: {why}" for name, why in list(left_out.items())[:DUPLICATE_EXAMPLES]]},
         "this_run": {
             "rows_processed": processed_rows,
             "wall_s": round(wall_s, 3),
@@ -241,22 +264,50 @@ def summarize(table: pa.Table | None, **run) -> dict:
     return summarize_tables([] if table is None else [table], **run)
 
 
-def summarize_output(output: Location, **run) -> dict:
-    """The summary of every result file under ``output``, read file by file."""
-    return summarize_tables(output_tables(output, SUMMARY_COLUMNS), **run)
+def summarize_output(output: Location, manifest: Manifest | None = None, **run) -> dict:
+    """The summary of the result files under ``output``, read file by file: with a ``manifest``
+    (pipeline.io.manifest), only those describing the current input; without, all of them."""
+    left_out: dict[str, str] = {}
+    return summarize_tables(output_tables(output, SUMMARY_COLUMNS, manifest, left_out), left_out=left_out, **run)
 
 
 def write_summary(output: Location, summary: dict) -> str:
     """``_summary.json`` beside the output (the latest run) and ``_runs/<run_id>.json`` (history)."""
     fs, root = output.fs, output.path
     text = json.dumps(summary, indent=2, sort_keys=False, default=str)
-    fs.makedirs(posixpath.join(root, "_runs"), exist_ok=True)
-    with fs.open(posixpath.join(root, "_runs", f"{summary['run_id']}.json"), "w") as f:
-        f.write(text)
+    write_run_record(output, summary["run_id"], summary, attempts=None)
     path = posixpath.join(root, "_summary.json")
     with fs.open(path, "w") as f:
         f.write(text)
     return fs.unstrip_protocol(path)
+
+
+def write_run_record(output: Location, run_id: str, record: dict, attempts: int | None = 1) -> None:
+    """``_runs/<run_id>.json``: a running job's progress, rewritten at each shard write, then its
+    summary. While running, one attempt (``attempts=1``) and no retries: a progress record must
+    never hold up the run; a failed write is logged and the next one catches up."""
+    fs = output.fs
+    path = posixpath.join(output.path, "_runs", f"{run_id}.json")
+    text = json.dumps(record, indent=2, default=str)
+    try:
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        with fs.open(path, "w") as f:
+            f.write(text)
+    except Exception as error:
+        if attempts is None:
+            raise
+        logging.getLogger("hired.pipeline").warning("could not update %s: %s: %s", fs.unstrip_protocol(path),
+                                                    type(error).__name__, error)
+
+
+def read_run_record(output: Location, run_id: str) -> dict | None:
+    """``_runs/<run_id>.json`` as written, or None when it is missing or unreadable."""
+    path = posixpath.join(output.path, "_runs", f"{run_id}.json")
+    try:
+        record = json.loads(output.fs.cat_file(path))
+    except (FileNotFoundError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def format_summary(summary: dict) -> str:
@@ -266,10 +317,25 @@ def format_summary(summary: dict) -> str:
         return "n/a" if v is None else fmt.format(v)
 
     run = summary.get("this_run")  # absent when summarising an output outside a job
-    lines = [
+    lines = []
+    if summary.get("running"):  # a job is writing to this output now
+        running = summary["running"]
+        lines.append(f"run {running['run_id']} is running (as of {running['updated_at']}): "
+                     f"{progress_line(running['progress'])}")
+    lines.append(
         f"items {summary['items']}  ok {summary['ok']}  errors {summary['errors']}"
         + (f"  ({', '.join(f'{k}: {v}' for k, v in summary['errors_by_reason'].items())})" if summary["errors"] else ""),
-    ]
+    )
+    changes = summary.get("input_changes")
+    if changes and (changes["redone_shards"] or changes["new_shards"]):
+        lines.append(f"input changes: {changes['new_shards']} new shard(s), {changes['redone_shards']} redone "
+                     f"(changed since their output was written{', e.g. ' + ', '.join(changes['redone_examples']) if changes['redone_examples'] else ''})")
+    if changes and changes.get("moved_to"):
+        lines.append(f"moved {changes['removed_results']} result file(s) whose shard is gone to {changes['moved_to']}")
+    left_out = summary.get("left_out_results") or {"count": 0}
+    if left_out["count"]:
+        lines.append(f"left out: {left_out['count']} result file(s) not describing the current input, e.g. "
+                     f"{'; '.join(left_out['examples'][:3])} (--prune moves those whose shard is gone under _removed/)")
     if run is not None:
         lines.append(f"this run: {run['rows_processed']} rows in {run['wall_s']:.1f} s = "
                      f"{num(run['images_per_s'], '{:.2f}')} images/s, {num(run['generated_tokens_per_s'])} generated tokens/s")

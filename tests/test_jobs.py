@@ -95,7 +95,7 @@ def test_wrong_settings_exit_2_with_one_line_before_anything_heavy(tmp_path, tin
         lines = [line for line in err.splitlines() if line.strip() and not line.startswith("usage:")
                  and not line.startswith(" ")]
         assert len(lines) == 1 and expected in lines[0], (args, err[-2000:])
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert not (tmp_path / "out").exists()  # a refused run leaves the output as it found it: absent
 
 
 def test_a_wrong_model_path_from_the_shell_starts_no_ray(tmp_path):
@@ -167,6 +167,14 @@ def test_resume_after_the_driver_is_killed(tmp_path, tiny_next_path):
     assert len(survivors) == 3
     for path in survivors:  # what a crash leaves behind is whole
         assert pq.read_metadata(path).num_rows == 2
+    record = json.loads((out / "_runs" / "first.json").read_text())  # kept at each shard write
+    assert record["state"] == "running" and record["progress"]["shards_written"] == 3
+    assert (record["progress"]["rows_generated"], record["progress"]["rows_to_generate"]) == (6, 16)
+    status = subprocess.run([sys.executable, "-m", "pipeline.summary", str(out)], capture_output=True, text=True,
+                            timeout=120, cwd=REPO)
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.startswith("run first is running (as of ")
+    assert ": 3/8 shards written (0 already complete), 6/16 rows (38%)" in status.stdout.splitlines()[0]
 
     second = subprocess.run(cmd[:-1] + ["second"], capture_output=True, text=True, env=job_env(), timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
@@ -181,6 +189,7 @@ def test_resume_after_the_driver_is_killed(tmp_path, tiny_next_path):
     assert summary["shards"]["written_this_run"] == shards - 3
     assert summary["items"] == 2 * shards and summary["errors"] == 0
     assert not list(out.glob(".*.tmp")), "temporary files left behind"
+    assert "progress: 5/5 shards written (3 already complete), 10/10 rows (100%)" in second.stderr
 
 
 @pytest.fixture
@@ -221,6 +230,7 @@ def test_ray_job_submit(ray_head, tmp_path, tiny_next_path, s3_server, bucket):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "succeeded" in result.stdout + result.stderr
     assert "items 6  ok 6  errors 0" in result.stdout
+    assert "progress: 2/2 shards written (0 already complete), 6/6 rows (100%)" in result.stdout  # ray job logs
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     for s in range(2):
         with fs.open(f"{bucket}/out/{s}.parquet".removeprefix("s3://"), "rb") as f:
@@ -256,9 +266,12 @@ def test_every_environment_knob_is_read_once_into_the_settings(tmp_path, tiny_ne
     args = build_parser().parse_args(["caption", "--input", str(tmp_path), "--output", str(tmp_path / "o"),
                                       "--model", str(tiny_next_path)])
     environ = {"HIRED_IO_RETRY_SECONDS": "7", "HIRED_CPU_THREADS": "3", "HIRED_PREPROCESS_NICENESS": "0",
-               "RAY_ADDRESS": "127.0.0.1:6379"}
+               "HIRED_PROGRESS_SECONDS": "5", "RAY_ADDRESS": "127.0.0.1:6379"}
     settings = settings_from_args(args, "caption", environ)
     assert (settings.io_retry_s, settings.cpu_threads, settings.preprocess_niceness) == (7.0, 3, 0)
+    assert settings.progress_s == 5.0 and settings.prune is False
+    pruning = build_parser().parse_args(["caption", "--prune", "--input", str(tmp_path), "--model", "m"])
+    assert settings_from_args(pruning, "caption", {}).prune is True
     assert settings.ray_address == "127.0.0.1:6379"
     assert settings.input.retry.window_s == settings.output.retry.window_s == 7.0  # the locations' policy too
     flagged = build_parser().parse_args(["caption", "--ray-address", "auto", "--input", str(tmp_path)])

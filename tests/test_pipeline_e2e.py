@@ -1,6 +1,7 @@
 """The pipeline end to end: Parquet shards on a real S3 server -> Ray Data -> results on S3."""
 
 import json
+import logging
 import math
 
 import pyarrow.parquet as pq
@@ -49,7 +50,10 @@ def read_s3_table(uri):
         return pq.read_table(f)
 
 
-def test_caption_job_on_s3(ray_local, s3_input, bucket, tiny_next_path):
+def test_caption_job_on_s3(ray_local, s3_input, bucket, tiny_next_path, caplog, capsys):
+    """Night 1 over three shards on S3; a rerun with nothing to do; then one shard re-exported (as
+    many rows, other pictures and ids), one deleted, one added: night 2 with the same command redoes
+    exactly the re-exported and the added shard, names the removed one, and counts the input's rows."""
     input_uri, shards = s3_input
     output_uri = f"{bucket}/captions"
     settings = JobSettings(task="caption", input=input_uri, output=output_uri, model=str(tiny_next_path),
@@ -58,7 +62,7 @@ def test_caption_job_on_s3(ray_local, s3_input, bucket, tiny_next_path):
 
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     files = sorted(p.rsplit("/", 1)[1] for p in fs.ls(output_uri.removeprefix("s3://")))
-    assert files == ["_runs", "_summary.json", "part-0.parquet", "part-1.parquet", "part-2.parquet"]
+    assert files == ["_manifest.json", "_runs", "_summary.json", "part-0.parquet", "part-1.parquet", "part-2.parquet"]
     for s, rows in shards.items():
         table = read_s3_table(f"{output_uri}/part-{s}.parquet")
         assert table.schema.remove_metadata() == OUTPUT_SCHEMA
@@ -108,6 +112,34 @@ def test_caption_job_on_s3(ray_local, s3_input, bucket, tiny_next_path):
     assert again["items"] == 12 and again["this_run"]["rows_processed"] == 0
     table = read_s3_table(f"{output_uri}/part-0.parquet")
     assert set(table.column("run_id").to_pylist()) == {summary["run_id"]}
+
+    reexported = [dict(row, id=f"new-{i}") for i, row in enumerate(caption_rows(5, 4, bucket))]
+    write_shard(f"{input_uri}/part-1.parquet", reexported, row_group_size=3)
+    fs.rm(f"{input_uri}/part-2.parquet".removeprefix("s3://"))
+    write_shard(f"{input_uri}/part-3.parquet", caption_rows(3, 3, bucket))
+    with caplog.at_level(logging.INFO, logger="hired.pipeline"):
+        night2 = run_job(settings)
+    assert night2["shards"] == {"total": 3, "written_this_run": 2, "already_complete": 1, "failed": 0}
+    assert night2["this_run"]["rows_processed"] == 7
+    assert night2["input_changes"] == {"redone_shards": 1, "redone_examples": ["part-1"], "new_shards": 1,
+                                       "removed_results": 1, "removed_examples": ["part-2"], "moved_to": None}
+    assert "1 shard(s) redone (changed since its output was written): part-1" in caplog.text
+    assert "1 result file(s) have no shard in the input any more (removed since they were written): part-2.parquet" in caplog.text
+    assert night2["items"] == 11 and night2["left_out_results"]["count"] == 1  # 4 + 4 + 3: the input as it is
+    assert read_s3_table(f"{output_uri}/part-1.parquet").column("id").to_pylist() == [f"new-{i}" for i in range(4)]
+    assert set(read_s3_table(f"{output_uri}/part-0.parquet").column("run_id").to_pylist()) == {summary["run_id"]}
+    assert fs.exists(f"{output_uri}/part-2.parquet".removeprefix("s3://"))  # kept: --prune sets it aside
+    fs.invalidate_cache()
+    record = json.loads(fs.cat_file(f"{output_uri}/_runs/{night2['run_id']}.json".removeprefix("s3://")))
+    assert record["state"] == "finished" and record["progress"]["rows_generated"] == 7
+    assert (record["progress"]["shards_written"], record["progress"]["shards_to_write"]) == (2, 2)
+    assert "progress: 2/2 shards written (1 already complete), 7/7 rows (100%)" in caplog.text
+    from pipeline import cli
+
+    capsys.readouterr()
+    assert cli.main(["summary", output_uri, "--json"]) == 0
+    offline = json.loads(capsys.readouterr().out)
+    assert offline["items"] == 11 and offline["left_out_results"] == night2["left_out_results"]
 
 
 def test_no_hired_runs_the_stock_token_count(ray_local, bucket, tiny_next_path):

@@ -29,7 +29,13 @@ def settings_for(root: str, **overrides) -> JobSettings:
 
 
 def input_shard(root: str, name: str, stem: str, rows: int = len(ROWS), groups=(2, 1)) -> Shard:
+    """The shard as planning finds it (its fingerprint included), or, with other ``rows``, one made up."""
     where = Location.resolve(f"{root}/in/{name}.parquet")
+    if rows == len(ROWS):
+        info = where.fs.info(where.path)
+        planned = inspect_shard(where, stem, JobSettings(), size=info["size"], info=info)
+        if isinstance(planned, Shard):
+            return planned
     return Shard(uri=where.uri, name=stem, num_rows=rows, format="parquet", path=where.path, plan=groups)
 
 
@@ -73,7 +79,7 @@ def build(root: str, shards: int = SHARDS) -> dict:
 
 
 def split_of(planned) -> dict:
-    todo, done, failed = planned
+    todo, done, failed = planned.pending, planned.done, planned.failed
     return {"todo": {s.name for s in todo}, "done": {s.name for s in done},
             "failed": {f.uri.rsplit("/", 1)[1].removesuffix(".parquet") for f in failed}}
 
@@ -90,7 +96,7 @@ def test_many_shards_split_as_one_by_one(root):
     parallel = plan(settings_for(root))
     assert split_of(parallel) == expected
     assert split_of(plan(settings_for(root), threads=1)) == expected
-    todo, done, failed = parallel
+    todo, done, failed = parallel.pending, parallel.done, parallel.failed
     assert [s.name for s in todo] == sorted((s.name for s in todo), key=lambda n: n.replace("sub__", "sub/"))  # input order
     assert all(s.num_rows == 3 and s.plan == (2, 1) for s in todo + done)
     (failure,) = failed
@@ -121,10 +127,10 @@ def test_storage_down_while_planning_stops_the_run(tmp_path, monkeypatch):
     root = str(tmp_path)
     build(root, shards=20)
 
-    def inspect(where, name, settings, size=None):
+    def inspect(where, name, settings, size=None, info=None):
         if name == "part-010":
             raise StorageUnavailable("reading the footer: storage unavailable after 5 attempts")
-        return inspect_shard(where, name, settings, size=size)
+        return inspect_shard(where, name, settings, size=size, info=info)
 
     monkeypatch.setattr(parquet_format, "inspect_shard", inspect)
     with pytest.raises(StorageUnavailable, match="storage unavailable"):

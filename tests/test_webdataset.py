@@ -221,8 +221,11 @@ def test_caption_job_on_img2dataset_shards_and_broken_tars(img2dataset_output, t
     assert summary["shards"] == {"total": 4, "written_this_run": 0, "already_complete": 4, "failed": 0}
     assert summary["items"] == PICTURES + 7
 
-def test_caption_job_on_tars_on_s3(ray_local, bucket, tiny_next_path, tmp_path):
-    """Tars on the S3 server: the good and bad samples, a truncated tar, a file that is no tar."""
+def test_caption_job_on_tars_on_s3(ray_local, bucket, tiny_next_path, tmp_path, monkeypatch):
+    """Tars on the S3 server: the good and bad samples, a truncated tar, a file that is no tar, and a
+    plain tar. Night 2, after bad.tar is re-exported (as many samples, other ones), cut.tar deleted
+    and new.tar added: exactly bad.tar and new.tar are redone, the plain tar is not even read again,
+    cut.tar's output is named and left out, and the summary counts the input's samples."""
     import s3fs
 
     from pipeline.job.run import run_job
@@ -232,13 +235,14 @@ def test_caption_job_on_tars_on_s3(ray_local, bucket, tiny_next_path, tmp_path):
     write_tar(local / "bad.tar", bad_samples())
     truncated_copy(local / "bad.tar", local / "cut.tar")
     (local / "junk.tar").write_bytes(b"no tar here" * 100)
+    write_tar(local / "plain.tar", [{"__key__": f"plain-{i}", "jpg": encoded(30, 40, "JPEG", seed=i)} for i in range(2)])
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     fs.put(str(local) + "/", f"{bucket}/in/".removeprefix("s3://"), recursive=True)
 
     settings = JobSettings(task="caption", input=f"{bucket}/in", output=f"{bucket}/out", model=str(tiny_next_path),
                            num_gpus=0, max_new_tokens=2)
     summary = run_job(settings)
-    assert summary["shards"] == {"total": 3, "written_this_run": 2, "already_complete": 0, "failed": 1}
+    assert summary["shards"] == {"total": 4, "written_this_run": 3, "already_complete": 0, "failed": 1}
     assert summary["failed_shards"][0]["shard"] == f"{bucket}/in/junk.tar"
     assert summary["failed_shards"][0]["reason"].startswith("unreadable tar")
     with fs.open(f"{bucket}/out/bad.parquet".removeprefix("s3://"), "rb") as f:
@@ -250,7 +254,24 @@ def test_caption_job_on_tars_on_s3(ray_local, bucket, tiny_next_path, tmp_path):
         cut = pq.read_table(f).to_pylist()
     assert [(r["id"], (r["error"] or "ok").split(":")[0]) for r in cut] == [
         ("bad/ok-0", "ok"), ("bad/no-image", "missing image"), ("bad/corrupt", "unreadable shard")]
-    assert summary["items"] == 7 and summary["errors"] == 4
+    assert summary["items"] == 9 and summary["errors"] == 4
+
+    reexported = [{"__key__": f"again-{i}", "png": encoded(20, 30 + i, "PNG", seed=40 + i)} for i in range(4)]
+    fs.put(write_tar(local / "again.tar", reexported), f"{bucket}/in/bad.tar".removeprefix("s3://"))
+    fs.rm(f"{bucket}/in/cut.tar".removeprefix("s3://"))
+    fs.put(write_tar(local / "new.tar", bad_samples()[:1]), f"{bucket}/in/new.tar".removeprefix("s3://"))
+    counted = []
+    count = wd.count_samples
+    monkeypatch.setattr(wd, "count_samples", lambda where: counted.append(where.name) or count(where))
+    night2 = run_job(settings)
+    assert night2["shards"] == {"total": 4, "written_this_run": 2, "already_complete": 1, "failed": 1}
+    assert sorted(counted) == ["bad.tar", "junk.tar", "new.tar"]  # plain.tar's output vouches for it as it is
+    assert night2["input_changes"]["redone_examples"] == ["bad"] and night2["input_changes"]["new_shards"] == 1
+    assert night2["input_changes"]["removed_examples"] == ["cut"]
+    with fs.open(f"{bucket}/out/bad.parquet".removeprefix("s3://"), "rb") as f:
+        assert pq.read_table(f).column("id").to_pylist() == [f"again-{i}" for i in range(4)]
+    assert night2["this_run"]["rows_processed"] == 5
+    assert night2["items"] == 4 + 2 + 1 and night2["errors"] == 0
 
 def test_a_mixed_input_exits_2_with_one_line(tmp_path, tiny_next_path):
     write_tar(tmp_path / "in" / "a.tar", bad_samples())

@@ -104,8 +104,9 @@ def dry_run(settings, points) -> int:
     from ..memory.checkpoints import planning_config
     from .plan import print_plans
 
-    pending, done, failed = plan(settings, tidy=False)
-    rows = sum(s.num_rows for s in pending)
+    planned = plan(settings, tidy=False)
+    pending, done, failed = planned.pending, planned.done, planned.failed
+    rows = planned.rows_to_generate
     print(f"input {settings.input}: {len(pending)} shards to do ({rows} rows), {len(done)} already complete in "
           f"{settings.output}, {len(failed)} unreadable")
     for shard in failed:

@@ -16,7 +16,8 @@ from typing import TypeVar
 
 import fsspec
 
-from .retry import RetryPolicy
+from ..errors import InputError
+from .retry import RetryPolicy, settings_problem
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -40,11 +41,19 @@ class Location:
 
     def __str__(self) -> str:
         """As people write it: a local path as a path, anything else as its URI."""
-        return self.path if "file" in self.fs.protocol else self.uri
+        return self.path if self.is_local else self.uri
 
     @property
     def is_s3(self) -> bool:
         return "s3" in self.fs.protocol
+
+    @property
+    def is_local(self) -> bool:
+        return "file" in self.fs.protocol or "local" in self.fs.protocol
+
+    @property
+    def bucket(self) -> str | None:
+        return self.path.split("/", 1)[0] if self.is_s3 else None
 
     @property
     def name(self) -> str:
@@ -71,6 +80,28 @@ class Location:
 
     def read_bytes(self) -> bytes:
         return self.retry.call(lambda: self.fs.cat_file(self.path), f"reading {self.uri}")
+
+    def ask(self, operation: Callable[[], T], what: str) -> T:
+        """``operation()`` at the edge, where the settings are checked: retried while storage fails
+        transiently, and a refusal of the settings (credentials, a permission, a missing bucket)
+        raised at once as :class:`InputError` naming what to set."""
+        try:
+            return self.retry.call(operation, what)
+        except Exception as error:
+            problem = settings_problem(error, self.bucket)
+            if problem is None:
+                raise
+            raise InputError(f"{what}: {problem}") from None
+
+    def check_bucket(self, side: str) -> None:
+        """On an object store, that the bucket exists and these credentials may see it (one HEAD)."""
+        if not self.is_s3:
+            return
+        try:
+            self.ask(lambda: self.fs.info(self.bucket), f"looking for the {side} bucket {self.bucket}")
+        except FileNotFoundError:
+            raise InputError(f"the {side} bucket {self.bucket} does not exist (or is not visible with these "
+                             "credentials): check the URI, AWS_ENDPOINT_URL and AWS_PROFILE") from None
 
 
 def in_threads(work: Callable[[T], R], items: Sequence[T], threads: int) -> list[R]:

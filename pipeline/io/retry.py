@@ -37,6 +37,41 @@ _SETTINGS_ERRORS = {"NoCredentialsError", "PartialCredentialsError", "Credential
                     "NoRegionError", "ProfileNotFound", "InvalidConfigError"}
 
 
+# How the store words a refusal of the credentials themselves (not of one permission).
+_REFUSED_CREDENTIALS = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "access key id you provided does not exist",
+                        "signature we calculated does not match", "InvalidToken", "ExpiredToken", "token has expired")
+
+
+def settings_problem(error: BaseException, bucket: str | None = None) -> str | None:
+    """What to set when ``error`` is storage refusing these settings (no or wrong credentials, a
+    permission missing, a bucket that does not exist), in words naming the setting; None for any
+    other error. ``bucket``: the bucket the operation was about, on an object store."""
+    name = type(error).__name__
+    if type(error).__module__.startswith("botocore") and name in _SETTINGS_ERRORS:
+        return {
+            "NoCredentialsError": "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
+                                  "AWS_PROFILE (a profile in ~/.aws/credentials), or run where an instance role "
+                                  "provides them",
+            "PartialCredentialsError": f"incomplete AWS credentials ({error}): set both AWS_ACCESS_KEY_ID and "
+                                       "AWS_SECRET_ACCESS_KEY",
+            "NoRegionError": "no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION)",
+            "ProfileNotFound": f"{error}: AWS_PROFILE names a profile that ~/.aws/config and ~/.aws/credentials "
+                               "do not hold",
+        }.get(name, f"{error}: check AWS_PROFILE and ~/.aws/config")
+    cause = error.__cause__
+    code = (getattr(cause, "response", None) or {}).get("Error", {}).get("Code", "")
+    text = f"{code} {error}".lower()
+    if isinstance(error, PermissionError) and bucket:
+        if any(marker.lower() in text for marker in _REFUSED_CREDENTIALS):
+            return (f"the store refused these credentials ({error}): check AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), and AWS_ENDPOINT_URL for a store other than AWS")
+        return (f"access denied ({error}): the credentials in use (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                "or AWS_PROFILE) are not valid for this store or lack the permission")
+    if isinstance(error, FileNotFoundError) and bucket and (code == "NoSuchBucket" or "bucket does not exist" in text):
+        return f"the bucket {bucket} does not exist: check the URI (and AWS_ENDPOINT_URL for a store other than AWS)"
+    return None
+
+
 def is_transient(error: BaseException) -> bool:
     """Whether ``error`` is storage failing for now rather than the data or the settings being wrong."""
     if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, ValueError)):

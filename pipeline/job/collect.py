@@ -9,7 +9,7 @@ shard, in Arrow, when it writes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +22,7 @@ from ..io.shard import FailedShard, Shard
 from ..row_errors import ErrorKind, RowError
 from ..settings import JobSettings
 from ..stages.base import missing
+from .carry import carried_blocks
 
 log = logging.getLogger("hired.pipeline")
 
@@ -34,7 +35,8 @@ class _ShardRows:
     def __init__(self, shard: Shard):
         self.shard = shard
         self.arrived = np.zeros(shard.num_rows, dtype=bool)
-        self.count = 0
+        self.arrived[[row for row, _, _ in shard.carried]] = True  # carried over: read when the shard is written
+        self.count = len(shard.carried)
         self.blocks: list[pa.Table] = []
 
     @property
@@ -75,13 +77,16 @@ def first_arrivals(index: np.ndarray, arrived: np.ndarray) -> np.ndarray:
 class ShardCollector:
     """Gathers result rows per shard; writes a shard's output the moment it is complete."""
 
-    def __init__(self, shards: list[Shard], settings: JobSettings):
+    def __init__(self, shards: list[Shard], settings: JobSettings,
+                 on_rows: Callable[[int], None] | None = None, on_written: Callable[[Shard], None] | None = None):
         self.settings = settings
         self.outputs = Outputs(settings.output)
         self.shards: dict[str, _ShardRows | None] = {s.uri: _ShardRows(s) for s in shards}  # None once written
         self.written: list[str] = []
         self.generated_tokens = 0
         self.processed = 0
+        self.on_rows = on_rows  # told how many fresh rows each block brought
+        self.on_written = on_written  # told of each shard written
 
     def add(self, block: pa.Table) -> None:
         """A block of result rows as Ray Data hands it (any shards, any order, perhaps repeated)."""
@@ -93,18 +98,24 @@ class ShardCollector:
                 continue  # a retried batch's rows for a shard already written
             fresh = books.add(rows)
             self.processed += fresh.num_rows
+            if self.on_rows is not None:
+                self.on_rows(fresh.num_rows)
             self.generated_tokens += token_sum(fresh)
             if books.complete:
                 self.flush(uri)
 
     def flush(self, uri: str) -> None:
         books = self.shards[uri]
+        blocks = books.blocks + carried_blocks(self.outputs, books.shard)
         # Ids travel between stages as strings; the output keeps the input's id type (cast here).
-        table = shard_table(books.blocks, output_schema(self.settings.task, books.shard.id_type))
+        table = shard_table(blocks, output_schema(self.settings.task, books.shard.id_type))
         self.written.append(self.outputs.write(books.shard, table, self.settings.result_settings()))
-        log.info("wrote %s (%d rows)", self.written[-1], books.shard.num_rows)
-        failpoint("shard_written")  # tests kill the driver here, between two shards
+        carried = f", {len(books.shard.carried)} carried over" if books.shard.carried else ""
+        log.info("wrote %s (%d rows%s)", self.written[-1], books.shard.num_rows, carried)
         self.shards[uri] = None  # done
+        if self.on_written is not None:
+            self.on_written(books.shard)
+        failpoint("shard_written")  # tests kill the driver here, between two shards
 
     def incomplete(self) -> list[FailedShard]:
         return [

@@ -1,11 +1,12 @@
 """Run a captioning or VQA job: plan the shards, stream them through Ray Data, write each
 shard's results once it is complete, and summarise.
 
-Ray Data does the scheduling, retries and progress; the driver keeps the books:
+Ray Data does the scheduling and retries; the driver keeps the books:
 it knows every shard's row count from its footer, gathers results per shard, and
 writes a shard's output only when every one of its rows has a result (or an
 error). A crash therefore leaves only whole outputs behind, and a rerun of the
-same command skips them.
+same command skips them; a shard whose input changed since is redone. The
+driver logs its progress (pipeline.job.progress) and keeps it beside the output.
 """
 
 from __future__ import annotations
@@ -16,14 +17,17 @@ import time
 import ray
 
 from ..errors import InputError, RunAborted, StorageUnavailable
+from ..io.manifest import Manifest, write_manifest
+from ..io.outputs import Outputs
 from ..io.shard import Shard
 from ..settings import JobSettings, with_run_id
 from ..stages.preprocess import Preprocessor
 from ..stages.read import read_rows, read_tasks
 from ..stages.score import score_vqa
-from ..summary import summarize, summarize_output, write_summary
+from ..summary import summarize, summarize_output, write_run_record, write_summary
 from .collect import ShardCollector
-from .plan import plan
+from .plan import Plan, plan
+from .progress import Progress, logged_every
 from .ray_setup import init_ray
 
 log = logging.getLogger("hired.pipeline")
@@ -107,32 +111,75 @@ def abort_reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[-1] if lines else ''}"
 
 
+class RunRecords:
+    """What a run writes beside its results: ``_manifest.json`` (the current input's shards) and
+    ``_runs/<run_id>.json`` (its progress, rewritten at each shard write; its summary at the end).
+    Nothing is written before the output exists: a run that writes no result creates no output."""
+
+    def __init__(self, settings: JobSettings, manifest: Manifest, progress: Progress, output_exists: bool):
+        self.settings, self.manifest, self.progress = settings, manifest, progress
+        self.begun = False
+        self.started_at = _now()
+        if output_exists:
+            self.begin()
+
+    def begin(self) -> None:
+        write_manifest(self.settings.output, self.manifest)
+        self.begun = True
+        self.update()
+
+    def update(self) -> None:
+        record = {"run_id": self.settings.run_id, "state": "running", "task": self.settings.task,
+                  "input": str(self.settings.input), "output": str(self.settings.output),
+                  "started_at": self.started_at, "updated_at": _now(), "progress": self.progress.figures()}
+        write_run_record(self.settings.output, self.settings.run_id, record)
+
+    def shard_written(self, shard: Shard) -> None:
+        self.progress.shard_written()
+        if self.begun:
+            self.update()
+        else:
+            self.begin()
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
 def run_job(settings: JobSettings) -> dict:
     """Run (or resume) a job; returns the summary, also written beside the output."""
     settings = with_run_id(settings)
     started = time.perf_counter()
-    pending, done, failed = plan(settings)
-    log.info("run %s: %d shards to do, %d already complete, %d unreadable", settings.run_id, len(pending), len(done), len(failed))
+    planned = plan(settings)
+    pending, done, failed = planned.pending, planned.done, planned.failed
+    log.info("run %s: %d shards to do (%d rows to generate), %d already complete, %d unreadable", settings.run_id,
+             len(pending), planned.rows_to_generate, len(done), len(failed))
     for f in failed:
         log.error("shard failed: %s: %s", f.uri, f.reason)
 
-    collector = ShardCollector(pending, settings)
-    for shard in pending:
-        if shard.num_rows == 0:  # an empty shard is complete as it is
-            collector.flush(shard.uri)
+    manifest = Manifest.of(settings.run_id, str(settings.input), planned.current)
+    progress = Progress(len(pending), planned.rows_to_generate, already_complete=len(done))
+    records = RunRecords(settings, manifest, progress, planned.output_existed)
+    collector = ShardCollector(pending, settings, on_rows=progress.rows_arrived, on_written=records.shard_written)
     aborted = None
-    if any(s.num_rows for s in pending):
-        init_ray(settings.ray_address)
-        try:
-            for block in build_dataset([s for s in pending if s.num_rows], settings).iter_batches(
-                batch_size=None, batch_format="pyarrow"
-            ):
-                collector.add(block)
-        except Exception as error:  # the run cannot go on; keep what is complete and say why
-            aborted = abort_reason(error)
-            log.error("run stopped: %s", aborted)
+    with logged_every(progress, settings.progress_s, log):
+        for shard in pending:
+            if shard.rows_to_generate == 0:  # empty, or every row carried over: complete as it is
+                collector.flush(shard.uri)
+        to_generate = [s for s in pending if s.rows_to_generate]
+        if to_generate:
+            init_ray(settings.ray_address)
+            try:
+                for block in build_dataset(to_generate, settings).iter_batches(batch_size=None, batch_format="pyarrow"):
+                    collector.add(block)
+            except Exception as error:  # the run cannot go on; keep what is complete and say why
+                aborted = abort_reason(error)
+                log.error("run stopped: %s", aborted)
     unreadable = len(failed)
     failed += [] if aborted else collector.incomplete()
+    changes = planned.changes()
+    if not aborted:
+        changes["moved_to"] = tidy(settings, planned, everything_written=not failed)
     wall_s = time.perf_counter() - started
 
     run = dict(
@@ -141,6 +188,7 @@ def run_job(settings: JobSettings) -> dict:
         wall_s=wall_s,
         extra={
             "run_id": settings.run_id,
+            "state": "stopped" if aborted else "finished",
             "task": settings.task,
             "input": str(settings.input),
             "output": str(settings.output),
@@ -153,22 +201,42 @@ def run_job(settings: JobSettings) -> dict:
                 "failed": len(failed),
             },
             "failed_shards": [{"shard": f.uri, "reason": f.reason} for f in failed],
+            "input_changes": changes,
+            "progress": progress.figures(),
         },
     )
     try:  # file by file, a few columns at a time: the driver never holds the output's rows
-        summary = summarize_output(settings.output, **run)
+        summary = summarize_output(settings.output, manifest=manifest, **run)
     except StorageUnavailable:
         if not aborted:
             raise
         summary = summarize(None, **run)  # storage is what stopped the run: the counts must wait for the rerun
     if aborted:
         summary["aborted"] = aborted
-    try:
-        summary["summary_uri"] = write_summary(settings.output, summary)
-    except Exception as error:
-        if not aborted:
-            raise
-        summary["summary_uri"] = f"(not written: {type(error).__name__})"
+    if not (records.begun or settings.output.exists()):
+        summary["summary_uri"] = "(not written: the run wrote no result, so the output was left as it was)"
+    else:
+        try:
+            summary["summary_uri"] = write_summary(settings.output, summary)
+        except Exception as error:
+            if not aborted:
+                raise
+            summary["summary_uri"] = f"(not written: {type(error).__name__})"
     if aborted:
         raise RunAborted(aborted, summary)
     return summary
+
+
+def tidy(settings: JobSettings, planned: Plan, everything_written: bool) -> str | None:
+    """After a run that was not stopped: delete the folder chunk outputs this run's chunks replaced
+    (once all of them are written), and with ``--prune`` set aside the results whose shard is gone.
+    Returns where those went, if anywhere."""
+    outputs = Outputs(settings.output)
+    if planned.superseded and everything_written:
+        outputs.remove(planned.superseded)
+        log.info("removed %d folder chunk output(s) replaced by this run's chunks", len(planned.superseded))
+    if not (settings.prune and planned.removed):
+        return None
+    moved_to = outputs.set_aside(planned.removed, settings.run_id)
+    log.info("moved %d result file(s) whose shard is gone to %s", len(planned.removed), moved_to)
+    return moved_to

@@ -1,6 +1,8 @@
 """What a report states, read from a pipeline output without holding its rows.
 
-The result files are read one at a time, a few columns at a time, in two passes: the first
+Only the result files that describe the current input count (``_manifest.json``, written by each
+run: results whose shard is gone, or stale, are left out and named in the notes). They are read
+one at a time, a few columns at a time, in two passes: the first
 gathers the counts (through :class:`pipeline.summary.SummaryTotals`, so they agree with the job's
 own summary), the first error rows and each chart's value range; the second fills histograms with
 fixed bins and draws an even sample of at most ``MAX_PLOTTED_POINTS`` items for the scatter charts.
@@ -22,7 +24,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..io.location import Location
-from ..io.outputs import Outputs
+from ..io.manifest import read_manifest
+from ..io.outputs import Outputs, result_name
 from ..summary import SUMMARY_COLUMNS, SummaryTotals, read_columns
 
 MAX_PLOTTED_POINTS = 20_000  # beyond this a scatter is a blot and slow to draw: plot an even subset
@@ -95,6 +98,7 @@ def load_output(output_uri: str) -> Output:
         raise ReportError(f"{output_uri} does not exist")
     if not fs.isdir(path):
         raise ReportError(f"{output_uri} is not a directory: give the job's --output location")
+    notes: list[str] = []
     try:
         files = Outputs(where).result_files()
         footers = [_footer(where, p) for p in files]
@@ -102,11 +106,22 @@ def load_output(output_uri: str) -> Output:
         raise ReportError(f"cannot read the result files under {output_uri}: {type(e).__name__}: {e}") from None
     if not files:
         raise ReportError(f"{output_uri} holds no result files (*.parquet): is it a pipeline output?")
+    manifest = read_manifest(where)
+    if manifest is not None:  # only the results describing the input as the last run found it
+        why = {p: manifest.why_left_out(result_name(p), f.metadata) for p, f in zip(files, footers)}
+        left_out = [p for p in files if why[p] is not None]
+        if left_out:
+            shown = "; ".join(f"{posixpath.basename(p)}: {why[p]}" for p in left_out[:5])
+            notes.append(f"{len(left_out)} result file(s) do not describe the current input and are left out "
+                         f"({shown}{' ...' if len(left_out) > 5 else ''}).")
+        footers = [f for p, f in zip(files, footers) if why[p] is None]
+        files = [p for p in files if why[p] is None]
+        if not files:
+            raise ReportError(f"{output_uri} holds no result files for its current input: {notes[-1]}")
     file_rows = [footer.num_rows for footer in footers]
     if not sum(file_rows):
         raise ReportError(f"{output_uri} holds result files but no rows: there is nothing to report")
     column_names = {name for footer in footers for name in footer.schema.to_arrow_schema().names}
-    notes: list[str] = []
     saved = _read_saved_summary(fs, path, notes)
     if saved and saved.get("items") != sum(file_rows):  # e.g. shards added or removed by hand since
         notes.append(f"_summary.json counts {saved.get('items')} items but the result files hold {sum(file_rows)}: "

@@ -18,7 +18,7 @@ from ...errors import InputError
 from ..location import Location
 from ..shard import FailedShard, Shard
 from . import folder, parquet, webdataset
-from .base import Format
+from .base import Format, Records
 
 if TYPE_CHECKING:
     from ...settings import JobSettings
@@ -31,22 +31,27 @@ def get(name: str) -> Format:
     return FORMATS[name]
 
 
-def _hidden(path: str) -> bool:
-    return posixpath.basename(path).startswith((".", "_"))
+def _hidden(relative: str) -> bool:
+    """A file under a folder or name starting with '.' or '_' (Spark's and Hadoop's ``_temporary``,
+    ``_SUCCESS``, ``.staging``) is no input: the rule Hadoop, Spark and Arrow's datasets apply."""
+    return any(part.startswith((".", "_")) for part in relative.split("/"))
 
 
 def list_files(input: Location) -> dict[str, dict]:
     """Every visible file under ``input`` (a file, or a directory searched recursively): path ->
-    listing info (``size`` among others), sorted, from one listing asked of the store itself (s3fs
-    caches listings, and a folder that changed since must be seen as it is)."""
-    fs, path, retry = input.fs, input.path, input.retry
+    listing info (``size``, ETag or mtime), sorted, from one listing asked of the store itself
+    (s3fs caches listings, and a folder that changed since must be seen as it is). Credentials,
+    permissions or a bucket that do not work stop here, naming what to set (InputError)."""
+    fs, path = input.fs, input.path
     fs.invalidate_cache(path)
-    if not retry.call(lambda: fs.exists(path), f"looking for {input.uri}"):
+    # The listing first: a store's refusal of a listing says why (a HEAD's says only "Forbidden").
+    found = input.ask(lambda: fs.find(path, detail=True), f"listing the input {input.uri}")
+    if path in found:  # a file named on its own
+        return {path: found[path]}
+    if not found and not input.ask(lambda: fs.exists(path), f"looking for the input {input.uri}"):
+        input.check_bucket("input")
         raise InputError(f"input {input.uri} does not exist")
-    if retry.call(lambda: fs.isfile(path), f"looking at {input.uri}"):
-        return {path: retry.call(lambda: fs.info(path), f"looking at {input.uri}")}
-    found = retry.call(lambda: fs.find(path, detail=True), f"listing {input.uri}")
-    return {p: found[p] for p in sorted(found) if not _hidden(p)}
+    return {p: found[p] for p in sorted(found) if not _hidden(posixpath.relpath(p, path))}
 
 
 def choose_format(input: Location, found: dict[str, dict]) -> tuple[Format, dict[str, dict]]:
@@ -76,15 +81,30 @@ def choose_format(input: Location, found: dict[str, dict]) -> tuple[Format, dict
     return FORMATS[present[0]], claimed[present[0]]
 
 
-def inspect_input(input: Location, settings: JobSettings, threads: int = 1) -> tuple[list[Shard], list[FailedShard]]:
+def inspect_input(input: Location, settings: JobSettings, threads: int = 1,
+                  records: Records | None = None) -> tuple[list[Shard], list[FailedShard]]:
     """Every shard of the input from one listing, inspected by up to ``threads`` at once: (readable
     shards, failed shards), each in input order. Integer ids stay integers only if every shard's
-    are: the outputs of one input share a schema."""
+    are: the outputs of one input share a schema. ``records``: what the output holds, by name (a
+    format may skip inspecting a shard its output describes). Two shards that would write one
+    output file (``sub/x.parquet`` and ``sub__x.parquet``) stop the run, naming both."""
     form, files = choose_format(input, list_files(input))
     if settings.task == "vqa" and not form.carries_questions:
         raise InputError(f"the VQA job needs questions: input {input.uri} holds {form.files}, "
                          "give it Parquet shards with a 'question' column")
-    shards, failed = form.inspect(input, files, settings, threads)
+    shards, failed = form.inspect(input, files, settings, threads, records)
+    check_unique_names(shards + failed)
     if not all(s.id_type == "int64" for s in shards):
         shards = [replace(s, id_type="string") for s in shards]
     return shards, failed
+
+
+def check_unique_names(shards: list[Shard | FailedShard]) -> None:
+    first: dict[str, str] = {}
+    for shard in shards:
+        if not shard.name:
+            continue
+        if shard.name in first:
+            raise InputError(f"input shards {first[shard.name]} and {shard.uri} would both write {shard.name}.parquet "
+                             "(the output names a shard by its path with '/' as '__'): rename one of them")
+        first[shard.name] = shard.uri

@@ -1,16 +1,16 @@
-"""A folder (or S3 prefix) of image files as the input: cut into shards, read file by file.
+"""A folder (or S3 prefix) of image files as the input: cut into chunks, read file by file.
 
-The files are sorted by their path relative to the input and cut into shards of FILES_PER_SHARD
-files: ``images-00000`` holds the first thousand, and so on. A row's id is its file's relative
-path. The row count of a shard is its file count, so planning costs only the listing.
+A row's id is its file's path relative to the input. The files, sorted by that path, are cut
+into chunks (the shards) at places that depend only on the files' own paths: a chunk ends after
+each file whose path hashes to 0 modulo FILES_PER_SHARD, so chunks hold FILES_PER_SHARD files on
+average, and adding or removing a file changes only the chunk it sorts into (a file that ends a
+chunk splits one or joins two), wherever its name sorts. Planning costs only the listing.
 
-Resuming: a shard's identity (its ``uri``, which the output footer records as its source) is the
-input, the shard's place and a fingerprint of its members: their paths, sizes and versions (the
-S3 ETag, or the local modification time). A rerun over an unchanged folder finds every finished
-shard complete; a shard whose files were added, removed, renamed or rewritten gets another
-identity, so its old output is not taken as complete and the shard is redone (its output
-replaced). Adding one file early in the sort order shifts every later shard, which are then redone
-too: the price of fixed-size shards.
+A chunk is named by a hash of its files' paths and versions (size and ETag, or modification
+time), which is also its fingerprint: an unchanged chunk keeps its name and its output, and a
+chunk whose files were added, removed or rewritten is a new chunk. Every chunk output records
+each row's file version, so a new chunk generates only its new and changed files; the results of
+the others are carried over from the outputs that hold them (pipeline.job.carry).
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ from ...errors import StorageUnavailable
 from ...row_errors import ErrorKind, RowError
 from ..location import Location
 from ..shard import ReadTask, Shard
-from .base import Format
+from .base import Format, listing_version
 
 if TYPE_CHECKING:
     from ...settings import JobSettings
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-FILES_PER_SHARD = 1000
-# Files one read task fetches (several tasks per shard read in parallel), and files fetched at once
+FILES_PER_SHARD = 1000  # files per chunk on average
+# Files one read task fetches (several tasks per chunk read in parallel), and files fetched at once
 # within a task: object stores answer one small GET at a time slowly, many concurrently well.
 FILES_PER_TASK = 100
 FILES_PER_SLICE = 25
@@ -45,41 +45,61 @@ def claims(path: str) -> bool:
     return path.lower().endswith(IMAGE_SUFFIXES)
 
 
-def member_version(info: dict) -> str:
-    """What changes when a file's bytes do, as the store reports it: S3's ETag, else the
-    modification time; the size on every store."""
-    version = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
-    return f"{info.get('size')}:{str(version).strip(chr(34))}"
+def ends_chunk(member: str, files_per_chunk: int) -> bool:
+    """Whether a chunk ends after this file: a property of its path alone, so chunks elsewhere stay put."""
+    digest = hashlib.blake2b(member.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % files_per_chunk == 0
 
 
-def fingerprint(members: list[str], versions: list[str]) -> str:
+def chunk_digest(members: list[str], versions: list[str]) -> str:
     digest = hashlib.sha256()
     for member, version in zip(members, versions):
         digest.update(f"{member}\0{version}\n".encode())
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()
 
 
-def inspect(input: Location, files: dict[str, dict], settings: JobSettings, threads: int):
-    """Shards of the image files ``files`` (path -> listing info): sorted by the path relative to the
-    input's folder (its parent when the input is one file), FILES_PER_SHARD to a shard."""
+def inspect(input: Location, files: dict[str, dict], settings: JobSettings, threads: int, records=None):
+    """Chunks of the image files ``files`` (path -> listing info), by path relative to the input's
+    folder (its parent when the input is one file)."""
     root = input.at(posixpath.dirname(input.path)) if input.path in files else input
-    relative = sorted((posixpath.relpath(path, root.path), info) for path, info in files.items())
+    relative = sorted((posixpath.relpath(path, root.path), listing_version(info)) for path, info in files.items())
+    chunks, current = [], []
+    for member, version in relative:
+        current.append((member, version))
+        if ends_chunk(member, FILES_PER_SHARD):
+            chunks.append(current)
+            current = []
+    if current:
+        chunks.append(current)
     shards = []
-    for index, start in enumerate(range(0, len(relative), FILES_PER_SHARD)):
-        chunk = relative[start : start + FILES_PER_SHARD]
-        members = tuple(path for path, _ in chunk)
-        digest = fingerprint(list(members), [member_version(info) for _, info in chunk])
-        name = f"{SHARD_PREFIX}{index:05d}"
-        shards.append(Shard(uri=f"{root.uri.rstrip('/')}#{name}.{digest}", name=name, num_rows=len(members),
-                            format="folder", path=root.path, plan=members))
+    for chunk in chunks:
+        members, versions = tuple(m for m, _ in chunk), tuple(v for _, v in chunk)
+        digest = chunk_digest(list(members), list(versions))
+        name = f"{SHARD_PREFIX}{digest[:16]}"
+        shards.append(Shard(uri=f"{root.uri.rstrip('/')}#{name}", name=name, num_rows=len(members), format="folder",
+                            path=root.path, plan=members, fingerprint=digest, versions=versions))
     return shards, []
 
 
 def read_tasks(shard: Shard) -> list[ReadTask]:
-    """Runs of FILES_PER_TASK members, each with its first row's index."""
-    return [ReadTask(shard.uri, shard.name, "folder", shard.path, start, len(shard.plan[start : start + FILES_PER_TASK]),
-                     part=tuple(shard.plan[start : start + FILES_PER_TASK]))
-            for start in range(0, len(shard.plan), FILES_PER_TASK)]
+    """Runs of at most FILES_PER_TASK members to generate (carried rows are not read), each with
+    its first row's index."""
+    carried = {row for row, _, _ in shard.carried}
+    tasks, run = [], []
+
+    def close() -> None:
+        if run:
+            tasks.append(ReadTask(shard.uri, shard.name, "folder", shard.path, run[0], len(run),
+                                  part=tuple(shard.plan[run[0] : run[0] + len(run)])))
+            run.clear()
+
+    for row in range(len(shard.plan)):
+        if row in carried or len(run) == FILES_PER_TASK:
+            close()
+        if row not in carried:
+            run.append(row)
+    close()
+    return tasks
 
 
 def _fetch(where: Location) -> bytes | RowError:

@@ -1,7 +1,8 @@
 """Parquet shards: one file a shard; a read task a row group, read in bounded slices.
 
 At plan time a shard's footer (one ranged read) gives its row counts, so the driver knows when
-its results are complete, and its schema, which decides where each part of a row comes from
+its results are complete, its fingerprint (the footer's hash, with the listing's size and ETag),
+and its schema, which decides where each part of a row comes from
 (:mod:`.parquet_schema`): a wrong or missing column stops the run before any model loads. Rows
 are read in slices of at most :data:`SLICE_ROWS` rows or about :data:`SLICE_BYTES`, whatever the
 size of the file's row groups, streamed through a small buffer.
@@ -9,6 +10,7 @@ size of the file's row groups, streamed through a small buffer.
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -21,7 +23,7 @@ from ...errors import StorageUnavailable
 from ...row_errors import ErrorKind, RowError
 from ..location import Location, in_threads
 from ..shard import FailedShard, ReadTask, Shard
-from .base import Format, shard_names
+from .base import Format, listing_version, shard_names
 from .parquet_schema import ParquetLayout, resolve_layout
 
 if TYPE_CHECKING:
@@ -45,6 +47,11 @@ def claims(path: str) -> bool:
 
 def read_footer(where: Location, size: int | None = None) -> pq.FileMetaData:
     """A Parquet file's footer in one ranged read when its ``size`` is known, two for larger footers."""
+    return _parse_footer(read_tail(where, size))
+
+
+def read_tail(where: Location, size: int | None = None) -> bytes:
+    """The end of a Parquet file, its footer (metadata, length, magic) whole at the end of it."""
     fs, path = where.fs, where.path
     if size is None:
         size = fs.size(path)
@@ -53,8 +60,20 @@ def read_footer(where: Location, size: int | None = None) -> pq.FileMetaData:
     needed = _footer_bytes(tail)
     if needed > len(tail) and start > 0:
         tail = fs.cat_file(path, start=max(0, start + len(tail) - needed))
+    return tail
+
+
+def _parse_footer(tail: bytes) -> pq.FileMetaData:
     # The reader only looks at the end of what it is given, so the tail stands in for the file.
     return pq.read_metadata(pa.BufferReader(tail))
+
+
+def fingerprint(tail: bytes, info: dict) -> str:
+    """What a Parquet shard was when planned, from what planning reads anyway: the size and the
+    store's ETag or version from the listing, and a hash of the footer, which holds every column
+    chunk's offset, sizes and statistics, so a file rewritten with other rows changes it."""
+    footer = tail[-_footer_bytes(tail):]
+    return f"{listing_version(info, with_mtime=False)};footer={hashlib.sha256(footer).hexdigest()[:32]}"
 
 
 def _footer_bytes(tail: bytes) -> int:
@@ -64,30 +83,37 @@ def _footer_bytes(tail: bytes) -> int:
     return int.from_bytes(tail[-8:-4], "little") + 8
 
 
-def inspect_shard(where: Location, name: str, settings: JobSettings, size: int | None = None) -> Shard | FailedShard:
-    """One shard's footer: its row counts, and its schema checked for the task. ``size`` (bytes,
-    from the listing) saves asking the store for it.
+def inspect_shard(where: Location, name: str, settings: JobSettings, size: int | None = None,
+                  info: dict | None = None) -> Shard | FailedShard:
+    """One shard's footer: its row counts, its schema checked for the task, and its fingerprint.
+    The listing's ``info`` (or ``size``, bytes) saves asking the store for the file's size.
 
     A footer that cannot be read makes a failed shard (the others go on); a readable shard
     with the wrong columns stops the run with :class:`InputError`."""
+    info = dict(info or {})
+    if info.get("size") is None:
+        info["size"] = size
     try:
-        metadata = where.retry.call(lambda: read_footer(where, size), f"reading the footer of {where.uri}")
+        if info["size"] is None:
+            info["size"] = where.retry.call(lambda: where.fs.size(where.path), f"looking at {where.uri}")
+        tail = where.retry.call(lambda: read_tail(where, info["size"]), f"reading the footer of {where.uri}")
+        metadata = _parse_footer(tail)
         schema = metadata.schema.to_arrow_schema()
     except StorageUnavailable:
         raise
     except Exception as e:
-        return FailedShard(where.uri, f"unreadable Parquet file: {type(e).__name__}: {e}")
+        return FailedShard(where.uri, f"unreadable Parquet file: {type(e).__name__}: {e}", name)
     layout = resolve_layout(schema, settings.columns, settings.task, where.uri)
     groups = tuple(metadata.row_group(i).num_rows for i in range(metadata.num_row_groups))
     return Shard(uri=where.uri, name=name, num_rows=metadata.num_rows, format="parquet", path=where.path,
-                 plan=groups, id_type=layout.id_type)
+                 plan=groups, id_type=layout.id_type, fingerprint=fingerprint(tail, info))
 
 
-def inspect(input: Location, files: dict[str, dict], settings: JobSettings, threads: int):
+def inspect(input: Location, files: dict[str, dict], settings: JobSettings, threads: int, records=None):
     paths = list(files)
     jobs = list(zip(paths, shard_names(paths, input)))
-    inspected = in_threads(lambda job: inspect_shard(input.at(job[0]), job[1], settings, files[job[0]].get("size")),
-                           jobs, threads)
+    inspected = in_threads(lambda job: inspect_shard(input.at(job[0]), job[1], settings, info=files[job[0]]), jobs,
+                           threads)
     return [s for s in inspected if isinstance(s, Shard)], [s for s in inspected if isinstance(s, FailedShard)]
 
 

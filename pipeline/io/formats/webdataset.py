@@ -7,9 +7,10 @@ the key. A ``txt`` member is img2dataset's alt text, not an instruction, so the 
 ``--prompt``.
 
 Every tar is read in one sequential streaming pass (``tarfile``'s ``r|`` mode): at plan time to
-count the samples (the row count the driver waits for), and again by the read task to emit the
-rows. On S3 that pass is one GET stream of the whole object, fetched in READ_BLOCK_BYTES ranges:
-planning costs one read of the input, shard by shard, so it parallelises with the shards. The
+count the samples (the row count the driver waits for; skipped for a tar whose output records
+its size and ETag or mtime as they are), and again by the read task to emit the rows. On S3
+that pass is one GET stream of the whole object, fetched in READ_BLOCK_BYTES ranges: planning
+costs one read of the input, shard by shard, so it parallelises with the shards. The
 count cannot come cheaper: a tar has no index, and its headers sit between the members' bytes
 (bench/bench_tar_inspect.py measures what it costs).
 
@@ -35,7 +36,7 @@ from ...row_errors import ErrorKind, RowError
 from ..location import Location, in_threads
 from ..retry import is_transient
 from ..shard import FailedShard, ReadTask, Shard
-from .base import Format, shard_names
+from .base import Format, Records, listing_version, shard_names
 
 if TYPE_CHECKING:
     from ...settings import JobSettings
@@ -165,21 +166,28 @@ def count_samples(where: Location) -> int:
     return where.retry.call(count, f"counting the samples of {where.uri}")
 
 
-def inspect_tar(where: Location, name: str) -> Shard | FailedShard:
-    """One tar shard at plan time: a Shard with its sample count, or a FailedShard."""
-    try:
-        rows = count_samples(where)
-    except StorageUnavailable:
-        raise
-    except Exception as e:
-        return FailedShard(where.uri, f"unreadable tar: {type(e).__name__}: {e}")
-    return Shard(uri=where.uri, name=name, num_rows=rows, format="webdataset", path=where.path)
+def inspect_tar(where: Location, name: str, info: dict | None = None, records: Records | None = None) -> Shard | FailedShard:
+    """One tar shard at plan time: a Shard with its sample count, or a FailedShard. Its fingerprint
+    is the listing's size and ETag (or mtime); when its output records that very fingerprint, the
+    output's row count stands and the count pass is skipped."""
+    fingerprint = listing_version(info or {})
+    recorded = records(name) if records is not None else None
+    if recorded is not None and recorded.describes(where.uri, fingerprint):
+        rows = recorded.rows
+    else:
+        try:
+            rows = count_samples(where)
+        except StorageUnavailable:
+            raise
+        except Exception as e:
+            return FailedShard(where.uri, f"unreadable tar: {type(e).__name__}: {e}", name)
+    return Shard(uri=where.uri, name=name, num_rows=rows, format="webdataset", path=where.path, fingerprint=fingerprint)
 
 
-def inspect(input: Location, files: dict[str, dict], settings: JobSettings, threads: int):
+def inspect(input: Location, files: dict[str, dict], settings: JobSettings, threads: int, records: Records | None = None):
     paths = list(files)
-    inspected = in_threads(lambda job: inspect_tar(input.at(job[0]), job[1]), list(zip(paths, shard_names(paths, input))),
-                           threads)
+    inspected = in_threads(lambda job: inspect_tar(input.at(job[0]), job[1], files[job[0]], records),
+                           list(zip(paths, shard_names(paths, input))), threads)
     return [s for s in inspected if isinstance(s, Shard)], [s for s in inspected if isinstance(s, FailedShard)]
 
 
