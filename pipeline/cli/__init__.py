@@ -1,7 +1,8 @@
 """The ``hired`` command (``pip install`` puts it on PATH): one parser, a subcommand a job or tool.
 
     hired caption --input s3://bucket/shards/ --output s3://bucket/captions/ --model M
-    hired vqa ...; hired summary OUTPUT; hired report OUTPUT -o report.html; hired viz photo.jpg
+    hired vqa ...; hired score --benchmark pope PREDICTIONS -o SCORED; hired summary OUTPUT;
+    hired report OUTPUT -o report.html; hired viz photo.jpg
 
 Each subcommand is a module here with ``add_arguments(parser, command)`` and ``run(args) -> int``.
 Modules import what they run inside ``run``, so ``--help`` and refused settings answer in a second.
@@ -18,6 +19,7 @@ from .base import HelpFormatter, describe
 COMMANDS = {
     "caption": ("jobs", "caption every row of an input (the nightly job)"),
     "vqa": ("jobs", "answer and score the visual question of every row"),
+    "score": ("score", "score predictions against a benchmark as lmms-eval does, without generating"),
     "summary": ("summary", "print the summary of a job's output"),
     "report": ("report", "write an HTML report of a job's output"),
     "viz": ("viz", "draw which visual tokens are kept of a picture"),

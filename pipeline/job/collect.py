@@ -100,7 +100,7 @@ class ShardCollector:
     def flush(self, uri: str) -> None:
         books = self.shards[uri]
         # Ids travel between stages as strings; the output keeps the input's id type (cast here).
-        table = shard_table(books.blocks, output_schema(self.settings.task, books.shard.id_type))
+        table = shard_table(books.blocks, output_schema(self.settings.task, books.shard.id_type, books.shard.benchmark))
         self.written.append(self.outputs.write(books.shard, table, self.settings.result_settings()))
         log.info("wrote %s (%d rows)", self.written[-1], books.shard.num_rows)
         failpoint("shard_written")  # tests kill the driver here, between two shards
