@@ -136,10 +136,9 @@ def benchmark_table(summaries: list[dict], benchmark: Benchmark) -> list[str]:
                 reported = summary["sweep_point"]["paper"]
                 row.append(benchmark.shown(reported["value"]).removesuffix("%") if reported["key"] == key else "")
         rows.append(row)
-    note = (f"{'Percent' if benchmark.fractions else 'Sums of category scores'}, scored as lmms-eval's "
-            f"{benchmark.task} task. ")
+    note = f"{'Percent' if benchmark.fractions else 'Sums of category scores'}, scored as lmms-eval's {benchmark.task} task."
     if any(kind == "paper" for kind, _ in cells):
-        note += (f"paper: the HiRED paper (AAAI 2025) for LLaVA-Next-7B ({paper.MODEL}), stock model and HiRED "
+        note += (f" paper: the HiRED paper (AAAI 2025) for LLaVA-Next-7B ({paper.MODEL}), stock model and HiRED "
                  f"at alpha {paper.ALPHA}" + ("; its POPE number is set beside f1." if benchmark.name == "pope" else "."))
     return _markdown(header, rows) + ["", note]
 
