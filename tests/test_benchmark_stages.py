@@ -53,6 +53,26 @@ def test_settings_that_cannot_work_are_refused(given, message):
     assert str(refused.value).startswith(message)
 
 
+def test_the_flags(tmp_path, capsys):
+    from pipeline.cli.base import settings_from_args
+
+    argv = ["vqa", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--benchmark", "chartqa",
+            "--column", "type=split", "--column", " answer = label ", "--question-column", "q"]
+    settings = settings_from_args(cli.build_parser().parse_args(argv), "vqa", {})
+    assert settings.benchmark == "chartqa" and settings.columns.benchmark == (("type", "split"), ("answer", "label"))
+    assert settings.benchmark_columns == {"question": "q", "type": "split", "answer": "label"}  # --column wins
+    for wrong in (["--column", "type"], ["--benchmark", "nope"]):
+        with pytest.raises(SystemExit) as refused:
+            cli.build_parser().parse_args(argv[:5] + wrong)
+        assert refused.value.code == 2
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["vqa", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "--benchmark NAME answer and score as lmms-eval does this benchmark (vqav2, textvqa," in shown
+    assert "--column NAME=COLUMN with --benchmark: read the benchmark's column NAME from the input's COLUMN" in shown
+
+
 def write(table, path):
     pq.write_table(table, path)
     return path
@@ -223,3 +243,11 @@ def test_the_sweep_table_of_a_benchmark_the_paper_does_not_report():
     assert lines[5] == "Sums of category scores, scored as lmms-eval's mme task."
     assert lines[7].startswith("| setting | perception | cognition | kept tokens | of |")
     assert lines[9].startswith("| uniform-0.2 | 1234.6 | 300.0 | 10 | 50 |")
+
+
+def test_no_benchmark_column_shares_a_name_with_the_jobs_own():
+    """The output keeps the benchmark's columns under their own names beside the job's columns."""
+    from pipeline.columns import OUTPUT_SCHEMA
+
+    for benchmark in BENCHMARKS.values():
+        assert not {c.name for c in benchmark.columns} & set(OUTPUT_SCHEMA.names), benchmark.name
