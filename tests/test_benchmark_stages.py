@@ -229,9 +229,33 @@ def summarize_tables_of(tables):
 
 def sweep_summary(name, point, aggregates, paper=None):
     return {"sweep_point": {"name": point, "paper": paper}, "benchmark": {"name": name, "aggregates": aggregates},
+            "failed_shards": [],
             "mean_visual_tokens_kept": 10.0, "mean_visual_tokens_full": 50.0, "mean_ttft_ms": 5.0,
             "this_run": {"images_per_s": 1.0, "generated_tokens_per_s": 2.0}, "peak_gpu_mem_bytes": None,
             "items": 8, "errors": 0}
+
+
+def test_the_paper_table_from_a_sweep(tmp_path):
+    """``--benchmark pope --strategy hired,uniform,none --budget 0.2,0.4``: the benchmark's aggregates
+    by setting, the paper's number beside each setting it reports (the stock model, HiRED at 20% and
+    40% with alpha 0.5) in the row of the aggregate it is comparable with."""
+    from pipeline.job.sweep import run_sweep, sweep_points
+
+    settings = JobSettings(task="vqa", benchmark="pope", output=str(tmp_path), run_id="r")
+    aggregates = {"accuracy": 0.5, "precision": 0.25, "recall": 0.125, "f1": 0.1, "yes_ratio": 0.5}
+    canned = lambda point_settings: sweep_summary("pope", None, aggregates)  # noqa: E731 (what run_job returns)
+    summaries = run_sweep(settings, sweep_points(["hired", "uniform", "none"], [0.2, 0.4], 0.5), canned)
+    assert [s["sweep_point"]["paper"] for s in summaries] == [
+        {"model": "llava-hf/llava-v1.6-vicuna-7b-hf", "key": "f1", "value": v} if v else None
+        for v in (0.870, 0.882, None, None, 0.876)]
+    lines = sweep_table(summaries).splitlines()
+    assert lines[0] == ("| benchmark | aggregate | hired-0.2 | paper | hired-0.4 | paper | uniform-0.2 | uniform-0.4 "
+                        "| none | paper |")
+    assert lines[2] == "| pope | accuracy | 50.0 |  | 50.0 |  | 50.0 | 50.0 | 50.0 |  |"
+    assert lines[5] == "| pope | f1 | 10.0 | 87.0 | 10.0 | 88.2 | 10.0 | 10.0 | 10.0 | 87.6 |"
+    assert lines[8].endswith("stock model and HiRED at alpha 0.5; its POPE number is set beside f1.")
+    other_alpha = run_sweep(settings, sweep_points(["hired"], [0.2], 0.3), canned)
+    assert other_alpha[0]["sweep_point"]["paper"] is None  # the paper's numbers are at alpha 0.5 only
 
 
 def test_the_sweep_table_of_a_benchmark_the_paper_does_not_report():
