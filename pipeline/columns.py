@@ -6,11 +6,18 @@ that lacks one (:mod:`pipeline.stages.base`); the columns a stage does not consu
 
     read -> READ_COLUMNS -> preprocess (+ MODEL_INPUTS, - the image and prompt)
          -> generate (+ GENERATED, - MODEL_INPUTS) -> [score] -> the driver writes OUTPUT_SCHEMA
+
+With ``--benchmark``, the read stage also carries each of the benchmark's columns (its prompt's
+and its metric's, :mod:`pipeline.benchmarks`) as the input holds it, under :func:`carried` names;
+preprocessing builds the prompt from them, and scoring adds ``score`` and hands them to the output
+under the benchmark's own names.
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
+
+from .benchmarks.base import SCORE
 
 ID, IMAGE, IMAGE_URI, PROMPT = "id", "image", "image_uri", "prompt"
 QUESTION, ANSWERS = "question", "answers"
@@ -38,6 +45,14 @@ READ_COLUMNS = {
     ERROR_KIND: "null while the row is fine, else a pipeline.row_errors.ErrorKind value",
     ERROR_DETAIL: "what went wrong, beside ERROR_KIND",
 }
+CARRIED_PREFIX = "benchmark:"  # a carried benchmark column between stages: never an input or output name
+
+
+def carried(name: str) -> str:
+    """The name a benchmark column travels under between the stages."""
+    return CARRIED_PREFIX + name
+
+
 # One binary column carries a preprocessed row's model inputs to the GPU stage (pipeline.wire): Ray
 # Data would otherwise guess tensor types for ragged arrays per block, and blocks with and without
 # error rows (null) then fail to combine.
@@ -103,6 +118,13 @@ VQA_FIELDS = [
 ID_TYPES = {"string": pa.string(), "int64": pa.int64()}
 
 
-def output_schema(task: str, id_type: str = "string") -> pa.Schema:
-    fields = list(OUTPUT_SCHEMA) + (VQA_FIELDS if task == "vqa" else [])
+def output_schema(task: str, id_type: str = "string", benchmark: pa.Schema | None = None) -> pa.Schema:
+    """The output's columns. ``benchmark``: the benchmark's columns as the input holds them (a
+    ``--benchmark`` run), which the output keeps, with the per-row ``score``, in place of the
+    VQAv2-style fields, so that ``pipeline.score`` reads the output as it reads the input."""
+    if benchmark is not None:
+        extra = list(benchmark) + [pa.field(SCORE, pa.float64())]  # null where the ground truth cannot be scored
+    else:
+        extra = VQA_FIELDS if task == "vqa" else []
+    fields = list(OUTPUT_SCHEMA) + extra
     return pa.schema([pa.field(ID, ID_TYPES[id_type]) if f.name == ID else f for f in fields])

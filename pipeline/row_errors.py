@@ -26,6 +26,8 @@ class ErrorKind(str, Enum):
     PROMPT_TOO_LONG = "prompt too long"  # prompt + new tokens exceed the model's context
     OUT_OF_MEMORY = "out of memory"  # the item alone did not fit on its device
     GENERATION_FAILED = "generation failed"
+    BAD_QUESTION = "bad question"  # a benchmark row its prompt cannot be built from (a null question, bad choices)
+    BAD_GROUND_TRUTH = "bad ground truth"  # a benchmark row its metric cannot score (a null or malformed answer)
     INTERNAL = "internal"  # the pipeline lost track of the row: a bug, never the data
 
 

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import hired
 from hired.loading import QUANTIZATIONS
 
+from .benchmarks import BENCHMARKS, Benchmark, get_benchmark, named_columns
 from .errors import InputError
 from .io.images import DEFAULT_MAX_PIXELS
 from .io.location import Location
@@ -40,8 +41,9 @@ class Knob:
     parse: Callable[[str], Any] | None = None  # text -> value, raising ValueError with the reason
     choices: tuple | None = None
     metavar: str | None = None
-    tasks: tuple[str, ...] = TASKS  # the jobs that have it
+    tasks: tuple[str, ...] = TASKS  # the jobs (and other commands) that have it
     decides_results: bool = False  # recorded in every output; an output made otherwise is not resumed into
+    repeatable: bool = False  # the flag may be given again; the value is the list of what each gave
 
 
 def knob(default=MISSING, *, default_factory=MISSING, **meaning) -> Any:
@@ -59,6 +61,14 @@ def at_least(low: int | float, kind: type = int) -> Callable[[str], int | float]
         return value
 
     return parse
+
+
+def column_pair(text: str) -> tuple[str, str]:
+    """``--column NAME=COLUMN``: (NAME, COLUMN)."""
+    name, sep, source = (part.strip() for part in text.partition("="))
+    if not sep or not name or not source:
+        raise ValueError(f"{text!r}: give NAME=COLUMN, e.g. --column type=split")
+    return name, source
 
 
 @dataclass(frozen=True)
@@ -80,10 +90,22 @@ class ColumnMap:
                                 help="the questions (default: 'question')")
     answers: str | None = knob(None, flag="--answers-column", group="data", metavar="NAME", tasks=("vqa",), help=(
         "reference answers: a list of strings, one string, or a list of {answer, ...} structs "
-        "(default: 'answers' if present)"))
+        "(default: 'answers' if present); with --benchmark, the benchmark's ground truth (docs/benchmarks.md)"))
+    benchmark: tuple[tuple[str, str], ...] = knob(
+        (), flag="--column", group="data", metavar="NAME=COLUMN", tasks=("vqa",), parse=column_pair, repeatable=True,
+        help="with --benchmark: read the benchmark's column NAME from the input's COLUMN (repeatable), e.g. "
+             "--column type=split; each benchmark column is read from the input column of its own name by default")
+
+    def __post_init__(self) -> None:
+        pairs = self.benchmark.items() if isinstance(self.benchmark, dict) else self.benchmark
+        object.__setattr__(self, "benchmark", tuple((str(name), str(column)) for name, column in pairs))
 
     def flag(self, part: str) -> str:
         return next(f for f in fields(self) if f.name == part).metadata["knob"].flag
+
+    def recorded(self) -> dict:
+        """As an output's footer records it (JSON: the named benchmark columns as an object)."""
+        return {**asdict(self), "benchmark": dict(self.benchmark)}
 
 
 @dataclass(frozen=True)
@@ -111,8 +133,13 @@ class JobSettings:
         "store the model's linear layers in 8 or 4 bits (bitsandbytes; 4bit: nf4 computing in the --dtype), "
         "for a model too large for the card in 16 bits: `hired plan` shows what fits (default: full precision)"))
     max_new_tokens: int | None = knob(None, flag="--max-new-tokens", metavar="N", group="model", parse=at_least(1),
-                                      decides_results=True,
-                                      help="most tokens generated per item (default: 64 for captions, 16 for VQA)")
+                                      decides_results=True, help=(
+        "most tokens generated per item (default: 64 for captions, 16 for VQA, the benchmark's own with --benchmark)"))
+    benchmark: str | None = knob(None, flag="--benchmark", metavar="NAME", group="model", tasks=("vqa",),
+                                 choices=tuple(BENCHMARKS), decides_results=True, help=(
+        f"answer and score as lmms-eval does this benchmark ({', '.join(BENCHMARKS)}): its prompt, generation "
+        "length, columns, per-row score and aggregates (docs/benchmarks.md); default: VQAv2-style accuracy "
+        "against the 'answers' column"))
     default_prompt: str = knob(DEFAULT_CAPTION_PROMPT, flag="--prompt", metavar="TEXT", group="model", tasks=("caption",),
                                decides_results=True, help="instruction for rows whose prompt is null or missing")
     # None: every visual token (the stock model). Set from the token-dropping flags (pipeline.cli.jobs).
@@ -140,7 +167,7 @@ class JobSettings:
     run_id: str = knob("", flag="--run-id", metavar="NAME", help="a name for this run (default: a timestamp); stored in every row")
     progress_s: float = knob(30.0, env="HIRED_PROGRESS_SECONDS", parse=at_least(1, float), help=(
         "how often the job logs its progress line (shards and rows done, images/s, ETA), in seconds"))
-    io_retry_s: float = knob(120.0, env="HIRED_IO_RETRY_SECONDS", parse=at_least(0, float), help=(
+    io_retry_s: float = knob(120.0, env="HIRED_IO_RETRY_SECONDS", parse=at_least(0, float), tasks=(*TASKS, "score"), help=(
         "how long one stall of storage is retried before the run stops (exit 4; a rerun finishes it)"))
     cpu_threads: int | None = knob(None, env="HIRED_CPU_THREADS", parse=at_least(1), help=(
         "threads for generating on a CPU; default: every core the process may use (1 on a machine shared "
@@ -166,8 +193,30 @@ class JobSettings:
             value = getattr(self, name)
             if value is not None and not isinstance(value, Location):
                 object.__setattr__(self, name, Location.resolve(str(value), retry))
+        scoring = self.scoring  # an unknown benchmark is refused here
+        if scoring is not None and self.task != "vqa":
+            raise InputError(f"--benchmark {scoring.name}: a benchmark scores answers; run it with the vqa job")
+        if self.columns.benchmark:
+            if scoring is None:
+                raise InputError(f"--column {'='.join(self.columns.benchmark[0])}: --column names a benchmark's "
+                                 "columns; give --benchmark NAME too")
+            self.benchmark_columns  # an unknown benchmark column is refused here, before the input is read
         if self.max_new_tokens is None:
-            object.__setattr__(self, "max_new_tokens", 64 if self.task == "caption" else 16)
+            default = scoring.generation.max_new_tokens if scoring else 64 if self.task == "caption" else 16
+            object.__setattr__(self, "max_new_tokens", default)
+
+    @property
+    def scoring(self) -> Benchmark | None:
+        """The benchmark the answers are scored as (``--benchmark``), or None."""
+        return None if self.benchmark is None else get_benchmark(self.benchmark)
+
+    @property
+    def benchmark_columns(self) -> dict[str, str]:
+        """The input column named for each benchmark column the flags name (the rest keep their own names)."""
+        if self.scoring is None:
+            return {}
+        return named_columns(self.scoring, question=self.columns.question, answers=self.columns.answers,
+                             others=self.columns.benchmark)
 
     @property
     def retry(self) -> RetryPolicy:
@@ -183,7 +232,7 @@ class JobSettings:
             if f.name == "config":
                 recorded["hired"] = None if value is None else asdict(value)
             elif f.name == "columns":
-                recorded["columns"] = asdict(value)
+                recorded["columns"] = value.recorded()
             elif self.task in f.metadata["knob"].tasks:
                 recorded[f.name] = value
             else:

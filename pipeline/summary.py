@@ -27,16 +27,18 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from .benchmarks import BENCHMARKS, Aggregator, BenchmarkDataError, ColumnError
 from .columns import (
-    ERROR_KIND, EXACT_MATCH, GENERATED_TOKENS, ID, PEAK_GPU_MEM_BYTES, TOKENS_PER_S, TTFT_MS, VISUAL_TOKENS_FULL,
+    ERROR_KIND, EXACT_MATCH, GENERATED_TOKENS, ID, PEAK_GPU_MEM_BYTES, SCORE, TOKENS_PER_S, TTFT_MS, VISUAL_TOKENS_FULL,
     VISUAL_TOKENS_KEPT, VQA_ACCURACY,
 )
 from .io.location import Location
 from .io.manifest import GONE, Manifest
-from .io.outputs import Outputs, result_name
+from .io.outputs import META_SETTINGS, Outputs, result_name
 from .job.progress import progress_line
 
-# The columns the summary reads; captions, prompts and VQA references are never loaded.
+# The columns the summary reads (and, in a benchmark run's files, those its aggregates read: read_columns);
+# captions, prompts and VQA references are never loaded.
 SUMMARY_COLUMNS = (ID, ERROR_KIND, VISUAL_TOKENS_KEPT, VISUAL_TOKENS_FULL, GENERATED_TOKENS, TTFT_MS,
                    TOKENS_PER_S, PEAK_GPU_MEM_BYTES, VQA_ACCURACY, EXACT_MATCH)
 # Each mean in the summary and the column it averages over the ok rows.
@@ -47,10 +49,20 @@ DUPLICATE_EXAMPLES = 20
 ID_BUCKETS = 64  # spill files for the duplicate check: each holds about 1/64 of the ids
 
 
-def read_columns(where: Location, path: str, columns, manifest: Manifest | None = None) -> pa.Table | str:
+def benchmark_of(metadata: dict | None) -> str | None:
+    """The benchmark a result file's run scored (``--benchmark``, recorded in its footer), or None."""
+    try:
+        return json.loads((metadata or {}).get(META_SETTINGS, b"{}")).get("benchmark")
+    except (ValueError, AttributeError):  # a footer hired did not write
+        return None
+
+
+def read_columns(where: Location, path: str, columns, manifest: Manifest | None = None,
+                 scoring: bool = False) -> pa.Table | str:
     """One result file's ``columns`` (those it has), retried as a whole if storage falters; with a
     ``manifest``, why the file is left out instead, when it does not describe the current input
-    (told by its footer, which opening the file reads anyway)."""
+    (told by its footer, which opening the file reads anyway). ``scoring``: also, in a benchmark
+    run's file, ``score`` and the columns its aggregates read."""
 
     def read() -> pa.Table | str:
         with where.fs.open(path, "rb") as f:
@@ -59,26 +71,80 @@ def read_columns(where: Location, path: str, columns, manifest: Manifest | None 
                 why = manifest.why_left_out(result_name(path), parquet.metadata.metadata)
                 if why is not None:
                     return why
-            present = [c for c in columns if c in parquet.schema_arrow.names]
+            wanted = list(columns)
+            benchmark = BENCHMARKS.get(benchmark_of(parquet.metadata.metadata)) if scoring else None
+            if benchmark is not None:
+                wanted += [SCORE, *benchmark.aggregate_columns]
+            present = [c for c in dict.fromkeys(wanted) if c in parquet.schema_arrow.names]
             return parquet.read(columns=present)
 
     return where.retry.call(read, f"reading {path}")
 
 
 def output_tables(output: Location, columns, manifest: Manifest | None = None,
-                  left_out: dict[str, str] | None = None) -> Iterator[pa.Table]:
+                  left_out: dict[str, str] | None = None, scoring: bool = False) -> Iterator[pa.Table]:
     """Each result file's projected columns in output order, one file in memory at a time; with a
     ``manifest``, only the files describing the current input (the others named in ``left_out``)."""
     for path in Outputs(output).result_files():
         if manifest is not None and result_name(path) not in manifest.results:
             read = GONE  # no need to open it
         else:
-            read = read_columns(output, path, columns, manifest)
+            read = read_columns(output, path, columns, manifest, scoring)
         if isinstance(read, str):
             if left_out is not None:
                 left_out[posixpath.basename(path)] = read
             continue
         yield read
+
+
+class BenchmarkTotals:
+    """A ``--benchmark`` run's aggregates over the output's scored rows, folded file by file in
+    output order (as ``pipeline.score`` folds the same files). Rows without a score (ground truth
+    that cannot be scored) are counted, not folded."""
+
+    def __init__(self):
+        self.name: str | None = None
+        self.aggregator: Aggregator | None = None
+        self.scored = self.unscored = 0
+        self.error: str | None = None
+
+    def add(self, table: pa.Table) -> None:
+        name = benchmark_of(table.schema.metadata)
+        if name is None:
+            return
+        if self.name is None:
+            self.name = name
+            if name not in BENCHMARKS:
+                self.error = f"the output was scored as {name!r}, a benchmark this version does not know"
+            else:
+                self.aggregator = Aggregator(BENCHMARKS[name])
+        elif name != self.name and self.error is None:
+            self.error = f"the output holds runs of two benchmarks, {self.name} and {name}"
+        if SCORE not in table.column_names:
+            self.unscored += table.num_rows
+            self.error = self.error or f"a result file of the {name} run has no {SCORE!r} column"
+            return
+        scored = table.filter(pc.is_valid(table.column(SCORE)))
+        self.scored += scored.num_rows
+        self.unscored += table.num_rows - scored.num_rows
+        if self.error is None:
+            try:
+                self.aggregator.add_table(scored)
+            except (BenchmarkDataError, ColumnError) as error:
+                self.error = str(error)
+
+    def result(self) -> dict | None:
+        if self.name is None:
+            return None
+        aggregates = None
+        if self.error is None:
+            try:
+                aggregates = self.aggregator.result()
+            except BenchmarkDataError as error:  # MME's questions come in pairs
+                self.error = str(error)
+        known = BENCHMARKS.get(self.name)
+        return {"name": self.name, "task": known.task if known else None, "scored": self.scored,
+                "unscored": self.unscored, "aggregates": aggregates, "error": self.error}
 
 
 class RunningMean:
@@ -178,10 +244,12 @@ class SummaryTotals:
         self.scored = 0
         self.accuracy = RunningMean()
         self.exact_match = RunningMean()
+        self.benchmark = BenchmarkTotals()
 
     def add(self, table: pa.Table) -> None:
         if not table.num_rows:
             return
+        self.benchmark.add(table)
         self.items += table.num_rows
         kinds = table.column(ERROR_KIND) if ERROR_KIND in table.column_names else pa.nulls(table.num_rows, pa.string())
         ok = pc.is_null(kinds)
@@ -228,6 +296,9 @@ class SummaryTotals:
         if self.has_vqa:
             counts["vqa"] = {"scored": self.scored, "accuracy": self.accuracy.value,
                              "exact_match": self.exact_match.value}
+        benchmark = self.benchmark.result()
+        if benchmark is not None:
+            counts["benchmark"] = benchmark
         return counts
 
 
@@ -242,6 +313,7 @@ def summarize_tables(tables, *, processed_rows: int, processed_generated_tokens:
             totals.add(table)
         counts = totals.counts()
     vqa = counts.pop("vqa", None)
+    benchmark = counts.pop("benchmark", None)
     summary = {
         **extra,
         **counts,
@@ -256,6 +328,8 @@ def summarize_tables(tables, *, processed_rows: int, processed_generated_tokens:
     }
     if vqa is not None:
         summary["vqa"] = vqa
+    if benchmark is not None:
+        summary["benchmark"] = benchmark
     return summary
 
 
@@ -268,7 +342,8 @@ def summarize_output(output: Location, manifest: Manifest | None = None, **run) 
     """The summary of the result files under ``output``, read file by file: with a ``manifest``
     (pipeline.io.manifest), only those describing the current input; without, all of them."""
     left_out: dict[str, str] = {}
-    return summarize_tables(output_tables(output, SUMMARY_COLUMNS, manifest, left_out), left_out=left_out, **run)
+    return summarize_tables(output_tables(output, SUMMARY_COLUMNS, manifest, left_out, scoring=True),
+                            left_out=left_out, **run)
 
 
 def write_summary(output: Location, summary: dict) -> str:
@@ -350,11 +425,24 @@ def format_summary(summary: dict) -> str:
     if summary.get("failed_shards"):
         lines.append(f"FAILED shards: {len(summary['failed_shards'])}")
         lines += [f"  {f['shard']}: {f['reason']}" for f in summary["failed_shards"]]
+    if "benchmark" in summary:
+        lines.append(benchmark_line(summary["benchmark"]))
     if "vqa" in summary:
         vqa = summary["vqa"]
         lines.append(f"VQA accuracy {num(vqa['accuracy'] and 100 * vqa['accuracy'])}%  exact match "
                      f"{num(vqa['exact_match'] and 100 * vqa['exact_match'])}% over {vqa['scored']} scored items")
     return "\n".join(lines)
+
+
+def benchmark_line(result: dict) -> str:
+    """The benchmark's aggregates in a line: ``pope (lmms-eval pope) over 6 scored rows: accuracy 50.0%, ...``."""
+    head = f"{result['name']} (lmms-eval {result['task']}) over {result['scored']} scored rows"
+    if result["unscored"]:
+        head += f" ({result['unscored']} without a score)"
+    if result["error"]:
+        return f"{head}: no aggregates: {result['error']}"
+    benchmark = BENCHMARKS[result["name"]]
+    return f"{head}: " + ", ".join(f"{k} {benchmark.shown(v)}" for k, v in result["aggregates"].items())
 
 
 if __name__ == "__main__":  # python -m pipeline.summary OUTPUT: the same as hired summary OUTPUT

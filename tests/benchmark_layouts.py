@@ -152,3 +152,38 @@ def gqa():
 
 
 LAYOUTS = {f.__name__: f for f in (vqav2, textvqa, docvqa, chartqa, scienceqa_img, pope, mme, ocrbench, gqa)}
+
+
+# ---------------------------------------------------------------- inputs for the VQA job
+
+# A value each benchmark cannot score, in the column that holds its ground truth (pipeline.benchmarks).
+BAD_GROUND_TRUTH = {
+    "vqav2": ("answers", []), "textvqa": ("answers", None), "docvqa": ("answers", []), "chartqa": ("answer", None),
+    "scienceqa_img": ("answer", 7), "pope": ("answer", "maybe"), "mme": ("answer", "maybe"), "ocrbench": ("answer", None),
+    "gqa": ("answer", None),
+}
+
+
+def job_input(name: str, truncated: int = 0) -> tuple[pa.Table, pa.Table]:
+    """(rows to answer, rows whose ground truth cannot be scored) in the benchmark's hub layout,
+    with real pictures instead of placeholders, the predictions dropped; row ``truncated`` of the
+    first holds a truncated JPEG. MME's bad rows are a pair, so they leave no half-scored image."""
+    from .data import encoded, truncated_jpeg
+
+    table, _, _ = LAYOUTS[name]()
+    pictures = [{"bytes": truncated_jpeg(i) if i == truncated else encoded(40 + 6 * i, 56, "PNG", seed=i), "path": None}
+                for i in range(table.num_rows)]
+    table = table.set_column(table.column_names.index("image"), "image", pa.array(pictures, type=IMAGE))
+    table = table.drop_columns(["text"])
+    column, value = BAD_GROUND_TRUTH[name]
+    bad = table.slice(0, 2 if name == "mme" else 1)
+    bad = bad.set_column(bad.column_names.index(column), column,
+                         pa.array([value] * bad.num_rows, type=bad.schema.field(column).type))
+    good_pictures = pa.array([{"bytes": encoded(60, 60, seed=99), "path": None}] * bad.num_rows, type=IMAGE)
+    bad = bad.set_column(bad.column_names.index("image"), "image", good_pictures)
+    for ident in ("id", "question_id"):  # ids of their own (MME's question_id names the image: kept)
+        if ident in bad.column_names and name != "mme":
+            field = bad.schema.field(ident)
+            fresh = [f"bad-{i}" if pa.types.is_string(field.type) else 1000 + i for i in range(bad.num_rows)]
+            bad = bad.set_column(bad.column_names.index(ident), field, pa.array(fresh, type=field.type))
+    return table, bad

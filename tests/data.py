@@ -44,12 +44,12 @@ def error_texts(batch: dict) -> list[str | None]:
     return [None if kind is None else f"{kind}: {detail}" for kind, detail in zip(batch["error_kind"], batch["error_detail"])]
 
 
-def plan_input(uri: str, task: str = "caption", columns=None):
+def plan_input(uri: str, task: str = "caption", columns=None, benchmark: str | None = None):
     """(shards, failed shards) of the input at ``uri``, planned as the job plans them."""
     from pipeline.io.formats import inspect_input
     from pipeline.settings import ColumnMap, JobSettings
 
-    settings = JobSettings(task=task, input=uri, columns=columns or ColumnMap())
+    settings = JobSettings(task=task, input=uri, columns=columns or ColumnMap(), benchmark=benchmark)
     return inspect_input(settings.input, settings)
 
 

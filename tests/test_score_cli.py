@@ -133,3 +133,106 @@ def test_runs_as_a_module(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.splitlines()[-1]) == aggregates
+
+
+def test_hired_score_is_the_same_command(tmp_path, capsys):
+    import pipeline.cli
+
+    table, scores, aggregates = LAYOUTS["textvqa"]()
+    pq.write_table(table, tmp_path / "in.parquet")
+    assert pipeline.cli.main(["score", "--benchmark", "textvqa", str(tmp_path / "in.parquet"), "-o",
+                              str(tmp_path / "out") + "/", "--json"]) == 0  # a trailing slash: into that folder
+    assert json.loads(capsys.readouterr().out) == pytest.approx(aggregates)
+    assert pq.read_table(tmp_path / "out" / "in.parquet").column("score").to_pylist() == pytest.approx(scores)
+    with pytest.raises(SystemExit):
+        pipeline.cli.main(["score", "--help"])
+    text = capsys.readouterr().out
+    assert text.startswith("usage: hired score") and "HIRED_IO_RETRY_SECONDS" in text and "4  the output" in text
+
+
+class Flaky:
+    """A local filesystem whose streams fail the way a store's connection does: the opens for
+    reading numbered in ``read_opens`` (from 1, in order) and for writing in ``write_opens`` give
+    files that break at their first read or write."""
+
+    def __init__(self, read_opens=(), write_opens=()):
+        import fsspec
+
+        self.fs, self.breaking = fsspec.filesystem("file"), {"r": read_opens, "w": write_opens}
+        self.opened, self.broken = {"r": 0, "w": 0}, 0
+
+    def __getattr__(self, name):
+        return getattr(self.fs, name)
+
+    def open(self, path, mode="rb", **options):
+        kind = "w" if "w" in mode else "r"
+        self.opened[kind] += 1
+        handle = self.fs.open(path, mode, **options)
+        return _Breaking(handle, self) if self.opened[kind] in self.breaking[kind] else handle
+
+
+class _Breaking:
+    """Breaks at its ``calls``-th read or write: a write part-way through a file, after rows were scored."""
+
+    def __init__(self, handle, owner, calls=3):
+        self.handle, self.owner, self.calls = handle, owner, calls
+
+    def __getattr__(self, name):
+        return getattr(self.handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.close()
+
+    def read(self, *args):
+        self._break()
+
+    def write(self, data):
+        self.calls -= 1
+        if self.calls:
+            return self.handle.write(data)
+        self._break()
+
+    def _break(self):
+        self.owner.broken += 1
+        raise ConnectionResetError("connection reset by peer")
+
+
+class Always:
+    def __contains__(self, item):
+        return True
+
+
+def test_storage_that_falters_is_retried_by_the_one_policy(tmp_path, monkeypatch):
+    """Reads and writes go through the locations' retry policy: a footer or a stream of batches that
+    breaks is read again, a scored file whose write breaks is scored and written again from its
+    start, and what comes out is what an unbroken store gives; a store that stays down is
+    StorageUnavailable (exit 4), with nothing written."""
+    from pipeline.benchmarks import BENCHMARKS
+    from pipeline.errors import StorageUnavailable
+    from pipeline.io.location import Location
+    from pipeline.io.retry import RetryPolicy
+
+    table, scores, aggregates = LAYOUTS["pope"]()
+    (tmp_path / "in").mkdir()
+    for i in range(3):
+        pq.write_table(table, tmp_path / "in" / f"{i}.parquet", row_group_size=2)
+    fast = RetryPolicy(window_s=30, first_delay_s=0.01, max_delay_s=0.02)
+    pope = BENCHMARKS["pope"]
+    monkeypatch.setattr(score, "BATCH_ROWS", 2)  # three batches a file: a write breaks after rows were folded in
+    # Reads: three footers, then each file's batches; a broken stream is opened again.
+    for reads, writes in (({2}, ()), ({4, 6}, ()), ((), {1, 3}), ({5}, {2})):
+        flaky = Flaky(reads, writes)
+        out = tmp_path / f"out-{len(reads)}-{len(writes)}-{min(reads, default=0)}"
+        result, rows = score.rescore(pope, Location(flaky, str(tmp_path / "in"), fast), Location(flaky, str(out), fast))
+        assert flaky.broken == len(reads) + len(writes) and (result, rows) == (pytest.approx(aggregates), 18)
+        for i in range(3):
+            assert pq.read_table(out / f"{i}.parquet").column("score").to_pylist() == scores
+        assert sorted(p.name for p in out.iterdir()) == ["0.parquet", "1.parquet", "2.parquet"]  # no partial file left
+    down = Flaky(write_opens=Always())
+    with pytest.raises(StorageUnavailable, match="connection reset by peer"):
+        score.rescore(pope, Location(down, str(tmp_path / "in"), fast),
+                      Location(down, str(tmp_path / "never"), RetryPolicy(window_s=0.05, first_delay_s=0.01)))
+    assert not any(p.is_file() for p in (tmp_path / "never").rglob("*"))

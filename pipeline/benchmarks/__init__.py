@@ -11,7 +11,7 @@ from __future__ import annotations
 from ..errors import InputError
 from . import chartqa, docvqa, gqa, mme, ocrbench, pope, scienceqa, textvqa, vqav2
 from .base import PREDICTION, Benchmark, BenchmarkDataError, Column, ColumnError, Generation
-from .schema import check_columns
+from .schema import check_columns, named_columns
 from .scoring import Aggregator, BenchmarkScorer, score_batch
 
 BENCHMARKS: dict[str, Benchmark] = {
@@ -30,5 +30,5 @@ def get_benchmark(name: str) -> Benchmark:
 
 __all__ = [
     "BENCHMARKS", "PREDICTION", "Aggregator", "Benchmark", "BenchmarkDataError", "BenchmarkScorer", "Column",
-    "ColumnError", "Generation", "check_columns", "get_benchmark", "score_batch",
+    "ColumnError", "Generation", "check_columns", "get_benchmark", "named_columns", "score_batch",
 ]

@@ -214,6 +214,7 @@ class Benchmark:
     tally: Callable[[], Tally]
     keys: tuple[str, ...]  # the aggregates' keys, in order
     metric: str  # the per-row value, in a phrase
+    fractions: bool = True  # the aggregates are fractions in [0, 1] (MME's are sums of category scores)
 
     def score(self, prediction: str | None, row: Mapping[str, Any]) -> float:
         """The row's value before aggregation. The ground truth is checked even when the
@@ -226,6 +227,17 @@ class Benchmark:
     def scoring_columns(self) -> tuple[Column, ...]:
         """The columns scoring and the aggregates read (the prompt's aside), prediction last."""
         return tuple(c for c in self.columns if c.for_scoring) + (PREDICTION_COLUMN,)
+
+    @property
+    def aggregate_columns(self) -> tuple[str, ...]:
+        """The columns the aggregates read besides ``score`` (POPE's prediction and answer, MME's image and category)."""
+        return self.tally().columns
+
+    def shown(self, value: float | None) -> str:
+        """An aggregate as people read it: a fraction as a percentage, MME's sums as they are."""
+        if value is None:
+            return "n/a"
+        return f"{100 * value:.1f}%" if self.fractions else f"{value:.1f}"
 
     def column(self, name: str) -> Column:
         for c in self.columns + (PREDICTION_COLUMN,):

@@ -95,4 +95,5 @@ BENCHMARK = Benchmark(
     tally=MMETally,
     keys=("perception", "cognition"),
     metric="yes/no match after Otter's parse, 1 or 0",
+    fractions=False,
 )

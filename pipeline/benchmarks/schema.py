@@ -6,7 +6,29 @@ from collections.abc import Mapping
 
 import pyarrow as pa
 
-from .base import PREDICTION_COLUMN, Benchmark, Column, ColumnError
+from collections.abc import Iterable
+
+from .base import ANSWERS_FLAG, PREDICTION, PREDICTION_COLUMN, QUESTION_FLAG, Benchmark, Column, ColumnError
+
+
+def named_columns(benchmark: Benchmark, *, question: str | None = None, answers: str | None = None,
+                  prediction: str | None = None, others: Iterable[tuple[str, str]] = ()) -> dict[str, str]:
+    """The input column each flag names for a benchmark column: ``--question-column`` the question,
+    ``--answers-column`` the ground truth, ``--text-column`` the prediction, ``--column NAME=COLUMN``
+    any of them (given last, it wins). Columns no flag names are read under their own names. A
+    NAME the benchmark does not read is refused (:class:`ColumnError`)."""
+    named = {PREDICTION: prediction} if prediction else {}
+    for column in benchmark.columns:
+        given = {QUESTION_FLAG: question, ANSWERS_FLAG: answers}.get(column.flag)
+        if given:
+            named[column.name] = given
+    known = [c.name for c in benchmark.columns + (PREDICTION_COLUMN,)]
+    for name, source in others:
+        if name not in known:
+            raise ColumnError(f"--column {name}={source}: {benchmark.name} reads no column {name!r} "
+                              f"(its columns: {', '.join(known)})")
+        named[name] = source
+    return named
 
 
 def check_columns(benchmark: Benchmark, schema: pa.Schema, columns: Mapping[str, str] | None = None,

@@ -1,7 +1,8 @@
 """The ``hired`` command (``pip install`` puts it on PATH): one parser, a subcommand a job or tool.
 
     hired caption --input s3://bucket/shards/ --output s3://bucket/captions/ --model M
-    hired vqa ...; hired summary OUTPUT; hired report OUTPUT -o report.html; hired viz photo.jpg
+    hired vqa ...; hired score --benchmark pope PREDICTIONS -o SCORED; hired summary OUTPUT;
+    hired report OUTPUT -o report.html; hired viz photo.jpg
     hired plan --model llava-hf/llava-v1.6-vicuna-13b-hf --gpu a10g --quantization 8bit
 
 Each subcommand is a module here with ``add_arguments(parser, command)`` and ``run(args) -> int``.
@@ -19,6 +20,7 @@ from .base import HelpFormatter, describe
 COMMANDS = {
     "caption": ("jobs", "caption every row of an input (the nightly job)"),
     "vqa": ("jobs", "answer and score the visual question of every row"),
+    "score": ("score", "score predictions against a benchmark as lmms-eval does, without generating"),
     "summary": ("summary", "print the summary of a job's output"),
     "report": ("report", "write an HTML report of a job's output"),
     "viz": ("viz", "draw which visual tokens are kept of a picture"),

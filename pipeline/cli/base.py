@@ -68,7 +68,7 @@ def add_knob_flags(parser: argparse.ArgumentParser, task: str, skip: tuple[str, 
         group = groups.get(meaning.group) or groups.setdefault(meaning.group, parser.add_argument_group(meaning.group))
         helptext = meaning.help
         default = defaults.get(name)
-        if "default" not in helptext and default not in (None, False, ""):
+        if "default" not in helptext and default not in (None, False, "", ()):
             helptext += f" (default: {default})"
         options: dict[str, Any] = dict(dest=name.replace(".", "__"), default=None, help=helptext.replace("%", "%%"))
         if isinstance(default, bool):
@@ -76,6 +76,8 @@ def add_knob_flags(parser: argparse.ArgumentParser, task: str, skip: tuple[str, 
         else:
             options.update(metavar=meaning.metavar, choices=meaning.choices,
                            type=argument_type(meaning.parse) if meaning.parse else None)
+            if meaning.repeatable:
+                options["action"] = "append"
         group.add_argument(meaning.flag, **options)
 
 

@@ -29,7 +29,8 @@ EXIT_STATUSES = f"""exit status:
 
 DESCRIPTIONS = {
     "caption": "Write a caption for every row of the input",
-    "vqa": "Answer the visual question of every row of the input and score it against the reference answers",
+    "vqa": "Answer the visual question of every row of the input and score it against the reference answers "
+           "(with --benchmark NAME, as lmms-eval scores that benchmark: its prompt, length, columns and metric)",
 }
 
 

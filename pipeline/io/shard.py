@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pyarrow as pa
+
 
 @dataclass(frozen=True)
 class Shard:
@@ -14,6 +16,7 @@ class Shard:
     path: str  # on the input's filesystem: the file (Parquet, tar), or the folder a folder chunk's members are under
     plan: tuple = ()  # what its format needs to read it (Parquet: rows per row group; folder: member paths)
     id_type: str = "string"  # the output's id type: "string" or "int64" (an integer id column)
+    benchmark: pa.Schema | None = None  # with --benchmark: its columns as the input holds them (the output keeps them)
     # What its input was when planned, recorded in its output: an output of another fingerprint is redone.
     fingerprint: str = ""
     versions: tuple = ()  # per row, what its input file was (folder: size and ETag or mtime), recorded in its output

@@ -108,7 +108,7 @@ class ShardCollector:
         books = self.shards[uri]
         blocks = books.blocks + carried_blocks(self.outputs, books.shard)
         # Ids travel between stages as strings; the output keeps the input's id type (cast here).
-        table = shard_table(blocks, output_schema(self.settings.task, books.shard.id_type))
+        table = shard_table(blocks, output_schema(self.settings.task, books.shard.id_type, books.shard.benchmark))
         self.written.append(self.outputs.write(books.shard, table, self.settings.result_settings()))
         carried = f", {len(books.shard.carried)} carried over" if books.shard.carried else ""
         log.info("wrote %s (%d rows%s)", self.written[-1], books.shard.num_rows, carried)

@@ -23,7 +23,7 @@ from ..io.shard import Shard
 from ..settings import JobSettings, with_run_id
 from ..stages.preprocess import Preprocessor
 from ..stages.read import read_rows, read_tasks
-from ..stages.score import score_vqa
+from ..stages.score import score_benchmark, score_vqa
 from ..summary import summarize, summarize_output, write_run_record, write_summary
 from .collect import ShardCollector
 from .plan import Plan, plan
@@ -40,7 +40,7 @@ PREPROCESS_BATCH_ROWS = 8
 
 
 def build_dataset(pending: list[Shard], settings: JobSettings):
-    """read row groups -> preprocess (CPU actors) -> generate (GPU actors) [-> VQA scoring]."""
+    """read row groups -> preprocess (CPU actors) -> generate (GPU actors) [-> VQA or benchmark scoring]."""
     # torch and transformers load here, once the run is certain to start: a command that fails its
     # checks exits in a second, without the seconds they take to import.
     from ..memory import CPU_BATCH_SIZE
@@ -96,7 +96,10 @@ def build_dataset(pending: list[Shard], settings: JobSettings):
         # actors starve the read and preprocessing stages on small nodes.
         num_cpus=0.5,
     )
-    if settings.task == "vqa":
+    if settings.scoring is not None:
+        dataset = dataset.map_batches(score_benchmark, fn_kwargs={"benchmark": settings.benchmark}, batch_size=256,
+                                      num_cpus=0.25)
+    elif settings.task == "vqa":
         dataset = dataset.map_batches(score_vqa, batch_size=256, num_cpus=0.25)
     return dataset
 

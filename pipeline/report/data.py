@@ -45,7 +45,7 @@ HISTOGRAMS = {"ttft": ("ttft_ms", 1.0), "tokens-per-s": ("tokens_per_s", 1.0),
 VQA_ACCURACY_EDGES = np.linspace(-0.05, 1.05, 12)
 # The columns of the sample rows shown on the page.
 SAMPLE_COLUMNS = ("id", "error", "text", "visual_tokens_kept", "visual_tokens_full", "question", "answers",
-                  "vqa_accuracy", "exact_match")
+                  "vqa_accuracy", "exact_match", "score")
 
 
 class ReportError(Exception):
@@ -72,10 +72,16 @@ class Output:
     def is_vqa(self) -> bool:
         return "vqa_accuracy" in self.column_names
 
-    def tables(self, columns) -> Iterator[pa.Table]:
-        """Each file's ``columns`` (those it has), one file in memory at a time."""
+    @property
+    def is_benchmark(self) -> bool:
+        """A ``--benchmark`` run's output: each row has the benchmark's ``score``."""
+        return "score" in self.column_names
+
+    def tables(self, columns, scoring: bool = False) -> Iterator[pa.Table]:
+        """Each file's ``columns`` (those it has), one file in memory at a time; ``scoring``: with
+        the columns a benchmark's aggregates read (pipeline.summary.read_columns)."""
         for path in self.files:
-            yield read_columns(self.where, path, columns)
+            yield read_columns(self.where, path, columns, scoring=scoring)
 
 
 def _footer(where: Location, path: str) -> pq.FileMetaData:
@@ -198,7 +204,7 @@ def first_pass(output: Output, error_rows: int) -> FirstPass:
     first_errors: list[list] = []
     with tempfile.TemporaryDirectory(prefix="hired-report-") as spill:
         totals = SummaryTotals(spill)
-        for table in output.tables(FIRST_PASS_COLUMNS):
+        for table in output.tables(FIRST_PASS_COLUMNS, scoring=True):
             totals.add(table)
             ok = ok_rows(table)
             generation_s += float(np.nansum(generation_seconds_per_item(table)))
@@ -218,7 +224,7 @@ def first_pass(output: Output, error_rows: int) -> FirstPass:
     facts["generation_s"] = generation_s
     facts["items_per_generation_s"] = facts["ok"] / generation_s if generation_s > 0 else None
     facts["tokens_per_generation_s"] = generated / generation_s if generation_s > 0 else None
-    facts["task"] = "vqa" if output.is_vqa else "caption"
+    facts["task"] = "vqa" if output.is_vqa or output.is_benchmark else "caption"
     for name, plural in DISTINCT.items():
         facts[plural] = sorted(distinct[name], key=str)
     facts["result_files"] = len(facts.pop("source_shards"))

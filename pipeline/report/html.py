@@ -17,6 +17,7 @@ import numpy as np
 
 from hired.budget import describe_budget
 
+from ..benchmarks import BENCHMARKS
 from .charts import draw_charts
 from .data import Output, ReportError, first_ok_records, first_pass, load_output, second_pass
 
@@ -73,7 +74,10 @@ def environment() -> jinja2.Environment:
 def sample_table(output: Output, limit: int) -> tuple[list[str], list[list]]:
     """The headers and rows of the first ``limit`` ok items' captions or answers."""
     records = first_ok_records(output, limit)
-    if output.is_vqa:
+    if output.is_benchmark:
+        headers = ["id", "question", "answer", "score"]
+        rows = [[r["id"], preview(r.get("question")), preview(r.get("text")), number(r.get("score"), 2)] for r in records]
+    elif output.is_vqa:
         headers = ["id", "question", "answer", "references", "VQA accuracy", "exact match"]
         rows = [[r["id"], preview(r.get("question")), preview(r.get("text")),
                  preview(", ".join(r.get("answers") or [])), number(r.get("vqa_accuracy"), 2), r.get("exact_match")]
@@ -83,6 +87,15 @@ def sample_table(output: Output, limit: int) -> tuple[list[str], list[list]]:
         rows = [[r["id"], preview(r.get("text")), f"{r.get('visual_tokens_kept')} / {r.get('visual_tokens_full')}"]
                 for r in records]
     return headers, rows
+
+
+def benchmark_section(result: dict | None) -> dict | None:
+    """The benchmark's aggregates as the page shows them (keys as ``pipeline.score`` prints them)."""
+    if result is None:
+        return None
+    known = BENCHMARKS.get(result["name"])
+    shown = [[key, known.shown(value)] for key, value in (result["aggregates"] or {}).items()] if known else []
+    return {**result, "rows": shown, "metric": known.metric if known else None}
 
 
 def render_report(output: Output, *, error_rows: int = DEFAULT_ERROR_ROWS, sample_rows: int = DEFAULT_SAMPLE_ROWS) -> str:
@@ -101,6 +114,7 @@ def render_report(output: Output, *, error_rows: int = DEFAULT_ERROR_ROWS, sampl
         plotted=int(data.position.size),
         failed_shard_rows=[[f.get("shard"), f.get("reason")] for f in failed if isinstance(f, dict)],
         vqa=(facts.get("vqa") or {"scored": 0, "accuracy": None, "exact_match": None}) if output.is_vqa else None,
+        benchmark=benchmark_section(facts.get("benchmark")),
         samples=sample_table(output, sample_rows) if sample_rows > 0 else None,
         made=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     )

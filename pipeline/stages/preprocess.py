@@ -11,7 +11,9 @@ import os
 
 import numpy as np
 
-from ..columns import IMAGE, IMAGE_URI, MODEL_INPUTS, PROMPT, QUESTION, READ_COLUMNS
+from ..benchmarks import BenchmarkDataError
+from ..benchmarks.scoring import rows_of
+from ..columns import IMAGE, IMAGE_URI, MODEL_INPUTS, PROMPT, QUESTION, READ_COLUMNS, carried
 from ..errors import StorageUnavailable
 from ..faults import failpoint
 from ..io.images import decode_image
@@ -25,16 +27,20 @@ VQA_INSTRUCTION = "Answer the question using a single word or phrase."  # LLaVA'
 NEEDS = {name: READ_COLUMNS[name] for name in (IMAGE, IMAGE_URI, PROMPT, QUESTION)}
 
 
-def build_prompt(processor, text: str) -> str:
-    """The model's chat format around one image and ``text``; a text already holding the
-    image token is taken as the complete prompt."""
-    image_token = getattr(processor, "image_token", "<image>")
-    if image_token in text:
-        return text
+def chat_prompt(processor, text: str) -> str:
+    """The model's chat format: one user turn of the image then ``text``, and the assistant's turn opened."""
     conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
     if getattr(processor, "chat_template", None):
         return processor.apply_chat_template(conversation, add_generation_prompt=True)
-    return f"USER: {image_token}\n{text} ASSISTANT:"
+    return f"USER: {getattr(processor, 'image_token', '<image>')}\n{text} ASSISTANT:"
+
+
+def build_prompt(processor, text: str) -> str:
+    """:func:`chat_prompt` of a row's own instruction; a text already holding the image token is
+    taken as the complete prompt."""
+    if getattr(processor, "image_token", "<image>") in text:
+        return text
+    return chat_prompt(processor, text)
 
 
 class Preprocessor:
@@ -52,6 +58,10 @@ class Preprocessor:
             os.nice(settings.preprocess_niceness)  # this actor's process only: it ends with the job
         self.processor = AutoProcessor.from_pretrained(settings.model)
         self.task = settings.task
+        self.scoring = settings.scoring
+        # With a benchmark, its columns build the prompt (each as the benchmark names it).
+        self.prompt_columns = {} if self.scoring is None else {c.name: carried(c.name) for c in self.scoring.columns}
+        self.needs = {**NEEDS, **{carried(c.name): c.holds for c in (self.scoring.columns if self.scoring else ())}}
         self.default_prompt = settings.default_prompt
         self.max_image_pixels = settings.max_image_pixels
         self.retry = settings.retry
@@ -76,9 +86,19 @@ class Preprocessor:
                 raise RowFailed(ErrorKind.CANNOT_FETCH_IMAGE, f"{image_uri}: {type(e).__name__}: {e}") from None
         raise RowFailed(ErrorKind.MISSING_FIELD, "neither image nor image_uri is set")
 
-    def one(self, image, image_uri, prompt, question) -> dict[str, np.ndarray]:
+    def benchmark_prompt(self, row: dict) -> str:
+        """The benchmark's own user text for the row (lmms-eval's, for llava_hf), in the model's chat format."""
+        try:
+            return chat_prompt(self.processor, self.scoring.prompt(row))
+        except BenchmarkDataError as error:
+            raise RowFailed(ErrorKind.BAD_QUESTION, f"{self.scoring.name}: {error.reason}") from None
+
+    def one(self, image, image_uri, prompt, question, benchmark_row: dict | None = None) -> dict[str, np.ndarray]:
+        if benchmark_row is not None:
+            text = self.benchmark_prompt(benchmark_row)  # before decoding: a bad row costs no decode
+        else:
+            text = build_prompt(self.processor, self.prompt_text(prompt, question))
         picture = decode_image(self.image_bytes(image, image_uri), self.max_image_pixels)
-        text = build_prompt(self.processor, self.prompt_text(prompt, question))
         inputs = self.processor(images=[picture], text=[text], return_tensors="np")
         return {
             "input_ids": inputs["input_ids"][0].astype(np.int32),
@@ -88,12 +108,13 @@ class Preprocessor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         failpoint("preprocess")  # tests hold a batch here, then lose the node it is on
-        rows = Rows(batch, NEEDS, "preprocess")
+        rows = Rows(batch, self.needs, "preprocess")
         images, uris, prompts, questions = (rows.column(c) for c in (IMAGE, IMAGE_URI, PROMPT, QUESTION))
+        benchmark_rows = rows_of(batch, self.prompt_columns) if self.scoring else [None] * rows.size
         inputs = rows.add(MODEL_INPUTS)
         for i in rows.ok():
             try:
-                inputs[i] = encode_inputs(self.one(images[i], uris[i], prompts[i], questions[i]))
+                inputs[i] = encode_inputs(self.one(images[i], uris[i], prompts[i], questions[i], benchmark_rows[i]))
             except RowFailed as failed:
                 rows.fail(i, failed.error)
             except StorageUnavailable:

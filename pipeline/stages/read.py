@@ -1,5 +1,6 @@
 """The read stage: one read task in (a Parquet row group, a WebDataset tar, a run of image files),
-its rows out in bounded slices with the same columns whatever the format (``READ_COLUMNS``).
+its rows out in bounded slices with the same columns whatever the format (``READ_COLUMNS``, and
+with ``--benchmark`` the benchmark's columns, carried).
 
 A generator, so Ray Data gets a row group as several small batches rather than one that grows
 with the row group. Every planned row comes out: rows a task cannot read (a shard damaged or
@@ -14,7 +15,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ..columns import ANSWERS, ERROR_DETAIL, ERROR_KIND, ID, IMAGE, IMAGE_URI, PROMPT, QUESTION, ROW_INDEX, SOURCE_SHARD
+from ..columns import (
+    ANSWERS, ERROR_DETAIL, ERROR_KIND, ID, IMAGE, IMAGE_URI, PROMPT, QUESTION, ROW_INDEX, SOURCE_SHARD, carried,
+)
 from ..errors import StorageUnavailable
 from ..io import formats
 from ..io.location import Location
@@ -33,10 +36,16 @@ def read_tasks(shards: list[Shard]) -> list[ReadTask]:
     return [task for shard in shards for task in formats.get(shard.format).read_tasks(shard)]
 
 
-def _columns(rows: dict[str, list], task: ReadTask, first: int) -> dict[str, np.ndarray]:
+def benchmark_parts(settings: JobSettings) -> tuple[str, ...]:
+    """The carried benchmark columns every slice holds with ``--benchmark`` (pipeline.columns.carried)."""
+    scoring = settings.scoring
+    return () if scoring is None else tuple(carried(c.name) for c in scoring.columns)
+
+
+def _columns(rows: dict[str, list], task: ReadTask, first: int, parts: tuple[str, ...] = INPUT_PARTS) -> dict[str, np.ndarray]:
     """A format's slice as the stage's columns, rows numbered from ``first``."""
     n = len(rows[ID])
-    out = {name: rows.get(name) or [None] * n for name in INPUT_PARTS}
+    out = {name: rows.get(name) or [None] * n for name in parts}
     errors = rows.get("error") or [None] * n
     out[ERROR_KIND] = [None if e is None else e.kind.value for e in errors]
     out[ERROR_DETAIL] = [None if e is None else e.detail for e in errors]
@@ -50,6 +59,7 @@ def read_rows(batch: dict[str, np.ndarray], input: Location, settings: JobSettin
     ``num_rows`` of them."""
     task: ReadTask = batch["item"][0]
     first, planned = task.first_row, task.num_rows
+    parts = INPUT_PARTS + benchmark_parts(settings)
     done, reason = 0, None
     try:
         for rows in formats.get(task.format).read(input, task, settings):
@@ -58,7 +68,7 @@ def read_rows(batch: dict[str, np.ndarray], input: Location, settings: JobSettin
                 rows = {name: values[:take] for name, values in rows.items()}
                 log.warning("%s holds more rows than when the run was planned; the extra ones are left out", task.shard_uri)
             if take:
-                yield _columns(rows, task, first + done)
+                yield _columns(rows, task, first + done, parts)
                 done += take
             if done == planned:
                 break
@@ -71,4 +81,4 @@ def read_rows(batch: dict[str, np.ndarray], input: Location, settings: JobSettin
         reason = f"{type(e).__name__}: {e}"
     if done < planned:
         error = RowError(ErrorKind.UNREADABLE_SHARD, reason)
-        yield _columns({ID: [None] * (planned - done), "error": [error] * (planned - done)}, task, first + done)
+        yield _columns({ID: [None] * (planned - done), "error": [error] * (planned - done)}, task, first + done, parts)

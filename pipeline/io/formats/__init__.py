@@ -14,6 +14,8 @@ import posixpath
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+import pyarrow as pa
+
 from ...errors import InputError
 from ..location import Location
 from ..shard import FailedShard, Shard
@@ -96,7 +98,7 @@ def inspect_input(input: Location, settings: JobSettings, threads: int = 1,
     check_unique_names(shards + failed)
     if not all(s.id_type == "int64" for s in shards):
         shards = [replace(s, id_type="string") for s in shards]
-    return shards, failed
+    return common_benchmark_types(shards), failed
 
 
 def check_unique_names(shards: list[Shard | FailedShard]) -> None:
@@ -108,3 +110,16 @@ def check_unique_names(shards: list[Shard | FailedShard]) -> None:
             raise InputError(f"input shards {first[shard.name]} and {shard.uri} would both write {shard.name}.parquet "
                              "(the output names a shard by its path with '/' as '__'): rename one of them")
         first[shard.name] = shard.uri
+
+
+def common_benchmark_types(shards: list[Shard]) -> list[Shard]:
+    """The shards with one type for each benchmark column, every shard's joined (int32 and int64
+    make int64, null and string make string); types that do not join are refused."""
+    schemas = [s.benchmark for s in shards if s.benchmark is not None]
+    if not schemas:
+        return shards
+    try:
+        common = pa.unify_schemas(schemas, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as error:
+        raise InputError(f"the shards hold a benchmark column in types that do not join: {error}") from None
+    return [replace(s, benchmark=common) for s in shards]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ...columns import ANSWERS, ID, IMAGE, IMAGE_URI, PROMPT, QUESTION
+from ...columns import ANSWERS, ID, IMAGE, IMAGE_URI, PROMPT, QUESTION, carried
 from ...errors import StorageUnavailable
 from ...row_errors import ErrorKind, RowError
 from ..location import Location, in_threads
@@ -103,10 +103,12 @@ def inspect_shard(where: Location, name: str, settings: JobSettings, size: int |
         raise
     except Exception as e:
         return FailedShard(where.uri, f"unreadable Parquet file: {type(e).__name__}: {e}", name)
-    layout = resolve_layout(schema, settings.columns, settings.task, where.uri)
+    layout = resolve_layout(schema, settings.columns, settings.task, where.uri, settings.scoring)
     groups = tuple(metadata.row_group(i).num_rows for i in range(metadata.num_row_groups))
+    kept = None if settings.scoring is None else pa.schema(
+        [pa.field(name, schema.field(source).type) for name, source in layout.carried])
     return Shard(uri=where.uri, name=name, num_rows=metadata.num_rows, format="parquet", path=where.path,
-                 plan=groups, id_type=layout.id_type, fingerprint=fingerprint(tail, info))
+                 plan=groups, id_type=layout.id_type, fingerprint=fingerprint(tail, info), benchmark=kept)
 
 
 def inspect(input: Location, files: dict[str, dict], settings: JobSettings, threads: int, records=None):
@@ -158,7 +160,7 @@ def _open_slices(where: Location, group: int, settings: JobSettings, skip: int):
     """(layout, slice) past the first ``skip`` rows of a row group, the file closed at the end."""
     with where.open("rb") as f:
         parquet = pq.ParquetFile(f, buffer_size=READ_BUFFER, pre_buffer=False)
-        layout = resolve_layout(parquet.schema_arrow, settings.columns, settings.task, where.uri)
+        layout = resolve_layout(parquet.schema_arrow, settings.columns, settings.task, where.uri, settings.scoring)
         wanted = layout.columns()
         rows = slice_rows(parquet.metadata, group, wanted)
         for batch in parquet.iter_batches(batch_size=rows, row_groups=[group], columns=wanted, use_threads=False):
@@ -222,6 +224,7 @@ def rows_of(layout: ParquetLayout, batch: pa.RecordBatch, task: ReadTask, first:
         PROMPT: _values(batch, layout.prompt),
         QUESTION: _values(batch, layout.question),
         ANSWERS: [answer_texts(v, layout.answers_kind) for v in _values(batch, layout.answers)],
+        **{carried(name): _values(batch, source) for name, source in layout.carried},
         "error": errors,
     }
 

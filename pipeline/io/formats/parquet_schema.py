@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from ...benchmarks import Benchmark, ColumnError, check_columns, named_columns
 from ...errors import InputError
 from ...settings import ColumnMap
 
@@ -80,10 +81,12 @@ class ParquetLayout:
     question: str | None
     answers: str | None
     answers_kind: str | None  # see answers_kind()
+    carried: tuple[tuple[str, str], ...] = ()  # with --benchmark: (the benchmark's column, the shard's column)
 
     def columns(self) -> list[str]:
         """The shard's columns to read, each once."""
         named = [self.id, self.image, self.image_uri, self.prompt, self.question, self.answers]
+        named += [source for _, source in self.carried]
         return list(dict.fromkeys(c for c in named if c is not None))
 
 
@@ -91,9 +94,12 @@ IMAGE_TYPES = "encoded bytes (binary), a Hugging Face Image() struct {bytes, pat
 ANSWER_TYPES = "a list of strings, one string, or a list of structs with an 'answer' string (VQAv2 on the hub)"
 
 
-def resolve_layout(schema: pa.Schema, columns: ColumnMap, task: str, uri: str) -> ParquetLayout:
+def resolve_layout(schema: pa.Schema, columns: ColumnMap, task: str, uri: str,
+                   benchmark: Benchmark | None = None) -> ParquetLayout:
     """Match a shard's schema to the task and the column mapping; refuse it with every problem
-    named (column, type, and the flag that picks another column) before any model loads."""
+    named (column, type, and the flag that picks another column) before any model loads. With a
+    ``benchmark``, the VQA job reads the benchmark's columns as lmms-eval reads them instead of a
+    question and references."""
     names = set(schema.names)
     problems: list[str] = []
 
@@ -145,7 +151,14 @@ def resolve_layout(schema: pa.Schema, columns: ColumnMap, task: str, uri: str) -
     text = lambda t: "text" if _is_text(t) or pa.types.is_null(t) else None  # noqa: E731
     prompt = question = answers = None
     answers_shape = None
-    if task == "vqa":
+    carried: tuple[tuple[str, str], ...] = ()
+    if task == "vqa" and benchmark is not None:
+        try:
+            named = named_columns(benchmark, question=columns.question, answers=columns.answers, others=columns.benchmark)
+            carried = tuple(check_columns(benchmark, schema, named, for_prompt=True).items())
+        except ColumnError as error:
+            problems.append(str(error))
+    elif task == "vqa":
         question = pick("question", "question", required=True, why=" (the VQA job needs questions)")
         typed("question", question, text, "strings")
         answers = pick("answers", "answers", required=False)
@@ -156,4 +169,4 @@ def resolve_layout(schema: pa.Schema, columns: ColumnMap, task: str, uri: str) -
     if problems:
         raise InputError(f"shard {uri} does not match the input schema: " + "; ".join(problems))
     return ParquetLayout(id=ident, id_type=identity or "string", image=image, image_kind=shape, image_uri=image_uri,
-                         prompt=prompt, question=question, answers=answers, answers_kind=answers_shape)
+                         prompt=prompt, question=question, answers=answers, answers_kind=answers_shape, carried=carried)
