@@ -55,7 +55,7 @@ import hired  # noqa: E402
 from common import build_model, copy_bandwidth, flops_per_image, matmul_rate, pictures, sync  # noqa: E402
 from pipeline.memory import apply_memory_cap  # noqa: E402
 from pipeline.settings import JobSettings  # noqa: E402
-from pipeline.stages.generate import FirstTokenTimer, Predictor  # noqa: E402
+from pipeline.stages.generate import Predictor  # noqa: E402
 
 GiB = 2**30
 
@@ -76,6 +76,21 @@ def summarise(samples: list, peak: int | None) -> dict:
     return {"ttft_ms": 1e3 * ttft, "latency_ms": 1e3 * total, "tokens_per_s": tokens / total,
             "images_per_s": images / total, "peak_mem_bytes": peak, "new_tokens": tokens, "images": images,
             "samples": len(samples)}
+
+
+class FirstTokenTimer:
+    """A ``generate`` streamer that notes when the first new token reaches the host (``generate``
+    hands it each step's tokens copied to the CPU, which waits for the GPU)."""
+
+    def __init__(self):
+        self.first_token_at: float | None = None
+
+    def put(self, value: torch.Tensor) -> None:
+        if value.dim() == 1 and self.first_token_at is None:  # 2-D is the prompt, sent first
+            self.first_token_at = time.perf_counter()
+
+    def end(self) -> None:
+        pass
 
 
 def stock_run(model, processor, images, prompt, new_tokens, device):
@@ -101,10 +116,10 @@ def ours_run(predictor, items, micro_batches):
     def run():
         ttfts, total, tokens = [], 0.0, 0
         for micro in micro_batches:
-            token_ids, _, timing = predictor.generate([items[i] for i in micro])
+            rows, _, timing = predictor.generate([items[i] for i in micro])
             ttfts.append(timing.ttft_ms / 1e3)
             total += (timing.ttft_ms + timing.decode_ms) / 1e3
-            tokens += sum(len(t) for t in token_ids)
+            tokens += sum(len(r.token_ids) for r in rows)
         return statistics.median(ttfts), total, tokens, len(items)
 
     return run
@@ -176,8 +191,8 @@ def run_configs(args, model, processor, items, images, prompt, device, dtype, ne
             settings = JobSettings(model=name, config=config, max_new_tokens=new_tokens,
                                    dtype=str(dtype).removeprefix("torch."),
                                    gpu_memory_gb=args.gpu_memory_gb if device.type == "cuda" else None)
-            predictor = Predictor(settings, device=str(device), loaded=(model, processor))
-            predictor.generate_kwargs = {"min_new_tokens": new_tokens}
+            predictor = Predictor.with_model(settings, model, processor)
+            predictor.min_new_tokens = new_tokens
         lengths = hired.expected_lengths(model, (args.image_size, args.image_size), len(items[0]["input_ids"]),
                                          None if config == "stock" else config)
         flops = flops_per_image(model, lengths.visual_tokens_llm, lengths.partitions,
@@ -258,7 +273,7 @@ def run_loops(args, model, processor, items, images, prompt, device, dtype, new_
         def auto_batches(config):
             settings = JobSettings(model="bench", config=config, max_new_tokens=new_tokens, dtype=str(dtype).removeprefix("torch."),
                                    gpu_memory_gb=args.gpu_memory_gb)
-            predictor = Predictor(settings, device=str(device), loaded=(model, processor))
+            predictor = Predictor.with_model(settings, model, processor)
             lengths = hired.expected_lengths(model, (args.image_size, args.image_size), len(items[0]["input_ids"]), config)
             return predictor.batches.micro_batches([lengths] * len(items))
     print(f"\nloops: {', '.join(['generate', *variants])} on {', '.join(configs)}, batches {args.batches}", flush=True)

@@ -21,6 +21,8 @@ from .benchmarks.base import SCORE
 
 ID, IMAGE, IMAGE_URI, PROMPT = "id", "image", "image_uri", "prompt"
 QUESTION, ANSWERS = "question", "answers"
+SAMPLING, CHOICES = "sampling", "choices"
+PROMPT_NAME, PROMPT_INDEX = "prompt_name", "prompt_index"
 SOURCE_SHARD, ROW_INDEX = "source_shard", "row_index"
 ERROR_KIND, ERROR_DETAIL, ERROR = "error_kind", "error_detail", "error"
 MODEL_INPUTS = "model_inputs"
@@ -40,6 +42,8 @@ READ_COLUMNS = {
     PROMPT: "the row's own instruction, or null for the job's default",
     QUESTION: "the VQA question, or null",
     ANSWERS: "the VQA references as a list of strings, or null",
+    SAMPLING: "the row's sampling overrides as a dict (--sampling-column), or null",
+    CHOICES: "the row's allowed answers as a list of strings (--choices-column), or null",
     SOURCE_SHARD: "the input shard's URI",
     ROW_INDEX: "the row's position in its shard",
     ERROR_KIND: "null while the row is fine, else a pipeline.row_errors.ErrorKind value",
@@ -59,6 +63,8 @@ def carried(name: str) -> str:
 PREPROCESSED = {MODEL_INPUTS: "input_ids, pixel_values and image_sizes, encoded by pipeline.wire"}
 # What generation adds to every row (null on an error row).
 GENERATED = {
+    PROMPT_NAME: "with --prompts: the prompt's name (the generation stage emits a row per prompt)",
+    PROMPT_INDEX: "with --prompts: the prompt's place in the prompts file, from 0",
     TEXT: "the caption or answer",
     VISUAL_TOKENS_FULL: "N: grid tokens the stock model would use",
     VISUAL_TOKENS_KEPT: "grid tokens that reached the LLM",
@@ -118,13 +124,20 @@ VQA_FIELDS = [
 ID_TYPES = {"string": pa.string(), "int64": pa.int64()}
 
 
-def output_schema(task: str, id_type: str = "string", benchmark: pa.Schema | None = None) -> pa.Schema:
+PROMPT_FIELDS = [pa.field(PROMPT_NAME, pa.string()), pa.field(PROMPT_INDEX, pa.int32())]
+
+
+def output_schema(task: str, id_type: str = "string", benchmark: pa.Schema | None = None,
+                  prompts: bool = False) -> pa.Schema:
     """The output's columns. ``benchmark``: the benchmark's columns as the input holds them (a
     ``--benchmark`` run), which the output keeps, with the per-row ``score``, in place of the
-    VQAv2-style fields, so that ``pipeline.score`` reads the output as it reads the input."""
+    VQAv2-style fields, so that ``pipeline.score`` reads the output as it reads the input.
+    ``prompts``: a ``--prompts`` run, whose rows are one per (id, prompt), named after the id."""
     if benchmark is not None:
         extra = list(benchmark) + [pa.field(SCORE, pa.float64())]  # null where the ground truth cannot be scored
     else:
         extra = VQA_FIELDS if task == "vqa" else []
     fields = list(OUTPUT_SCHEMA) + extra
+    if prompts:
+        fields[1:1] = PROMPT_FIELDS
     return pa.schema([pa.field(ID, ID_TYPES[id_type]) if f.name == ID else f for f in fields])

@@ -28,6 +28,8 @@ class ErrorKind(str, Enum):
     GENERATION_FAILED = "generation failed"
     BAD_QUESTION = "bad question"  # a benchmark row its prompt cannot be built from (a null question, bad choices)
     BAD_GROUND_TRUTH = "bad ground truth"  # a benchmark row its metric cannot score (a null or malformed answer)
+    BAD_SAMPLING = "bad sampling"  # the row's own sampling settings (--sampling-column) are not valid
+    BAD_CHOICES = "bad choices"  # the row's choices cannot constrain decoding (empty, untokenizable, too long)
     INTERNAL = "internal"  # the pipeline lost track of the row: a bug, never the data
 
 

@@ -24,6 +24,7 @@ from .errors import InputError
 from .io.images import DEFAULT_MAX_PIXELS
 from .io.location import Location
 from .io.retry import RetryPolicy
+from .prompts import read_prompts
 
 DEFAULT_CAPTION_PROMPT = "Write a short caption for this image."
 MODEL_TYPES = ("llava_next", "llava")  # what hired's adapters handle
@@ -44,6 +45,7 @@ class Knob:
     tasks: tuple[str, ...] = TASKS  # the jobs (and other commands) that have it
     decides_results: bool = False  # recorded in every output; an output made otherwise is not resumed into
     repeatable: bool = False  # the flag may be given again; the value is the list of what each gave
+    recorded_if_set: bool = False  # recorded only when not the default, so outputs made before it existed still resume
 
 
 def knob(default=MISSING, *, default_factory=MISSING, **meaning) -> Any:
@@ -61,6 +63,24 @@ def at_least(low: int | float, kind: type = int) -> Callable[[str], int | float]
         return value
 
     return parse
+
+
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"not a number: {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def comma_list(text: str) -> tuple[str, ...]:
+    """``--choices yes,no``: the non-empty items, each stripped."""
+    items = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not items:
+        raise ValueError(f"{text!r}: give comma-separated strings, e.g. yes,no")
+    return items
 
 
 def column_pair(text: str) -> tuple[str, str]:
@@ -91,6 +111,12 @@ class ColumnMap:
     answers: str | None = knob(None, flag="--answers-column", group="data", metavar="NAME", tasks=("vqa",), help=(
         "reference answers: a list of strings, one string, or a list of {answer, ...} structs "
         "(default: 'answers' if present); with --benchmark, the benchmark's ground truth (docs/benchmarks.md)"))
+    sampling: str | None = knob(None, flag="--sampling-column", group="data", metavar="NAME", help=(
+        "per-row sampling overrides: a struct (or a JSON object string) with any of temperature, top_p, top_k, "
+        "repetition_penalty, seed, stop; a null field keeps the job's setting (Parquet inputs)"))
+    choices: str | None = knob(None, flag="--choices-column", group="data", metavar="NAME", help=(
+        "per-row allowed answers: a list of strings; the row's text is exactly one of them (null: the job's "
+        "--choices, if any; Parquet inputs)"))
     benchmark: tuple[tuple[str, str], ...] = knob(
         (), flag="--column", group="data", metavar="NAME=COLUMN", tasks=("vqa",), parse=column_pair, repeatable=True,
         help="with --benchmark: read the benchmark's column NAME from the input's COLUMN (repeatable), e.g. "
@@ -142,6 +168,43 @@ class JobSettings:
         "against the 'answers' column"))
     default_prompt: str = knob(DEFAULT_CAPTION_PROMPT, flag="--prompt", metavar="TEXT", group="model", tasks=("caption",),
                                decides_results=True, help="instruction for rows whose prompt is null or missing")
+    prompts: tuple[tuple[str, str], ...] = knob((), flag="--prompts", metavar="FILE", group="generation",
+                                                tasks=("caption",), parse=read_prompts, decides_results=True,
+                                                recorded_if_set=True, help=(
+        "several prompts for every picture: a text file (one a line) or JSON (a list, or {name: prompt}); each "
+        "picture is read, encoded and selected once and generated for each, one output row per (id, prompt) "
+        "with its prompt_name (the prompt column and --prompt are not used)"))
+    temperature: float = knob(0.0, flag="--temperature", metavar="T", group="generation", parse=at_least(0, float),
+                              decides_results=True, recorded_if_set=True,
+                              help="0 is greedy decoding (the default); above 0 samples from the softmax of logits / T")
+    top_p: float | None = knob(None, flag="--top-p", metavar="P", group="generation", parse=fraction,
+                               decides_results=True, recorded_if_set=True,
+                               help="nucleus sampling: draw from the smallest set of tokens whose probability reaches P")
+    top_k: int | None = knob(None, flag="--top-k", metavar="K", group="generation", parse=at_least(1),
+                             decides_results=True, recorded_if_set=True,
+                             help="draw from the K likeliest tokens")
+    repetition_penalty: float = knob(1.0, flag="--repetition-penalty", metavar="R", group="generation",
+                                     parse=at_least(0.01, float), decides_results=True, recorded_if_set=True,
+                                     help="above 1 discourages tokens already in the row, prompt included (1: none)")
+    seed: int | None = knob(None, flag="--seed", metavar="N", group="generation", parse=at_least(0),
+                            decides_results=True, recorded_if_set=True, help=(
+        "makes sampling reproducible: each row draws from its own generator, seeded from N, its id and its "
+        "prompt, so it gives the same text in any batch and on any rerun (default: fresh randomness)"))
+    stop: tuple[str, ...] = knob((), flag="--stop", metavar="TEXT", group="generation", repeatable=True,
+                                 decides_results=True, recorded_if_set=True,
+                                 help="end a row's generation where TEXT appears, cut from the text (repeatable)")
+    choices: tuple[str, ...] = knob((), flag="--choices", metavar="A,B,...", group="generation", parse=comma_list,
+                                    decides_results=True, recorded_if_set=True, help=(
+        "constrain every answer to exactly one of these strings, e.g. yes,no (the model's probabilities pick "
+        "which)"))
+    decode_cache: str = knob("static", flag="--decode-cache", group="generation", choices=("static", "dynamic"), help=(
+        "the KV cache: static (allocated once, written in place) or dynamic (transformers' DynamicCache, grown by "
+        "concatenation); greedy output is the same"))
+    compile: str = knob("auto", flag="--compile", group="generation", choices=("auto", "on", "off"), help=(
+        "compile the decode step with torch.compile (CUDA graphs; batch sizes padded to a few buckets so each "
+        "compiles once); auto: on CUDA, off on CPU"))
+    sync_every: int | None = knob(None, flag="--sync-every", metavar="N", group="generation", parse=at_least(1), help=(
+        "decode steps between the host's checks for finished rows and stop strings (default: 8 on CUDA, 1 on CPU)"))
     # None: every visual token (the stock model). Set from the token-dropping flags (pipeline.cli.jobs).
     config: hired.HiREDConfig | None = knob(hired.HiREDConfig(), help="HiRED's settings", decides_results=True)
     num_gpus: int | None = knob(None, flag="--num-gpus", metavar="N", parse=at_least(0), help=(
@@ -181,6 +244,8 @@ class JobSettings:
             raise InputError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.quantization is not None and self.quantization not in QUANTIZATIONS:
             raise InputError(f"--quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
+        if self.compile == "on" and self.decode_cache == "dynamic":
+            raise InputError("--compile on needs --decode-cache static (a dynamic cache changes shape every step)")
         if self.gpus_per_model < 1:
             raise InputError(f"--gpus-per-model must be at least 1, got {self.gpus_per_model}")
         if self.gpus_per_model > 1 and self.num_gpus == 0:
@@ -204,6 +269,44 @@ class JobSettings:
         if self.max_new_tokens is None:
             default = scoring.generation.max_new_tokens if scoring else 64 if self.task == "caption" else 16
             object.__setattr__(self, "max_new_tokens", default)
+        for name in ("stop", "choices", "prompts"):  # given as lists by flags and callers
+            object.__setattr__(self, name, tuple(tuple(v) if isinstance(v, list) else v for v in getattr(self, name)))
+        self.sampling  # a contradictory combination is refused here, naming the flags
+        if self.prompts and self.columns.prompt:
+            raise InputError(f"--prompts and --prompt-column {self.columns.prompt}: give one; --prompts sets "
+                             "every picture's prompts")
+        if self.choices:
+            self.checked_choices(self.choices, "--choices")
+
+    @property
+    def sampling(self) -> hired.Sampling:
+        """The job's :class:`hired.Sampling` (each row's own start from it)."""
+        try:
+            return hired.Sampling(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                                  repetition_penalty=self.repetition_penalty, seed=self.seed, stop=self.stop)
+        except ValueError as error:
+            flags = {"temperature": "--temperature", "top_p": "--top-p", "top_k": "--top-k",
+                     "repetition_penalty": "--repetition-penalty", "seed": "--seed", "stop": "--stop"}
+            text = str(error)
+            for name, flag in flags.items():
+                text = text.replace(name, flag)
+            raise InputError(text) from None
+
+    def checked_choices(self, choices: tuple[str, ...], where: str) -> tuple[str, ...]:
+        if len(set(choices)) != len(choices):
+            raise InputError(f"{where} {','.join(choices)}: a choice is repeated")
+        return choices
+
+    @property
+    def decode_options(self) -> hired.DecodeOptions:
+        """How the generation actors' decode loop runs (:class:`hired.DecodeOptions`)."""
+        return hired.DecodeOptions(cache=self.decode_cache, compile={"auto": None, "on": True, "off": False}[self.compile],
+                                   sync_every=self.sync_every)
+
+    @property
+    def outputs_per_row(self) -> int:
+        """Output rows per input row: one per prompt of ``--prompts``, else one."""
+        return max(1, len(self.prompts))
 
     @property
     def scoring(self) -> Benchmark | None:
@@ -226,9 +329,12 @@ class JobSettings:
         """What decides the results: an output made with other values is not resumed into."""
         recorded = {}
         for f in fields(self):
-            if not f.metadata["knob"].decides_results:
+            meaning = f.metadata["knob"]
+            if not meaning.decides_results:
                 continue
             value = getattr(self, f.name)
+            if meaning.recorded_if_set and value == f.default:
+                continue
             if f.name == "config":
                 recorded["hired"] = None if value is None else asdict(value)
             elif f.name == "columns":
@@ -237,7 +343,10 @@ class JobSettings:
                 recorded[f.name] = value
             else:
                 recorded[f.name] = None
-        return recorded
+        for name in ("sampling", "choices"):
+            if getattr(self.columns, name) is None:
+                del recorded["columns"][name]  # as recorded before the per-row columns existed
+        return json.loads(json.dumps(recorded))  # tuples as JSON keeps them, so a record compares equal
 
 
 def knobs(settings_class: type = JobSettings) -> list[tuple[str, Knob]]:
@@ -307,6 +416,21 @@ def check_model(model: str) -> None:
     if model_type not in MODEL_TYPES:
         raise InputError(f"--model {model}: a {model_type!r} model; hired runs LLaVA-Next and LLaVA-1.5 "
                          f"({', '.join(MODEL_TYPES)})")
+
+
+def check_choices(settings: JobSettings) -> None:
+    """Refuse ``--choices`` the model's tokenizer cannot spell within ``--max-new-tokens``, before
+    Ray starts (loads the tokenizer only)."""
+    if not settings.choices:
+        return
+    from transformers import AutoTokenizer
+
+    from hired.choices import ChoiceError, build_trie
+
+    try:
+        build_trie(AutoTokenizer.from_pretrained(settings.model), settings.choices, settings.max_new_tokens)
+    except ChoiceError as error:
+        raise InputError(f"--choices {','.join(settings.choices)}: {error}") from None
 
 
 def _local_model_type(config_json: Path) -> str | None:

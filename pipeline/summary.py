@@ -29,8 +29,8 @@ import pyarrow.parquet as pq
 
 from .benchmarks import BENCHMARKS, Aggregator, BenchmarkDataError, ColumnError
 from .columns import (
-    ERROR_KIND, EXACT_MATCH, GENERATED_TOKENS, ID, PEAK_GPU_MEM_BYTES, SCORE, TOKENS_PER_S, TTFT_MS, VISUAL_TOKENS_FULL,
-    VISUAL_TOKENS_KEPT, VQA_ACCURACY,
+    ERROR_KIND, EXACT_MATCH, GENERATED_TOKENS, ID, PEAK_GPU_MEM_BYTES, PROMPT_INDEX, PROMPT_NAME, SCORE, TOKENS_PER_S,
+    TTFT_MS, VISUAL_TOKENS_FULL, VISUAL_TOKENS_KEPT, VQA_ACCURACY,
 )
 from .io.location import Location
 from .io.manifest import GONE, Manifest
@@ -40,7 +40,7 @@ from .job.progress import progress_line
 # The columns the summary reads (and, in a benchmark run's files, those its aggregates read: read_columns);
 # captions, prompts and VQA references are never loaded.
 SUMMARY_COLUMNS = (ID, ERROR_KIND, VISUAL_TOKENS_KEPT, VISUAL_TOKENS_FULL, GENERATED_TOKENS, TTFT_MS,
-                   TOKENS_PER_S, PEAK_GPU_MEM_BYTES, VQA_ACCURACY, EXACT_MATCH)
+                   TOKENS_PER_S, PEAK_GPU_MEM_BYTES, VQA_ACCURACY, EXACT_MATCH, PROMPT_INDEX, PROMPT_NAME)
 # Each mean in the summary and the column it averages over the ok rows.
 MEANS = {"mean_visual_tokens_kept": VISUAL_TOKENS_KEPT, "mean_visual_tokens_full": VISUAL_TOKENS_FULL,
          "mean_generated_tokens": GENERATED_TOKENS, "mean_ttft_ms": TTFT_MS,
@@ -245,6 +245,8 @@ class SummaryTotals:
         self.accuracy = RunningMean()
         self.exact_match = RunningMean()
         self.benchmark = BenchmarkTotals()
+        self.pictures = 0  # with --prompts: input rows (each has a row per prompt)
+        self.prompt_names: set[str] = set()
 
     def add(self, table: pa.Table) -> None:
         if not table.num_rows:
@@ -257,8 +259,14 @@ class SummaryTotals:
         counted = pc.value_counts(pc.drop_null(kinds))
         for kind, count in zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist()):
             self.reasons[kind] += count
-        if ID in table.column_names:
-            self.ids.add(table.column(ID))
+        ids = table.column(ID) if ID in table.column_names else None
+        if PROMPT_INDEX in table.column_names:  # one row per (id, prompt): an id once per picture
+            first = pc.fill_null(pc.equal(table.column(PROMPT_INDEX), 0), False)
+            self.pictures += int(pc.sum(first).as_py() or 0)
+            self.prompt_names.update(n for n in pc.unique(table.column(PROMPT_NAME)).to_pylist() if n is not None)
+            ids = None if ids is None else ids.filter(first)
+        if ids is not None:
+            self.ids.add(ids)
         done = table.filter(ok)
         for name, column in MEANS.items():
             if column in done.column_names:
@@ -282,6 +290,7 @@ class SummaryTotals:
         mean_full = self.means["mean_visual_tokens_full"].value
         counts = {
             "items": self.items,
+            **({"pictures": self.pictures, "prompts": sorted(self.prompt_names)} if self.prompt_names else {}),
             "ok": self.ok,
             "errors": sum(self.reasons.values()),
             "errors_by_reason": dict(self.reasons.most_common()),
@@ -397,8 +406,10 @@ def format_summary(summary: dict) -> str:
         running = summary["running"]
         lines.append(f"run {running['run_id']} is running (as of {running['updated_at']}): "
                      f"{progress_line(running['progress'])}")
+    pictures = (f" ({summary['pictures']} pictures x {len(summary['prompts'])} prompts)"
+                if summary.get("prompts") else "")
     lines.append(
-        f"items {summary['items']}  ok {summary['ok']}  errors {summary['errors']}"
+        f"items {summary['items']}{pictures}  ok {summary['ok']}  errors {summary['errors']}"
         + (f"  ({', '.join(f'{k}: {v}' for k, v in summary['errors_by_reason'].items())})" if summary["errors"] else ""),
     )
     changes = summary.get("input_changes")

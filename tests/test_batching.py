@@ -38,7 +38,8 @@ def rows(processor, sizes, texts=None):
     column[:] = encoded
     nulls = np.array([None] * n, dtype=object)
     return {"id": np.array([f"i{k}" for k in range(n)], dtype=object), MODEL_INPUTS: column, "error_kind": nulls,
-            "error_detail": nulls, "row_index": np.arange(n), "source_shard": np.array(["s"] * n, dtype=object)}
+            "error_detail": nulls, "sampling": nulls, "choices": nulls, "row_index": np.arange(n),
+            "source_shard": np.array(["s"] * n, dtype=object)}
 
 
 def lengths_of(predictor, batch):

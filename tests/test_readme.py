@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+import pyarrow as pa
+
 from pipeline.columns import output_schema
 from pipeline.row_errors import ErrorKind
 from pipeline.settings import knobs
@@ -59,7 +61,8 @@ def test_readme_knob_table_lists_every_environment_variable_the_jobs_read():
 def test_readme_output_table_lists_every_output_column():
     listed = {name for cell in first_cells(section(README.read_text(), "Output"))
               for name in re.findall(r"`([a-z_]+)`", cell)}
-    assert listed == set(output_schema("vqa").names)
+    every = [output_schema("vqa"), output_schema("caption", prompts=True), output_schema("vqa", benchmark=pa.schema([]))]
+    assert listed == {name for schema in every for name in schema.names}
 
 
 def test_readme_names_every_error_kind():

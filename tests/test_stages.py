@@ -189,8 +189,8 @@ def test_predictor_matches_the_library(tiny_next, tiny_next_path, predictor):
     picture, prompt = noise_image(300, 500, seed=3), "USER: <image>\nwhat is this ASSISTANT:"
     expected = hired.generate(model, processor, [picture], [prompt], hired.HiREDConfig(budget=0.2), max_new_tokens=6)[0]
     inputs = processor(images=[picture], text=[prompt], return_tensors="np")
-    token_ids, prepared, _ = predictor.generate([{k: v[0] for k, v in inputs.items()}])
-    assert token_ids[0] == expected.token_ids
+    rows, prepared, _ = predictor.generate([{k: v[0] for k, v in inputs.items()}])
+    assert rows[0].token_ids == expected.token_ids and rows[0].text == expected.text
     assert prepared.visual_tokens_kept[0] == expected.visual_tokens_kept
 
 

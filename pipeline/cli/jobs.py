@@ -13,7 +13,7 @@ from pathlib import Path
 import hired
 
 from ..errors import EXIT_BAD_INPUT, EXIT_FAILED_SHARDS, EXIT_OK, EXIT_STOPPED, InputError, RunAborted, StorageUnavailable
-from ..settings import check_model
+from ..settings import check_choices, check_model
 from .base import add_knob_flags, argument_type, describe, environment_help, refuse, settings_from_args
 
 DEMO_ROOT = Path("demo_output")  # under the working directory
@@ -149,6 +149,7 @@ def run(args: argparse.Namespace, environ=os.environ) -> int:
     try:
         settings = settings_from_args(args, task, environ, config=points[0].config())
         check_model(settings.model)
+        check_choices(settings)
         if args.dry_run:
             return dry_run(settings, points)
         from ..job.run import run_job

@@ -37,6 +37,11 @@ def version_digest(version: str) -> str:
     return hashlib.blake2b(version.encode(), digest_size=8).hexdigest()
 
 
+def rows_per_input_row(settings: dict) -> int:
+    """Result rows an input row makes under these (recorded) settings: one per prompt of ``--prompts``."""
+    return len(settings.get("prompts") or ()) or 1
+
+
 def is_result_file(path: str) -> bool:
     return path.endswith(".parquet") and not posixpath.basename(path).startswith((".", "_"))
 
@@ -128,14 +133,15 @@ class Outputs:
         self.check_settings(recorded, settings)
         if recorded.fingerprint is None:
             return "its output records no fingerprint of its input"
-        if recorded.fingerprint != shard.fingerprint or recorded.rows != shard.num_rows:
+        if recorded.fingerprint != shard.fingerprint or recorded.rows != shard.num_rows * rows_per_input_row(settings):
             return "changed since its output was written"
         return None
 
     def check_settings(self, recorded: Recorded, settings: dict) -> None:
         if recorded.settings != settings:
             changed = sorted(k for k in set(recorded.settings) | set(settings)
-                             if recorded.settings.get(k) != settings.get(k))
+                             if k not in recorded.settings or k not in settings
+                             or recorded.settings[k] != settings[k])
             raise InputError(
                 f"{self.file_named(recorded.name).path} was produced with other settings ({', '.join(changed)} differ); "
                 "write to a new output location or pass --overwrite"
@@ -149,7 +155,7 @@ class Outputs:
 
     def write(self, shard: Shard, table: pa.Table, settings: dict) -> str:
         """Write a complete shard's results; the file appears whole or not at all. Returns its URI."""
-        if table.num_rows != shard.num_rows:
+        if table.num_rows != shard.num_rows * rows_per_input_row(settings):
             raise AssertionError(f"{shard.uri}: {table.num_rows} results for {shard.num_rows} rows")
         final = self.file_of(shard)
         fs = final.fs

@@ -15,7 +15,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..columns import ERROR, ERROR_DETAIL, ERROR_KIND, GENERATED_TOKENS, ROW_INDEX, SOURCE_SHARD, TEXT, output_schema
+from ..columns import (
+    ERROR, ERROR_DETAIL, ERROR_KIND, GENERATED_TOKENS, PROMPT_INDEX, ROW_INDEX, SOURCE_SHARD, TEXT, output_schema,
+)
 from ..faults import failpoint
 from ..io.outputs import Outputs
 from ..io.shard import FailedShard, Shard
@@ -30,23 +32,30 @@ NO_RESULT = RowError(ErrorKind.INTERNAL, "no result came back for this row")
 
 
 class _ShardRows:
-    """One shard's results so far: blocks of first arrivals, and which rows they cover."""
+    """One shard's results so far: blocks of first arrivals, and which result rows they cover.
 
-    def __init__(self, shard: Shard):
-        self.shard = shard
-        self.arrived = np.zeros(shard.num_rows, dtype=bool)
+    With ``per_row`` prompts (``--prompts``) input row ``r`` makes result rows ``r * per_row + p``,
+    one per prompt ``p``."""
+
+    def __init__(self, shard: Shard, per_row: int = 1):
+        self.shard, self.per_row = shard, per_row
+        self.expected = shard.num_rows * per_row
+        self.arrived = np.zeros(self.expected, dtype=bool)
         self.arrived[[row for row, _, _ in shard.carried]] = True  # carried over: read when the shard is written
         self.count = len(shard.carried)
         self.blocks: list[pa.Table] = []
 
     @property
     def complete(self) -> bool:
-        return self.count == self.shard.num_rows
+        return self.count == self.expected
 
     def add(self, rows: pa.Table) -> pa.Table:
         """Keep the rows not seen before (a batch Ray retried after a worker died sends its rows
         again; the first result for a row is kept); return them."""
         index = rows.column(ROW_INDEX).to_numpy(zero_copy_only=False)
+        if self.per_row > 1:
+            prompt = as_type(rows.column(PROMPT_INDEX), pa.int64()).to_numpy(zero_copy_only=False)
+            index = index * self.per_row + prompt
         fresh = first_arrivals(index, self.arrived)
         if not fresh.all():
             rows, index = rows.filter(pa.array(fresh)), index[fresh]
@@ -81,7 +90,8 @@ class ShardCollector:
                  on_rows: Callable[[int], None] | None = None, on_written: Callable[[Shard], None] | None = None):
         self.settings = settings
         self.outputs = Outputs(settings.output)
-        self.shards: dict[str, _ShardRows | None] = {s.uri: _ShardRows(s) for s in shards}  # None once written
+        self.per_row = settings.outputs_per_row
+        self.shards: dict[str, _ShardRows | None] = {s.uri: _ShardRows(s, self.per_row) for s in shards}  # None once written
         self.written: list[str] = []
         self.generated_tokens = 0
         self.processed = 0
@@ -108,10 +118,12 @@ class ShardCollector:
         books = self.shards[uri]
         blocks = books.blocks + carried_blocks(self.outputs, books.shard)
         # Ids travel between stages as strings; the output keeps the input's id type (cast here).
-        table = shard_table(blocks, output_schema(self.settings.task, books.shard.id_type, books.shard.benchmark))
+        schema = output_schema(self.settings.task, books.shard.id_type, books.shard.benchmark,
+                               prompts=bool(self.settings.prompts))
+        table = shard_table(blocks, schema)
         self.written.append(self.outputs.write(books.shard, table, self.settings.result_settings()))
         carried = f", {len(books.shard.carried)} carried over" if books.shard.carried else ""
-        log.info("wrote %s (%d rows%s)", self.written[-1], books.shard.num_rows, carried)
+        log.info("wrote %s (%d rows%s)", self.written[-1], table.num_rows, carried)
         self.shards[uri] = None  # done
         if self.on_written is not None:
             self.on_written(books.shard)
@@ -119,7 +131,7 @@ class ShardCollector:
 
     def incomplete(self) -> list[FailedShard]:
         return [
-            FailedShard(uri, f"incomplete: {books.count} of {books.shard.num_rows} rows came back")
+            FailedShard(uri, f"incomplete: {books.count} of {books.expected} rows came back")
             for uri, books in self.shards.items()
             if books is not None
         ]
@@ -156,7 +168,8 @@ def shard_table(blocks: list[pa.Table], schema: pa.Schema) -> pa.Table:
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         table = pa.concat_tables([conform(block, schema) for block in blocks])
     table = table.combine_chunks()
-    table = table.take(pc.sort_indices(table.column(ROW_INDEX)))
+    keys = [(ROW_INDEX, "ascending")] + ([(PROMPT_INDEX, "ascending")] if PROMPT_INDEX in table.column_names else [])
+    table = table.take(pc.sort_indices(table, sort_keys=keys))
     no_result = pc.and_(pc.is_null(table.column(TEXT)), pc.is_null(table.column(ERROR_KIND)))
     if pc.any(no_result).as_py():  # never a silently empty row
         for name, value in ((ERROR, NO_RESULT.text), (ERROR_KIND, NO_RESULT.kind.value)):

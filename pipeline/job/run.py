@@ -161,7 +161,8 @@ def run_job(settings: JobSettings) -> dict:
         log.error("shard failed: %s: %s", f.uri, f.reason)
 
     manifest = Manifest.of(settings.run_id, str(settings.input), planned.current)
-    progress = Progress(len(pending), planned.rows_to_generate, already_complete=len(done))
+    # Result rows: one per prompt of each input row with --prompts.
+    progress = Progress(len(pending), planned.rows_to_generate * settings.outputs_per_row, already_complete=len(done))
     records = RunRecords(settings, manifest, progress, planned.output_existed)
     collector = ShardCollector(pending, settings, on_rows=progress.rows_arrived, on_written=records.shard_written)
     aborted = None

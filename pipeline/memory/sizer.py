@@ -84,10 +84,16 @@ class BatchSizer:
         margin: Margin = Margin(),
         fixed_batch_size: int | None = None,
         hired_config: HiREDConfig | None = None,
+        row_buckets: Sequence[int] | None = None,
+        cache_multiple: int = 1,
     ):
         self.memory = memory
         self.hired_config = hired_config
+        # A compiled decode step pads a batch to the next of ``row_buckets`` rows and the cache to a
+        # multiple of ``cache_multiple`` positions (hired.DecodeOptions): batches are costed padded.
+        self.row_buckets = tuple(row_buckets or ())
         self.max_new_tokens = max_new_tokens
+        self.cache_padding = cache_multiple - 1  # at most this many cache positions past prompt + new tokens
         if free_bytes is None:
             self.shares: tuple[DeviceShare, ...] = ()
         elif isinstance(free_bytes, int):
@@ -126,7 +132,7 @@ class BatchSizer:
         longest prompt and costed with the most partitions and visual tokens among them (an upper bound)."""
         return self.memory.item_bytes(
             prompt_tokens=max(x.prompt_tokens for x in lengths),
-            max_new_tokens=self.max_new_tokens,
+            max_new_tokens=self.max_new_tokens + self.cache_padding,
             partitions=max(x.partitions for x in lengths),
             visual_tokens_llm=max(x.visual_tokens_llm for x in lengths),
             captured_projections=self.captured_projections(lengths),
@@ -146,10 +152,10 @@ class BatchSizer:
 
     def batch_bytes(self, lengths: Sequence[ItemLengths]) -> int:
         """Predicted memory of these items as one batch, over every device."""
-        item = self.padded_item_bytes(lengths)
+        item, rows = self.padded_item_bytes(lengths), self.rows_computed(len(lengths))
         if not self.shares:  # no device figure: the whole model's
-            return len(lengths) * self.corrected_bytes(item)
-        return len(lengths) * sum(self.corrected_bytes(share.item_bytes(item)) for share in self.shares)
+            return rows * self.corrected_bytes(item)
+        return rows * sum(self.corrected_bytes(share.item_bytes(item)) for share in self.shares)
 
     def items_that_fit(self, item: ItemBytes) -> int:
         """How many items of this size fit together on every device (0: not even one)."""
@@ -158,29 +164,44 @@ class BatchSizer:
             default=0,
         )
 
+    def rows_computed(self, items: int) -> int:
+        """Rows a batch of ``items`` computes: padded to the next bucket when the step is compiled."""
+        return next((b for b in self.row_buckets if b >= items), items)
+
     def fits(self, lengths: Sequence[ItemLengths]) -> bool:
         """Whether these items fit as one batch on every device."""
-        return len(lengths) <= self.items_that_fit(self.padded_item_bytes(lengths))
+        return self.rows_computed(len(lengths)) <= self.items_that_fit(self.padded_item_bytes(lengths))
 
-    def micro_batches(self, lengths: Sequence[ItemLengths]) -> list[list[int]]:
+    def micro_batches(self, lengths: Sequence[ItemLengths],
+                      groups: Sequence[Sequence[int]] | None = None) -> list[list[int]]:
         """Indices of the items, longest prompt first, cut into batches that fit.
 
         A left-padded batch costs its size times its longest member, which comes
         first, so each batch takes as many items as fit at that length (at most
-        ``sizes.batch_size``, which OOM back-off may have lowered). An item too
-        large even alone still gets a batch of its own: OOM back-off makes it an
-        error row rather than losing it here.
+        ``sizes.batch_size``, which OOM back-off may have lowered). ``groups``
+        keeps items together (the prompts of one picture, whose vision pass they
+        share) unless a group alone does not fit. An item too large even alone
+        still gets a batch of its own: OOM back-off makes it an error row rather
+        than losing it here.
         """
-        order = sorted(range(len(lengths)), key=lambda i: -lengths[i].prompt_tokens)
-        batches, start = [], 0
-        while start < len(order):
-            size = min(self.sizes.batch_size, len(order) - start)
-            if self.sizing:
-                while size > 1 and not self.fits([lengths[i] for i in order[start : start + size]]):
-                    size -= 1
-            batches.append(order[start : start + size])
-            start += size
-        return batches
+        groups = [[i] for i in range(len(lengths))] if groups is None else [list(g) for g in groups if g]
+        order = sorted(groups, key=lambda g: -max(lengths[i].prompt_tokens for i in g))
+        batches: list[list[int]] = []
+        current: list[int] = []
+        for group in order:
+            if current and not self._takes(lengths, current + group):
+                batches.append(current)
+                current = []
+            if self._takes(lengths, current + group) or len(group) == 1:
+                current += group
+                continue
+            batches += self.micro_batches(lengths, [[i] for i in group])  # too large together: item by item
+        return batches + ([current] if current else [])
+
+    def _takes(self, lengths: Sequence[ItemLengths], members: list[int]) -> bool:
+        if len(members) > self.sizes.batch_size:
+            return False
+        return not self.sizing or self.fits([lengths[i] for i in members])
 
     def learn_from_peak(self, lengths: Sequence[ItemLengths], peak_bytes: int, baseline_bytes: int) -> str | None:
         """Raise the estimates when a batch used more than predicted; returns the log line if it did.

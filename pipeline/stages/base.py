@@ -80,6 +80,19 @@ class Rows:
         """Columns consumed here: not handed on."""
         self.dropped.update(names)
 
+    def repeated(self, times: int) -> "Rows":
+        """Every row ``times`` times over, in place (row ``i`` becomes rows ``i * times`` ... ``i * times +
+        times - 1``): a stage that makes several output rows of one input row, such as one per prompt."""
+        batch = {name: np.repeat(values, times) for name, values in self.batch.items()
+                 if name not in (ERROR_KIND, ERROR_DETAIL)}
+        batch[ERROR_KIND] = np.repeat(object_array(self.kinds), times)
+        batch[ERROR_DETAIL] = np.repeat(object_array(self.details), times)
+        out = Rows(batch, self.needs, self.stage)
+        for name, values in self.added.items():
+            out.add(name, [v for v in values for _ in range(times)])
+        out.dropped = set(self.dropped)
+        return out
+
     def result(self) -> dict[str, np.ndarray]:
         out = {name: values for name, values in self.batch.items()
                if name not in self.dropped and name not in self.added and name not in (ERROR_KIND, ERROR_DETAIL)}

@@ -2,7 +2,11 @@
 
 ``Predictor`` is a plain callable class. Ray Data runs one per GPU actor
 (``map_batches(Predictor, compute=ActorPoolStrategy(...), num_gpus=1)``); tests,
-benchmarks and notebooks call it directly on a dict of columns.
+benchmarks and notebooks call it directly on a dict of columns, or build it around a model
+already in memory (:meth:`Predictor.with_model`).
+
+Decoding is :class:`hired.Decoder`'s, the library's one loop: a static KV cache, the step
+compiled on CUDA, sampling, stop strings and constrained choices, per row.
 
 Batch sizes come from calculation, not luck. HiRED fixes each item's visual-token
 count before the GPU sees it, so every item's prompt length, and with it its KV
@@ -16,15 +20,17 @@ model under-counted. Should a micro-batch still run out of memory,
 that fails alone becomes an error row. On a CPU there is no memory figure: a
 fixed batch size applies.
 
-``settings.quantization`` loads the linear layers in 8 or 4 bits (``hired.load_model``);
-``settings.gpus_per_model`` spreads one model over that many GPUs (Ray gives the actor them), its
-decoder layers split as ``pipeline.memory.split_model`` says, and batches fit every device.
+With ``--prompts`` each input row becomes one output row per prompt (``prompt_name``,
+``prompt_index``); a picture's prompts share one micro-batch, so its vision pass and HiRED's
+selection run once for all of them.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 
@@ -34,106 +40,21 @@ import torch
 import hired
 
 from ..columns import (
-    ALPHA, BATCH_SIZE, BUDGET_FRACTION, BUDGET_TOKENS, DECODE_MS, DEVICE, GENERATED, GENERATED_TOKENS, MODEL,
-    MODEL_INPUTS, PEAK_GPU_MEM_BYTES, PREPROCESSED, PROMPT_TOKENS, RUN_ID, STRATEGY, TEXT, TOKENS_PER_S, TTFT_MS,
-    VISUAL_TOKENS_FULL, VISUAL_TOKENS_KEPT,
+    ALPHA, BATCH_SIZE, BUDGET_FRACTION, BUDGET_TOKENS, CHOICES, DECODE_MS, DEVICE, GENERATED, GENERATED_TOKENS, ID,
+    MODEL, MODEL_INPUTS, PEAK_GPU_MEM_BYTES, PREPROCESSED, PROMPT_INDEX, PROMPT_NAME, PROMPT_TOKENS, READ_COLUMNS,
+    RUN_ID, SAMPLING, STRATEGY, TEXT, TOKENS_PER_S, TTFT_MS, VISUAL_TOKENS_FULL, VISUAL_TOKENS_KEPT,
 )
 from ..faults import failpoint
+from ..memory import BatchSizer, Margin, MemoryModel, apply_memory_cap, free_device_bytes, run_with_oom_backoff, shares_of
 from ..row_errors import ErrorKind, RowError
 from ..settings import JobSettings
-from ..memory import (
-    BatchSizer, Margin, MemoryModel, apply_memory_cap, free_device_bytes, run_with_oom_backoff, shares_of, split_model,
-)
 from ..wire import decode_inputs
 from .base import Rows
+from .devices import cpu_threads, model_devices, placement, ray_gpu_ids, resolve_device, resolve_dtype, synchronize
 
 log = logging.getLogger("hired.pipeline")
 
-NEEDS = PREPROCESSED
-
-
-class FirstTokenTimer:
-    """A ``generate`` streamer that notes when the first new token reaches the host.
-
-    ``generate`` hands the streamer each step's tokens copied to the CPU, which
-    waits for the GPU, so the time noted is when the token really exists.
-    """
-
-    def __init__(self):
-        self.first_token_at: float | None = None
-
-    def put(self, value: torch.Tensor) -> None:
-        if value.dim() == 1 and self.first_token_at is None:  # 2-D is the prompt, sent first
-            self.first_token_at = time.perf_counter()
-
-    def end(self) -> None:
-        pass
-
-
-def cpu_threads(configured: int | None) -> int:
-    """Threads for generating on a CPU: ``configured`` (settings.cpu_threads), else every core this
-    process may use. Ray starts a worker with OMP_NUM_THREADS at the floor of its ``num_cpus`` (1
-    for the generation actor's 0.5), leaving cores idle; on a CPU the actor is the job's compute."""
-    if configured:
-        return configured
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # no affinity API (macOS)
-        return os.cpu_count() or 1
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str, device: torch.device, quantization: str | None = None) -> torch.dtype:
-    if dtype == "auto":
-        return hired.default_dtype(device, quantization)
-    return getattr(torch, dtype)
-
-
-def model_devices(device: torch.device, gpus_per_model: int) -> list[torch.device]:
-    """The devices one model spreads over: ``gpus_per_model`` GPUs from ``device`` on (Ray numbers
-    an actor's GPUs from 0), or the CPU."""
-    if device.type != "cuda":
-        return [device]
-    first = device.index or 0
-    if torch.cuda.device_count() < first + gpus_per_model:
-        raise RuntimeError(f"--gpus-per-model {gpus_per_model}: this process sees {torch.cuda.device_count()} GPUs "
-                           f"from cuda:{first}")
-    return [torch.device("cuda", first + k) for k in range(gpus_per_model)]
-
-
-def placement(settings: JobSettings, config, dtype: torch.dtype, devices: list[torch.device]) -> dict | str | None:
-    """The ``device_map`` for ``devices``: None for one device (the whole model goes there), else
-    the decoder layers split with balanced weights, or accelerate's ``"balanced"`` for a model
-    whose weights are not counted from its config."""
-    if len(devices) == 1:
-        return None
-    try:
-        split = split_model(config, dtype, len(devices), settings.quantization)
-    except ValueError as error:
-        log.warning("%s; accelerate places the model instead (device_map='balanced')", error)
-        return "balanced"
-    return {part: str(devices[index]) for part, index in split.device_map.items()}
-
-
-def _synchronize(devices: list[torch.device]) -> None:
-    for device in devices:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-
-def _ray_gpu_ids() -> list:
-    """The GPUs Ray gave this actor ([] outside Ray)."""
-    try:
-        import ray
-
-        return list(ray.get_gpu_ids()) if ray.is_initialized() else []
-    except ImportError:
-        return []
+NEEDS = {**PREPROCESSED, **{name: READ_COLUMNS[name] for name in (ID, SAMPLING, CHOICES)}}
 
 
 @dataclass
@@ -145,71 +66,93 @@ class BatchTiming:
 
 @dataclass
 class ItemResult:
-    token_ids: list[int] | None = None
+    row: hired.DecodedRow | None = None
     error: RowError | None = None
     lengths: dict | None = None  # visual_tokens_full/kept, prompt_tokens
     timing: BatchTiming | None = None
     batch_size: int | None = None
 
 
+def row_seed(job_seed: int, row_id, prompt_index: int) -> int:
+    """A row's own seed from the job's: the same for the row in any batch and on any rerun, and
+    different for each row and prompt (one seed for all would draw the same noise for every row)."""
+    digest = hashlib.sha256(f"{job_seed}\x1f{row_id}\x1f{prompt_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # in [0, 2**63)
+
+
 class Predictor:
     """Loads the model once; each call generates for a batch of preprocessed rows."""
 
-    def __init__(self, settings: JobSettings, device: str = "auto", margin: Margin = Margin(), loaded: tuple | None = None):
-        """Loads ``settings.model`` (a hub id or folder) on ``device``; or pass ``loaded=(model, processor)``
-        to use objects already in memory (benchmarks build random full-size models on the GPU)."""
-        model, config, max_new_tokens = settings.model, settings.config, settings.max_new_tokens
-        batch_size, gpu_memory_gb = settings.batch_size, settings.gpu_memory_gb
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(settings.dtype, self.device, settings.quantization)
-        self.devices = model_devices(self.device, settings.gpus_per_model)
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-            for each in self.devices:
-                apply_memory_cap(gpu_memory_gb, each)  # a big GPU acting as a commodity card
+    def __init__(self, settings: JobSettings, device: str = "auto", margin: Margin = Margin()):
+        """Loads ``settings.model`` (a hub id or folder) on ``device``."""
+        device = resolve_device(device)
+        dtype = resolve_dtype(settings.dtype, device, settings.quantization)
+        devices = model_devices(device, settings.gpus_per_model)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+            for each in devices:
+                apply_memory_cap(settings.gpu_memory_gb, each)  # a big GPU acting as a commodity card
         else:
             torch.set_num_threads(cpu_threads(settings.cpu_threads))
-            assigned = _ray_gpu_ids()
+            assigned = ray_gpu_ids()
             if assigned:
                 log.warning("Ray gave this actor GPUs %s, but torch finds no CUDA: generating on the CPU", assigned)
         started = time.perf_counter()
-        if loaded is None:
-            from transformers import AutoConfig
+        from transformers import AutoConfig
 
-            device_map = placement(settings, AutoConfig.from_pretrained(model), self.dtype, self.devices)
-            loaded = hired.load_model(model, self.device, self.dtype, settings.quantization, device_map)
-        self.model, self.processor = loaded
-        self.model_name = model
-        self.config = config
-        self.max_new_tokens = max_new_tokens
-        self.run_id = settings.run_id
-        self.generate_kwargs: dict = {}  # extra model.generate arguments (benchmarks fix the length)
-        from hired.generation import eos_token_ids  # transformers: imported in the actor, never by the driver
-
-        self.eos_ids = eos_token_ids(self.model)
-        self.pad_token_id = self.model.generation_config.pad_token_id
-        if self.pad_token_id is None:
-            self.pad_token_id = self.processor.tokenizer.pad_token_id
-        where = ", ".join(str(d) for d in self.devices)
+        device_map = placement(settings, AutoConfig.from_pretrained(settings.model), dtype, devices)
+        model, processor = hired.load_model(settings.model, device, dtype, settings.quantization, device_map)
         log.info(
             "loaded %s on %s in %s%s in %.1f s; %s",
-            model, where, str(self.dtype).removeprefix("torch."),
+            settings.model, ", ".join(str(d) for d in devices), str(dtype).removeprefix("torch."),
             f", linear layers in {settings.quantization}" if settings.quantization else "",
-            time.perf_counter() - started, f"HiRED {config}" if config else "no token dropping",
+            time.perf_counter() - started, f"HiRED {settings.config}" if settings.config else "no token dropping",
         )
+        self._start(settings, model, processor, device, dtype, devices, margin)
 
-        text_config = getattr(self.model.config, "text_config", self.model.config)
+    @classmethod
+    def with_model(cls, settings: JobSettings, model, processor, margin: Margin = Margin()) -> "Predictor":
+        """A predictor around a model already in memory (benchmarks build random full-size models on the GPU)."""
+        self = cls.__new__(cls)
+        if model.device.type == "cuda":
+            apply_memory_cap(settings.gpu_memory_gb, model.device)
+        self._start(settings, model, processor, model.device, model.dtype, [model.device], margin)
+        return self
+
+    def _start(self, settings, model, processor, device, dtype, devices, margin) -> None:
+        self.settings = settings
+        self.model, self.processor = model, processor
+        self.device, self.dtype, self.devices = device, dtype, devices
+        self.model_name = settings.model
+        self.config = settings.config
+        self.max_new_tokens = settings.max_new_tokens
+        self.min_new_tokens = 0  # benchmarks fix the length
+        self.run_id = settings.run_id
+        self.decoder = hired.Decoder(model, processor, settings.decode_options)
+        self.sampling = settings.sampling
+        self.choices = None
+        if settings.choices:
+            from hired.choices import build_trie
+
+            self.choices = build_trie(processor.tokenizer, settings.choices, self.max_new_tokens)  # the driver checked it
+        text_config = getattr(model.config, "text_config", model.config)
         self.context_tokens = int(getattr(text_config, "max_position_embeddings", 1 << 30))
-        self.memory = MemoryModel(self.model.config, self.dtype, model=self.model)  # the loaded weights, measured
+        self.memory = MemoryModel(model.config, dtype, model=model)  # the loaded weights, measured
         shares = None
-        if self.device.type == "cuda":
-            device_map = getattr(self.model, "hf_device_map", None) or {"": str(self.devices[0])}
-            free = {str(d): free_device_bytes(d, gpu_memory_gb) for d in self.devices}
+        if device.type == "cuda":
+            device_map = getattr(model, "hf_device_map", None) or {"": str(devices[0])}
+            free = {str(d): free_device_bytes(d, settings.gpu_memory_gb) for d in devices}
             shares = shares_of(device_map, free, self.memory.shape)
-        self.batches = BatchSizer(self.memory, max_new_tokens, shares, margin, fixed_batch_size=batch_size,
-                                  hired_config=config)
+        options = self.decoder.options
+        padded = options.pad_to_buckets
+        self.batches = BatchSizer(self.memory, self.max_new_tokens, shares, margin, fixed_batch_size=settings.batch_size,
+                                  hired_config=self.config, row_buckets=options.batch_buckets if padded else None,
+                                  cache_multiple=options.cache_multiple if padded else 1)
+        log.info("decoding: %s cache%s, host check every %d steps%s", options.cache,
+                 ", compiled step" if options.compile else "", options.sync_every,
+                 "" if self.sampling.greedy and not self.sampling.stop else f"; {self.sampling.describe()}")
         if self.batches.sizing:  # quote the costliest picture the model takes, with a longish text prompt
-            worst = self.memory.worst_case_item_bytes(config, text_tokens=96, max_new_tokens=max_new_tokens)
+            worst = self.memory.worst_case_item_bytes(self.config, text_tokens=96, max_new_tokens=self.max_new_tokens)
             level = logging.INFO if self.batches.items_that_fit(worst) else logging.WARNING
             log.log(level, "%s (the largest picture, 96 text tokens; shorter prompts pack more)",
                     self.batches.describe(worst))
@@ -218,52 +161,56 @@ class Predictor:
 
     # -- one micro-batch ------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, items: list[dict]) -> tuple[list[list[int]], hired.PreparedInputs, BatchTiming]:
-        """Generate for preprocessed items (``input_ids``, ``pixel_values``, ``image_sizes``) as one batch."""
+    def generate(self, items: list[dict]) -> tuple[list[hired.DecodedRow], hired.PreparedInputs, BatchTiming]:
+        """Decode preprocessed items (``input_ids``, ``pixel_values``, ``image_sizes``) as one batch.
+        Items with the same ``picture`` tag share its vision pass (the first one's pixels are used);
+        an item's ``sampling`` and ``choices`` apply to it alone (default: the job's)."""
+        pictures: dict = {}
+        image_index = [pictures.setdefault(it.get("picture", k), len(pictures)) for k, it in enumerate(items)]
+        first = {}
+        for k, picture in enumerate(image_index):
+            first.setdefault(picture, items[k])
         inputs = {
             "input_ids": [torch.as_tensor(np.asarray(it["input_ids"]), dtype=torch.long) for it in items],
-            "pixel_values": [torch.as_tensor(np.asarray(it["pixel_values"])) for it in items],
-            "image_sizes": [np.asarray(it["image_sizes"]).tolist() for it in items],
+            "pixel_values": [torch.as_tensor(np.asarray(first[p]["pixel_values"])) for p in range(len(first))],
+            "image_sizes": [np.asarray(first[p]["image_sizes"]).tolist() for p in range(len(first))],
         }
         failpoint("generate")
         on_gpu = self.device.type == "cuda"
         if on_gpu:
             for device in self.devices:
                 torch.cuda.reset_peak_memory_stats(device)
-        _synchronize(self.devices)
+        synchronize(self.devices)
         started = time.perf_counter()
-        prepared = hired.prepare_inputs(self.model, inputs, self.config)
-        timer = FirstTokenTimer()
-        output = self.model.generate(
-            **prepared.model_inputs(),
-            max_new_tokens=self.max_new_tokens,
-            do_sample=False,
-            pad_token_id=self.pad_token_id,
-            streamer=timer,
-            **self.generate_kwargs,
-        )
-        _synchronize(self.devices)
-        finished = time.perf_counter()
-        first = timer.first_token_at or finished
-        timing = BatchTiming(
-            ttft_ms=(first - started) * 1e3,
-            decode_ms=(finished - first) * 1e3,
+        prepared = hired.prepare_inputs(self.model, inputs, self.config, image_index)
+        try:
+            decoded = self.decoder(
+                prepared, self.max_new_tokens, min_new_tokens=self.min_new_tokens, started=started,
+                sampling=[it.get("sampling", self.sampling) for it in items],
+                choices=[it.get("choices", self.choices) for it in items],
+            )
+        finally:
+            if not self.decoder.options.compile:
+                self.decoder.release()  # a compiled step keeps its cache; eager batches free theirs for the next
+        synchronize(self.devices)
+        timing = decoded.timing
+        batch_timing = BatchTiming(
+            ttft_ms=timing.ttft_s * 1e3,
+            decode_ms=(timing.finished - timing.first_token) * 1e3,
             # Each device's own peak, summed over the model's devices.
             peak_gpu_mem_bytes=sum(int(torch.cuda.max_memory_allocated(d)) for d in self.devices) if on_gpu else None,
         )
-        from hired.generation import trim_at_eos  # already loaded by __init__
-
-        return [trim_at_eos(row, self.eos_ids) for row in output.tolist()], prepared, timing
+        return decoded.rows, prepared, batch_timing
 
     def _run(self, chunk: list[tuple[dict, hired.ItemLengths]]) -> list[ItemResult]:
         baseline = sum(torch.cuda.memory_allocated(d) for d in self.devices) if self.device.type == "cuda" else 0
-        token_ids, prepared, timing = self.generate([item for item, _ in chunk])
+        rows, prepared, timing = self.generate([item for item, _ in chunk])
         note = self.batches.learn_from_peak([lengths for _, lengths in chunk], timing.peak_gpu_mem_bytes, baseline)
         if note:
             log.warning("%s", note)
         return [
             ItemResult(
-                token_ids=token_ids[k],
+                row=rows[k],
                 lengths={
                     VISUAL_TOKENS_FULL: prepared.visual_tokens_full[k],
                     VISUAL_TOKENS_KEPT: prepared.visual_tokens_kept[k],
@@ -295,43 +242,102 @@ class Predictor:
                 results.append(ItemResult(error=RowError(ErrorKind.GENERATION_FAILED, f"{type(error).__name__}: {error}")))
         return results
 
+    # -- per-row settings -----------------------------------------------------------------
+    def row_sampling(self, overrides, row_id, prompt_index: int) -> hired.Sampling:
+        """The row's sampling: the job's with the row's own overrides (``--sampling-column``) and,
+        when sampling with a job seed, the row's own seed. ValueError for overrides that do not hold."""
+        sampling = self.sampling
+        if overrides is not None:
+            try:
+                fields = json.loads(overrides) if isinstance(overrides, str) else overrides
+            except json.JSONDecodeError as error:
+                raise ValueError(f"not a JSON object: {error}") from None
+            if not isinstance(fields, dict):
+                raise ValueError(f"expected an object of sampling fields, got {type(fields).__name__}")
+            if fields.get("temperature") == 0 and fields.get("top_p") is None and fields.get("top_k") is None:
+                sampling = dataclasses.replace(sampling, temperature=0.0, top_p=None, top_k=None)  # greedy, whole
+            sampling = sampling.with_overrides(fields)
+            if fields.get("seed") is not None:
+                return sampling  # the row's own seed, as given
+        if sampling.seed is not None and not sampling.greedy:
+            sampling = sampling.with_overrides({"seed": row_seed(sampling.seed, row_id, prompt_index)})
+        return sampling
+
+    def row_choices(self, choices):
+        if choices is None:
+            return self.choices
+        from hired.choices import build_trie
+
+        return build_trie(self.processor.tokenizer, [str(c) for c in choices], self.max_new_tokens)
+
     # -- Ray Data entry point -------------------------------------------------------------
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        prompt_set = self.settings.prompts
         rows = Rows(batch, NEEDS, "generate")
-        encoded = rows.column(MODEL_INPUTS)
+        per_row = max(1, len(prompt_set))
+        if prompt_set:
+            rows = rows.repeated(per_row)  # one row per (input row, prompt), each input row's together
+        encoded, ids = rows.column(MODEL_INPUTS), rows.column(ID)
+        samplings, choice_lists = rows.column(SAMPLING), rows.column(CHOICES)
         out = {name: rows.add(name) for name in GENERATED}
-        good, items, lengths = [], [], []
+        work, lengths, slots, groups = [], [], [], {}
+        decoded: dict[int, dict] = {}
         for i in rows.ok():
+            source, prompt = divmod(i, per_row)
             if encoded[i] is None:
                 rows.fail(i, RowError(ErrorKind.INTERNAL, "the row reached generation without model inputs"))
                 continue
-            item = decode_inputs(encoded[i])
+            if source not in decoded:
+                decoded[source] = decode_inputs(encoded[i])
+            inputs = decoded[source]
+            item = {"picture": source, "pixel_values": inputs["pixel_values"], "image_sizes": inputs["image_sizes"],
+                    "input_ids": prompt_ids(inputs, prompt)}
+            try:
+                item["sampling"] = self.row_sampling(samplings[i], ids[i], prompt)
+            except ValueError as error:
+                rows.fail(i, RowError(ErrorKind.BAD_SAMPLING, str(error)))
+                continue
+            try:
+                item["choices"] = self.row_choices(choice_lists[i])
+            except ValueError as error:
+                rows.fail(i, RowError(ErrorKind.BAD_CHOICES, str(error)))
+                continue
             length = hired.expected_lengths(
-                self.model, tuple(item["image_sizes"].tolist()), len(item["input_ids"]), self.config
+                self.model, tuple(inputs["image_sizes"].tolist()), len(item["input_ids"]), self.config
             )
             if length.prompt_tokens + self.max_new_tokens > self.context_tokens:
                 rows.fail(i, RowError(ErrorKind.PROMPT_TOO_LONG, (
                     f"{length.prompt_tokens} tokens + {self.max_new_tokens} new tokens exceed "
                     f"the model's context of {self.context_tokens}")))
                 continue
-            good.append(i)
-            items.append(item)
+            groups.setdefault(source, []).append(len(work))
+            slots.append(i)
+            work.append(item)
             lengths.append(length)
-        for micro in self.batches.micro_batches(lengths):
-            chunk = [(items[k], lengths[k]) for k in micro]
+        for micro in self.batches.micro_batches(lengths, list(groups.values())):
+            chunk = [(work[k], lengths[k]) for k in micro]
             for k, result in zip(micro, self._run_isolating_failures(chunk)):
                 if result.error is not None:
-                    rows.fail(good[k], result.error)
+                    rows.fail(slots[k], result.error)
                 else:
-                    self._fill(out, good[k], result)
+                    self._fill(out, slots[k], result)
         history = self.batches.sizes.history
         for line in history:
             log.warning("OOM back-off: %s", line)
         history.clear()
+        self._describe_run(out, rows.size)
+        if prompt_set:
+            for i in range(rows.size):
+                out[PROMPT_INDEX][i] = i % per_row
+                out[PROMPT_NAME][i] = prompt_set[i % per_row][0]
+        rows.drop(MODEL_INPUTS, SAMPLING, CHOICES)
+        return rows.result()
+
+    def _describe_run(self, out: dict[str, list], size: int) -> None:
         config = self.config
         fraction, tokens = hired.budget_kind(config.budget) if config else (None, None)
         device = ",".join(str(d) for d in self.devices) if len(self.devices) > 1 else str(self.device)
-        for i in range(rows.size):
+        for i in range(size):
             out[DEVICE][i] = device
             out[MODEL][i] = self.model_name
             out[RUN_ID][i] = self.run_id
@@ -339,18 +345,24 @@ class Predictor:
             out[BUDGET_FRACTION][i] = fraction
             out[BUDGET_TOKENS][i] = tokens
             out[ALPHA][i] = float(config.alpha) if config else None
-        rows.drop(MODEL_INPUTS)
-        return rows.result()
 
     def _fill(self, out: dict[str, list], i: int, result: ItemResult) -> None:
-        timing = result.timing
+        timing, row = result.timing, result.row
         total_s = (timing.ttft_ms + timing.decode_ms) / 1e3
-        out[TEXT][i] = self.processor.decode(result.token_ids, skip_special_tokens=True).strip()
+        out[TEXT][i] = row.text
         for key, value in result.lengths.items():
             out[key][i] = value
-        out[GENERATED_TOKENS][i] = len(result.token_ids)
+        out[GENERATED_TOKENS][i] = len(row.token_ids)
         out[TTFT_MS][i] = timing.ttft_ms
         out[DECODE_MS][i] = timing.decode_ms
-        out[TOKENS_PER_S][i] = len(result.token_ids) / total_s if total_s > 0 else None
+        out[TOKENS_PER_S][i] = len(row.token_ids) / total_s if total_s > 0 else None
         out[BATCH_SIZE][i] = result.batch_size
         out[PEAK_GPU_MEM_BYTES][i] = timing.peak_gpu_mem_bytes
+
+
+def prompt_ids(inputs: dict[str, np.ndarray], prompt: int) -> np.ndarray:
+    """Prompt ``prompt``'s token ids from a row's model inputs (several prompts travel concatenated)."""
+    if "prompt_lengths" not in inputs:
+        return inputs["input_ids"]
+    ends = np.cumsum(inputs["prompt_lengths"])
+    return inputs["input_ids"][ends[prompt] - inputs["prompt_lengths"][prompt] : ends[prompt]]

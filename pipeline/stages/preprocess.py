@@ -63,6 +63,7 @@ class Preprocessor:
         self.prompt_columns = {} if self.scoring is None else {c.name: carried(c.name) for c in self.scoring.columns}
         self.needs = {**NEEDS, **{carried(c.name): c.holds for c in (self.scoring.columns if self.scoring else ())}}
         self.default_prompt = settings.default_prompt
+        self.prompt_set = [text for _, text in settings.prompts]  # --prompts: every picture's prompts
         self.max_image_pixels = settings.max_image_pixels
         self.retry = settings.retry
         self.pixel_dtype = np.dtype(pixel_dtype)
@@ -95,16 +96,31 @@ class Preprocessor:
 
     def one(self, image, image_uri, prompt, question, benchmark_row: dict | None = None) -> dict[str, np.ndarray]:
         if benchmark_row is not None:
-            text = self.benchmark_prompt(benchmark_row)  # before decoding: a bad row costs no decode
+            texts = [self.benchmark_prompt(benchmark_row)]  # before decoding: a bad row costs no decode
+        elif self.prompt_set:
+            texts = [build_prompt(self.processor, text) for text in self.prompt_set]
         else:
-            text = build_prompt(self.processor, self.prompt_text(prompt, question))
+            texts = [build_prompt(self.processor, self.prompt_text(prompt, question))]
         picture = decode_image(self.image_bytes(image, image_uri), self.max_image_pixels)
-        inputs = self.processor(images=[picture], text=[text], return_tensors="np")
-        return {
+        inputs = self.processor(images=[picture], text=texts[:1], return_tensors="np")
+        out = {
             "input_ids": inputs["input_ids"][0].astype(np.int32),
             "pixel_values": inputs["pixel_values"][0].astype(self.pixel_dtype, copy=False),  # no copy when already in that dtype
             "image_sizes": np.asarray(inputs.get("image_sizes", [[picture.height, picture.width]])[0], dtype=np.int64),
         }
+        if self.prompt_set:  # the picture once; each prompt tokenized as the processor tokenizes the first
+            ids = [out["input_ids"]] + [self.shared_picture_ids(out["input_ids"], text) for text in texts[1:]]
+            out["input_ids"] = np.concatenate(ids)
+            out["prompt_lengths"] = np.asarray([len(x) for x in ids], dtype=np.int32)
+        return out
+
+    def shared_picture_ids(self, first_ids: np.ndarray, text: str) -> np.ndarray:
+        """``text``'s token ids with its image token expanded to the placeholders the processor gave the
+        picture in the first prompt (what the processor itself does before tokenizing)."""
+        token = getattr(self.processor, "image_token", "<image>")
+        count = int((first_ids == self.processor.tokenizer.convert_tokens_to_ids(token)).sum())
+        ids = self.processor.tokenizer(text.replace(token, token * count), return_tensors="np")["input_ids"][0]
+        return ids.astype(np.int32)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         failpoint("preprocess")  # tests hold a batch here, then lose the node it is on

@@ -16,7 +16,8 @@ from collections.abc import Iterator
 import numpy as np
 
 from ..columns import (
-    ANSWERS, ERROR_DETAIL, ERROR_KIND, ID, IMAGE, IMAGE_URI, PROMPT, QUESTION, ROW_INDEX, SOURCE_SHARD, carried,
+    ANSWERS, CHOICES, ERROR_DETAIL, ERROR_KIND, ID, IMAGE, IMAGE_URI, PROMPT, QUESTION, ROW_INDEX, SAMPLING,
+    SOURCE_SHARD, carried,
 )
 from ..errors import StorageUnavailable
 from ..io import formats
@@ -27,7 +28,7 @@ from ..settings import JobSettings
 from .base import object_array
 
 log = logging.getLogger("hired.pipeline")
-INPUT_PARTS = (ID, IMAGE, IMAGE_URI, PROMPT, QUESTION, ANSWERS)  # what a format's slices may hold
+INPUT_PARTS = (ID, IMAGE, IMAGE_URI, PROMPT, QUESTION, ANSWERS, SAMPLING, CHOICES)  # what a format's slices may hold
 NEEDS = {"item": "a pipeline.io.shard.ReadTask"}
 
 

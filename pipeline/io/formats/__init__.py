@@ -94,6 +94,10 @@ def inspect_input(input: Location, settings: JobSettings, threads: int = 1,
     if settings.task == "vqa" and not form.carries_questions:
         raise InputError(f"the VQA job needs questions: input {input.uri} holds {form.files}, "
                          "give it Parquet shards with a 'question' column")
+    for part in ("sampling", "choices"):
+        if getattr(settings.columns, part) is not None and not form.carries_questions:
+            raise InputError(f"{settings.columns.flag(part)}: input {input.uri} holds {form.files}, which have no "
+                             "columns; per-row settings come from Parquet shards")
     shards, failed = form.inspect(input, files, settings, threads, records)
     check_unique_names(shards + failed)
     if not all(s.id_type == "int64" for s in shards):

@@ -11,6 +11,7 @@ size of the file's row groups, streamed through a small buffer.
 from __future__ import annotations
 
 import hashlib
+import json
 import posixpath
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ...columns import ANSWERS, ID, IMAGE, IMAGE_URI, PROMPT, QUESTION, carried
+from ...columns import ANSWERS, CHOICES, ID, IMAGE, IMAGE_URI, PROMPT, QUESTION, SAMPLING, carried
 from ...errors import StorageUnavailable
 from ...row_errors import ErrorKind, RowError
 from ..location import Location, in_threads
@@ -197,6 +198,15 @@ def answer_texts(value, kind: str | None) -> list[str] | None:
     return [str(a) for a in value if a is not None]
 
 
+def sampling_text(value, kind: str | None) -> str | None:
+    """A row's sampling overrides as JSON text (what crosses the stages; the generation stage checks it)."""
+    if value is None:
+        return None
+    if kind == "struct":
+        return json.dumps({k: v for k, v in value.items() if v is not None})
+    return str(value)
+
+
 def rows_of(layout: ParquetLayout, batch: pa.RecordBatch, task: ReadTask, first: int) -> dict[str, list]:
     """One slice as the read stage's columns, rows numbered from ``first``."""
     n = batch.num_rows
@@ -224,6 +234,8 @@ def rows_of(layout: ParquetLayout, batch: pa.RecordBatch, task: ReadTask, first:
         PROMPT: _values(batch, layout.prompt),
         QUESTION: _values(batch, layout.question),
         ANSWERS: [answer_texts(v, layout.answers_kind) for v in _values(batch, layout.answers)],
+        SAMPLING: [sampling_text(v, layout.sampling_kind) for v in _values(batch, layout.sampling)],
+        CHOICES: _values(batch, layout.choices),
         **{carried(name): _values(batch, source) for name, source in layout.carried},
         "error": errors,
     }

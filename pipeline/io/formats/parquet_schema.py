@@ -82,10 +82,14 @@ class ParquetLayout:
     answers: str | None
     answers_kind: str | None  # see answers_kind()
     carried: tuple[tuple[str, str], ...] = ()  # with --benchmark: (the benchmark's column, the shard's column)
+    sampling: str | None = None  # per-row sampling overrides (--sampling-column)
+    sampling_kind: str | None = None  # "struct" or "json"
+    choices: str | None = None  # per-row allowed answers (--choices-column)
 
     def columns(self) -> list[str]:
         """The shard's columns to read, each once."""
-        named = [self.id, self.image, self.image_uri, self.prompt, self.question, self.answers]
+        named = [self.id, self.image, self.image_uri, self.prompt, self.question, self.answers, self.sampling,
+                 self.choices]
         named += [source for _, source in self.carried]
         return list(dict.fromkeys(c for c in named if c is not None))
 
@@ -166,7 +170,24 @@ def resolve_layout(schema: pa.Schema, columns: ColumnMap, task: str, uri: str,
     else:
         prompt = pick("prompt", "prompt", required=False)
         typed("prompt", prompt, text, "strings")
+    sampling = pick("sampling", None, required=False)
+    sampling_kind = typed("sampling", sampling, sampling_kind_of, "structs or JSON object strings")
+    choices = pick("choices", None, required=False)
+    typed("choices", choices, lambda t: "list" if _is_text_list(t) or pa.types.is_null(t) else None, "lists of strings")
     if problems:
         raise InputError(f"shard {uri} does not match the input schema: " + "; ".join(problems))
     return ParquetLayout(id=ident, id_type=identity or "string", image=image, image_kind=shape, image_uri=image_uri,
-                         prompt=prompt, question=question, answers=answers, answers_kind=answers_shape, carried=carried)
+                         prompt=prompt, question=question, answers=answers, answers_kind=answers_shape, carried=carried,
+                         sampling=sampling, sampling_kind=sampling_kind, choices=choices)
+
+
+def sampling_kind_of(t: pa.DataType) -> str | None:
+    if pa.types.is_struct(t):
+        return "struct"
+    if _is_text(t) or pa.types.is_null(t):
+        return "json"
+    return None
+
+
+def _is_text_list(t: pa.DataType) -> bool:
+    return (pa.types.is_list(t) or pa.types.is_large_list(t)) and _is_text(t.value_type)
