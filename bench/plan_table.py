@@ -69,7 +69,7 @@ def document() -> str:
         f"{CUDA_CONTEXT_BYTES / GiB:.1f} GiB) taken, then holds back {margin.fixed_bytes / GiB:.0f} GiB and "
         f"{margin.fraction:.0%} of the rest, as the plan does. Weights are counted from each checkpoint's config "
         "(8-bit: int8 linear layers with their scales, `lm_head` and the embeddings in float16). The job hands an "
-        "actor at most 64 rows a call, which caps the batches of the largest cards.",
+        f"actor at most {MAX_BATCH_SIZE} rows a call, which caps the batches of the largest cards.",
     ]
     for quantization, title in PRECISIONS:
         lines, unfit = table(quantization)

@@ -43,7 +43,7 @@ def build_dataset(pending: list[Shard], settings: JobSettings):
     """read row groups -> preprocess (CPU actors) -> generate (GPU actors) [-> VQA or benchmark scoring]."""
     # torch and transformers load here, once the run is certain to start: a command that fails its
     # checks exits in a second, without the seconds they take to import.
-    from ..memory import CPU_BATCH_SIZE
+    from ..memory import CPU_BATCH_SIZE, MAX_BATCH_SIZE
     from ..stages.generate import Predictor
 
     tasks = read_tasks(pending)
@@ -88,8 +88,9 @@ def build_dataset(pending: list[Shard], settings: JobSettings):
         Predictor,
         fn_constructor_kwargs={"settings": settings, "device": device},
         compute=ray.data.ActorPoolStrategy(size=actors),
-        # Rows per actor call; the actor cuts them into micro-batches that fit its memory.
-        batch_size=settings.batch_size or (64 if gpus else CPU_BATCH_SIZE),
+        # Rows per actor call; the actor cuts them into micro-batches that fit its memory. On a GPU as many
+        # as a micro-batch may hold: HiRED's batches hold 100 and more on large cards, and each call ends in a tail.
+        batch_size=settings.batch_size or (MAX_BATCH_SIZE if gpus else CPU_BATCH_SIZE),
         num_gpus=per_model if gpus else 0,
         accelerator_type=settings.accelerator_type if gpus else None,
         # A fraction: the actor's real work is on the GPU, and whole CPUs reserved by idle
