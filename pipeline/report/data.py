@@ -23,6 +23,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ..columns import (
+    ALPHA, ANSWERS, BATCH_SIZE, BUDGET_FRACTION, BUDGET_TOKENS, DECODE_MS, DEVICE, ERROR, EXACT_MATCH, GENERATED_TOKENS,
+    ID, MODEL, PEAK_GPU_MEM_BYTES, QUESTION, ROW_INDEX, RUN_ID, SCORE, SOURCE_SHARD, STRATEGY, TEXT, TOKENS_PER_S,
+    TTFT_MS, VISUAL_TOKENS_FULL, VISUAL_TOKENS_KEPT, VQA_ACCURACY,
+)
 from ..io.location import Location
 from ..io.manifest import read_manifest
 from ..io.outputs import Outputs, result_name
@@ -32,20 +37,20 @@ MAX_PLOTTED_POINTS = 20_000  # beyond this a scatter is a blot and slow to draw:
 HISTOGRAM_BINS = 30
 
 # Settings that tell runs apart, listed in the report (few distinct values each).
-DISTINCT = {"model": "models", "device": "devices", "strategy": "strategies", "budget_fraction": "budget_fractions",
-            "budget_tokens": "budget_counts", "alpha": "alphas",
-            "run_id": "run_ids", "source_shard": "source_shards"}
-FIRST_PASS_COLUMNS = SUMMARY_COLUMNS + ("error", "decode_ms", "batch_size", "row_index") + tuple(DISTINCT)
-SECOND_PASS_COLUMNS = ("error", "visual_tokens_full", "visual_tokens_kept", "ttft_ms", "decode_ms", "batch_size",
-                       "tokens_per_s", "peak_gpu_mem_bytes", "vqa_accuracy", "run_id")
+DISTINCT = {MODEL: "models", DEVICE: "devices", STRATEGY: "strategies", BUDGET_FRACTION: "budget_fractions",
+            BUDGET_TOKENS: "budget_counts", ALPHA: "alphas",
+            RUN_ID: "run_ids", SOURCE_SHARD: "source_shards"}
+FIRST_PASS_COLUMNS = SUMMARY_COLUMNS + (ERROR, DECODE_MS, BATCH_SIZE, ROW_INDEX) + tuple(DISTINCT)
+SECOND_PASS_COLUMNS = (ERROR, VISUAL_TOKENS_FULL, VISUAL_TOKENS_KEPT, TTFT_MS, DECODE_MS, BATCH_SIZE,
+                       TOKENS_PER_S, PEAK_GPU_MEM_BYTES, VQA_ACCURACY, RUN_ID)
 # Histogram charts: their column over the ok rows, and the unit it is drawn in.
-HISTOGRAMS = {"ttft": ("ttft_ms", 1.0), "tokens-per-s": ("tokens_per_s", 1.0),
-              "gpu-memory": ("peak_gpu_mem_bytes", 1 / 2**30), "vqa-accuracy": ("vqa_accuracy", 1.0)}
+HISTOGRAMS = {"ttft": (TTFT_MS, 1.0), "tokens-per-s": (TOKENS_PER_S, 1.0),
+              "gpu-memory": (PEAK_GPU_MEM_BYTES, 1 / 2**30), "vqa-accuracy": (VQA_ACCURACY, 1.0)}
 # VQA accuracy takes few values (0, 0.3, 0.6, 0.9, 1 and a few between): one bar per tenth.
 VQA_ACCURACY_EDGES = np.linspace(-0.05, 1.05, 12)
 # The columns of the sample rows shown on the page.
-SAMPLE_COLUMNS = ("id", "error", "text", "visual_tokens_kept", "visual_tokens_full", "question", "answers",
-                  "vqa_accuracy", "exact_match", "score")
+SAMPLE_COLUMNS = (ID, ERROR, TEXT, VISUAL_TOKENS_KEPT, VISUAL_TOKENS_FULL, QUESTION, ANSWERS,
+                  VQA_ACCURACY, EXACT_MATCH, SCORE)
 
 
 class ReportError(Exception):
@@ -70,12 +75,12 @@ class Output:
 
     @property
     def is_vqa(self) -> bool:
-        return "vqa_accuracy" in self.column_names
+        return VQA_ACCURACY in self.column_names
 
     @property
     def is_benchmark(self) -> bool:
         """A ``--benchmark`` run's output: each row has the benchmark's ``score``."""
-        return "score" in self.column_names
+        return SCORE in self.column_names
 
     def tables(self, columns, scoring: bool = False) -> Iterator[pa.Table]:
         """Each file's ``columns`` (those it has), one file in memory at a time; ``scoring``: with
@@ -169,9 +174,9 @@ def column(table: pa.Table, name: str, rows: pa.Array | None = None) -> np.ndarr
 
 
 def ok_rows(table: pa.Table) -> pa.Array:
-    if "error" not in table.column_names:
+    if ERROR not in table.column_names:
         return pa.array(np.ones(table.num_rows, dtype=bool))
-    return pc.is_null(table.column("error")).combine_chunks()
+    return pc.is_null(table.column(ERROR)).combine_chunks()
 
 
 def generation_seconds_per_item(table: pa.Table) -> np.ndarray:
@@ -180,8 +185,8 @@ def generation_seconds_per_item(table: pa.Table) -> np.ndarray:
     Summed over items this is the total time spent in generation, each batch counted once,
     whatever its size; a row without a batch size counts as a batch of its own."""
     ok = ok_rows(table)
-    batch_ms = column(table, "ttft_ms", ok) + column(table, "decode_ms", ok)
-    batch_size = column(table, "batch_size", ok)
+    batch_ms = column(table, TTFT_MS, ok) + column(table, DECODE_MS, ok)
+    batch_size = column(table, BATCH_SIZE, ok)
     batch_size = np.where(np.isnan(batch_size) | (batch_size < 1), 1.0, batch_size)
     return batch_ms / batch_size / 1000.0
 
@@ -208,7 +213,7 @@ def first_pass(output: Output, error_rows: int) -> FirstPass:
             totals.add(table)
             ok = ok_rows(table)
             generation_s += float(np.nansum(generation_seconds_per_item(table)))
-            generated += float(np.nansum(column(table, "generated_tokens", ok)))
+            generated += float(np.nansum(column(table, GENERATED_TOKENS, ok)))
             for name, values in distinct.items():
                 if name in table.column_names:
                     values.update(v for v in pc.unique(table.column(name)).to_pylist() if v is not None)
@@ -243,7 +248,7 @@ def first_pass(output: Output, error_rows: int) -> FirstPass:
 def _error_rows(failed: pa.Table) -> list[list]:
     get = lambda name: failed.column(name).to_pylist() if name in failed.column_names else [None] * failed.num_rows  # noqa: E731
     return [[i, r, posixpath.basename(s) if s else s, e]
-            for i, r, s, e in zip(get("id"), get("row_index"), get("source_shard"), get("error"))]
+            for i, r, s, e in zip(get(ID), get(ROW_INDEX), get(SOURCE_SHARD), get(ERROR))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,11 +310,11 @@ def second_pass(output: Output, first: FirstPass) -> ChartData:
         running_s = float(cumulative[-1]) if cumulative.size else running_s
         pick = _pick(wanted_ok, ok_seen, ok_position.size)
         for name, values in (("position", ok_position), ("seconds", seconds), ("cumulative_s", cumulative),
-                             ("full", column(table, "visual_tokens_full", ok_mask)),
-                             ("kept", column(table, "visual_tokens_kept", ok_mask))):
+                             ("full", column(table, VISUAL_TOKENS_FULL, ok_mask)),
+                             ("kept", column(table, VISUAL_TOKENS_KEPT, ok_mask))):
             parts[name].append(values[pick])
-        runs = (table.column("run_id").filter(ok_mask).take(pa.array(pick, pa.int64())).to_pylist()
-                if "run_id" in table.column_names else [None] * pick.size)  # only the sampled rows' strings
+        runs = (table.column(RUN_ID).filter(ok_mask).take(pa.array(pick, pa.int64())).to_pylist()
+                if RUN_ID in table.column_names else [None] * pick.size)  # only the sampled rows' strings
         parts["run"].append(np.asarray(runs, dtype=object).reshape(-1))
         parts["error_position"].append(error_position[_pick(wanted_errors, errors_seen, error_position.size)])
         offset, ok_seen, errors_seen = offset + table.num_rows, ok_seen + ok_position.size, errors_seen + error_position.size
