@@ -136,7 +136,7 @@ def test_stop_strings_and_choices(tmp_path, tiny_next_path, tiny_next):
 
 
 def test_generation_settings_are_checked_before_anything_runs(tmp_path, tiny_next_path):
-    from pipeline.settings import check_choices
+    from pipeline.model_check import check_choices
 
     with pytest.raises(InputError, match="--top-p and --top-k shape sampling: set --temperature > 0"):
         JobSettings(top_p=0.9)

@@ -122,7 +122,7 @@ def test_settings_are_checked_without_importing_torch(tmp_path, tiny_next_path):
     (tmp_path / "a-bert" / "config.json").write_text(json.dumps({"model_type": "bert"}))
     probe = (
         "import sys; import pipeline.cli as cli\n"
-        "from pipeline.settings import check_model\n"
+        "from pipeline.model_check import check_model\n"
         f"check_model({str(tiny_next_path)!r})\n"  # a good local checkpoint passes
         f"status = cli.main(['caption', '--input', {str(shards)!r}, '--output', {str(tmp_path / 'out')!r},"
         f" '--model', {str(tmp_path / 'a-bert')!r}])\n"

@@ -21,7 +21,8 @@ from pipeline.io.images import decode_image
 from pipeline.io.location import Location
 from pipeline.row_errors import ErrorKind, RowFailed
 from pipeline.stages.preprocess import Preprocessor
-from pipeline.summary import DuplicateIds, summarize, summarize_output as summarize_location
+from pipeline.summary import summarize, summarize_output as summarize_location
+from pipeline.tally import DuplicateIds
 
 
 from .test_faults import png_header_only

@@ -13,7 +13,7 @@ from pathlib import Path
 import hired
 
 from ..errors import EXIT_BAD_INPUT, EXIT_FAILED_SHARDS, EXIT_OK, EXIT_STOPPED, InputError, RunAborted, StorageUnavailable
-from ..settings import check_choices, check_model
+from ..model_check import check_choices, check_model
 from .base import add_knob_flags, argument_type, describe, environment_help, refuse, settings_from_args
 
 DEMO_ROOT = Path("demo_output")  # under the working directory

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace, environ=os.environ) -> int:
               "(its choices are random; pass --model for a real checkpoint)")
     else:
         from ..errors import InputError
-        from ..settings import check_model
+        from ..model_check import check_model
 
         try:
             check_model(model_name)  # a missing folder or an unknown hub id: one line, no download attempts
