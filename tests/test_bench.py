@@ -11,7 +11,8 @@ REPO = Path(__file__).resolve().parent.parent
 def test_generation_benchmark_smoke(tmp_path):
     result = subprocess.run(
         [sys.executable, str(REPO / "bench" / "bench_generation.py"), "--mode", "cpu", "--configs", "stock,hired-20",
-         "--batches", "1,auto", "--images", "2", "--new-tokens", "2", "--repeats", "1", "--out", str(tmp_path)],
+         "--batches", "1,auto", "--images", "2", "--new-tokens", "2", "--repeats", "1", "--loop-configs", "hired-20",
+         "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -26,6 +27,9 @@ def test_generation_benchmark_smoke(tmp_path):
     assert rows[("stock", "1")]["visual_tokens_llm"] == 2880 + 48
     assert report_path.with_suffix(".png").stat().st_size > 10_000
     assert "x base" in result.stdout
+    (loops_path,) = tmp_path.glob("generation-loops-cpu-*.json")
+    loops = {(r["config"], r["batch"], r["variant"]) for r in json.loads(loops_path.read_text())["results"]}
+    assert loops == {("hired-20", batch, loop) for batch in ("1", "auto") for loop in ("generate", "dynamic", "static")}
 
 
 def test_summary_benchmark_smoke(tmp_path):
