@@ -100,3 +100,20 @@ def bucket(s3_server, request):
     if fs.exists(f"hired-tests/{name}"):
         fs.rm(f"hired-tests/{name}", recursive=True)
     return f"s3://hired-tests/{name}"
+
+
+# Modules whose tests run whole jobs (Ray, actors, a model per actor): tens of seconds each.
+JOB_MODULES = {"test_faults", "test_jobs", "test_pipeline_e2e", "test_demo", "test_sweep", "test_benchmark_jobs",
+               "test_webdataset", "test_folders", "test_bench", "test_gpus_per_model", "test_formats"}
+
+
+def pytest_collection_modifyitems(items):
+    """The longest tests first (the slow-marked soaks, then whole-job modules): with two workers a
+    long test started last leaves the other worker idle until it ends; started first, the short
+    ones fill in around it. A stable sort, the same in every worker."""
+    def weight(item) -> int:
+        if item.get_closest_marker("slow"):
+            return 0
+        return 1 if item.module.__name__.rsplit(".", 1)[-1] in JOB_MODULES else 2
+
+    items.sort(key=weight)
