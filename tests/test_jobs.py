@@ -1,4 +1,4 @@
-"""The job entry points as users run them: from the shell, under `ray job submit`, killed and rerun."""
+"""The job entry points as users run them: from the shell and under `ray job submit` (killed and rerun: tests/test_soak.py)."""
 
 
 import json
@@ -32,10 +32,6 @@ def small_shards(root: Path, shards: int, rows: int) -> Path:
         write_shard(str(root / f"shard-{s:02d}.parquet"),
                     [{"id": f"{s}-{i}", "image": encoded(60 + 7 * i, 90, seed=s * rows + i)} for i in range(rows)])
     return root
-
-
-def outputs(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.glob("*.parquet"))
 
 
 def wrong_settings_cases(tmp_path, tiny_next_path):
@@ -148,48 +144,6 @@ def test_help_lists_the_exit_statuses():
     for status in ("0  every shard written", "2  the settings or the input cannot work", "3  done, but some shards",
                    "4  stopped part-way"):
         assert status in text
-
-
-def test_resume_after_the_driver_is_killed(tmp_path, tiny_next_path):
-    """The driver dies right after writing its 3rd shard; the rerun finishes with one row per id."""
-    shards = 8
-    inputs = small_shards(tmp_path / "in", shards=shards, rows=2)
-    out = tmp_path / "out"
-    cmd = caption_cmd("--input", str(inputs), "--output", str(out), "--model", str(tiny_next_path),
-                      "--num-gpus", "0", "--batch-size", "1", "--max-new-tokens", "2", "--run-id", "first")
-    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             env=job_env({"HIRED_FAULTS": "shard_written=kill@3"}), start_new_session=True)
-    try:
-        assert first.wait(timeout=300) == 137  # killed by the failpoint, not finished
-    finally:
-        os.killpg(first.pid, signal.SIGKILL)  # and whatever of its Ray is left
-    survivors = outputs(out)
-    assert len(survivors) == 3
-    for path in survivors:  # what a crash leaves behind is whole
-        assert pq.read_metadata(path).num_rows == 2
-    record = json.loads((out / "_runs" / "first.json").read_text())  # kept at each shard write
-    assert record["state"] == "running" and record["progress"]["shards_written"] == 3
-    assert (record["progress"]["rows_generated"], record["progress"]["rows_to_generate"]) == (6, 16)
-    status = subprocess.run([sys.executable, "-m", "pipeline.summary", str(out)], capture_output=True, text=True,
-                            timeout=120, cwd=REPO)
-    assert status.returncode == 0, status.stderr
-    assert status.stdout.startswith("run first is running (as of ")
-    assert ": 3/8 shards written (0 already complete), 6/16 rows (38%)" in status.stdout.splitlines()[0]
-
-    second = subprocess.run(cmd[:-1] + ["second"], capture_output=True, text=True, env=job_env(), timeout=600)
-    assert second.returncode == 0, second.stderr[-3000:]
-    final = outputs(out)
-    assert len(final) == shards
-    ids = [i for path in final for i in pq.read_table(path).column("id").to_pylist()]
-    assert sorted(ids) == sorted(f"{s}-{i}" for s in range(shards) for i in range(2))  # exactly once each
-    runs = {path.name: set(pq.read_table(path).column("run_id").to_pylist()) for path in final}
-    assert all(runs[p.name] == {"first"} for p in survivors)  # complete shards were not redone
-    summary = json.loads((out / "_summary.json").read_text())
-    assert summary["shards"]["already_complete"] == 3
-    assert summary["shards"]["written_this_run"] == shards - 3
-    assert summary["items"] == 2 * shards and summary["errors"] == 0
-    assert not list(out.glob(".*.tmp")), "temporary files left behind"
-    assert "progress: 5/5 shards written (3 already complete), 10/10 rows (100%)" in second.stderr
 
 
 @pytest.fixture
