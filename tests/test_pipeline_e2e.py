@@ -142,16 +142,6 @@ def test_caption_job_on_s3(ray_local, s3_input, bucket, tiny_next_path, caplog, 
     assert offline["items"] == 11 and offline["left_out_results"] == night2["left_out_results"]
 
 
-def test_no_hired_runs_the_stock_token_count(ray_local, bucket, tiny_next_path):
-    write_shard(f"{bucket}/in/a.parquet", caption_rows(0, 3, bucket))
-    summary = run_job(JobSettings(task="caption", input=f"{bucket}/in", output=f"{bucket}/out",
-                                  model=str(tiny_next_path), config=None, num_gpus=0, max_new_tokens=3))
-    rows = read_s3_table(f"{bucket}/out/a.parquet").to_pylist()
-    assert [r["visual_tokens_kept"] for r in rows] == [r["visual_tokens_full"] for r in rows]
-    assert {r["strategy"] for r in rows} == {"none"} and {(r["budget_fraction"], r["budget_tokens"]) for r in rows} == {(None, None)}
-    assert summary["kept_fraction"] == 1.0
-
-
 def test_vqa_job_scores_answers(ray_local, bucket, tiny_next_path, monkeypatch):
     rows = [
         {"id": "q0", "image": encoded(100, 120, seed=1), "question": "is it red?", "answers": ["yes"] * 10},
@@ -174,14 +164,20 @@ def test_vqa_job_scores_answers(ray_local, bucket, tiny_next_path, monkeypatch):
 
 
 def test_other_settings_are_not_mixed_into_an_output(ray_local, bucket, tiny_next_path):
+    """An output made at HiRED-20% refuses a run without HiRED; with --overwrite that run redoes it,
+    at the stock token count."""
     from pipeline.errors import InputError
 
-    write_shard(f"{bucket}/in/a.parquet", caption_rows(0, 2, bucket))
+    write_shard(f"{bucket}/in/a.parquet", caption_rows(0, 3, bucket))
     common = dict(task="caption", input=f"{bucket}/in", output=f"{bucket}/out", model=str(tiny_next_path),
                   num_gpus=0, max_new_tokens=3)
     run_job(JobSettings(**common))
+    assert {r["budget_fraction"] for r in read_s3_table(f"{bucket}/out/a.parquet").to_pylist()} == {0.2}
     with pytest.raises(InputError, match="hired differ"):
-        run_job(JobSettings(**common, config=hired.HiREDConfig(budget=0.4)))
-    redone = run_job(JobSettings(**common, config=hired.HiREDConfig(budget=0.4), overwrite=True))
+        run_job(JobSettings(**common, config=None))
+    redone = run_job(JobSettings(**common, config=None, overwrite=True))
     assert redone["shards"]["written_this_run"] == 1
-    assert {r["budget_fraction"] for r in read_s3_table(f"{bucket}/out/a.parquet").to_pylist()} == {0.4}
+    rows = read_s3_table(f"{bucket}/out/a.parquet").to_pylist()
+    assert [r["visual_tokens_kept"] for r in rows] == [r["visual_tokens_full"] for r in rows]
+    assert {r["strategy"] for r in rows} == {"none"} and {(r["budget_fraction"], r["budget_tokens"]) for r in rows} == {(None, None)}
+    assert redone["kept_fraction"] == 1.0
