@@ -9,6 +9,7 @@ environment variables are read once, by :func:`environment_settings`, never deep
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
@@ -26,6 +27,7 @@ from .prompts import read_prompts
 
 DEFAULT_CAPTION_PROMPT = "Write a short caption for this image."
 TASKS = ("caption", "vqa")
+SAMPLING_FIELDS = tuple(f.name for f in fields(hired.Sampling))  # job settings of the same names
 
 
 @dataclass(frozen=True)
@@ -272,27 +274,17 @@ class JobSettings:
         if self.prompts and self.columns.prompt:
             raise InputError(f"--prompts and --prompt-column {self.columns.prompt}: give one; --prompts sets "
                              "every picture's prompts")
-        if self.choices:
-            self.checked_choices(self.choices, "--choices")
+        if len(set(self.choices)) != len(self.choices):
+            raise InputError(f"--choices {','.join(self.choices)}: a choice is repeated")
 
     @property
     def sampling(self) -> hired.Sampling:
         """The job's :class:`hired.Sampling` (each row's own start from it)."""
         try:
-            return hired.Sampling(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-                                  repetition_penalty=self.repetition_penalty, seed=self.seed, stop=self.stop)
-        except ValueError as error:
-            flags = {"temperature": "--temperature", "top_p": "--top-p", "top_k": "--top-k",
-                     "repetition_penalty": "--repetition-penalty", "seed": "--seed", "stop": "--stop"}
-            text = str(error)
-            for name, flag in flags.items():
-                text = text.replace(name, flag)
-            raise InputError(text) from None
-
-    def checked_choices(self, choices: tuple[str, ...], where: str) -> tuple[str, ...]:
-        if len(set(choices)) != len(choices):
-            raise InputError(f"{where} {','.join(choices)}: a choice is repeated")
-        return choices
+            return hired.Sampling(**{name: getattr(self, name) for name in SAMPLING_FIELDS})
+        except ValueError as error:  # hired.Sampling names its fields; the user set them as flags
+            flags = {f.name: f.metadata["knob"].flag for f in fields(self) if f.name in SAMPLING_FIELDS}
+            raise InputError(re.sub(r"\b(\w+)\b", lambda m: flags.get(m[1], m[1]), str(error))) from None
 
     @property
     def decode_options(self) -> hired.DecodeOptions:
