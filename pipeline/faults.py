@@ -11,7 +11,9 @@ A spec is ``NAME=ACTION[@WHEN][#ONCE_FILE]``, several joined by ``;``:
 
 * ``ACTION``: ``kill`` ends the process at once (as a dying worker or node does),
   ``oom`` raises a CUDA out-of-memory error, ``raise`` a RuntimeError, ``sleepS`` pauses
-  S seconds (holding the process at a known point while a test breaks something else);
+  S seconds, ``until:PATH`` holds the process until the file PATH exists (at most ten
+  minutes): a test breaks something while the process stands at a known point, then lets
+  it go on;
 * ``WHEN``: ``N`` fires at this process's N-th pass (default 1); ``N%M`` at the N-th
   and then every M-th pass;
 * ``ONCE_FILE``: fire in only one process of the whole job: the first to create
@@ -29,6 +31,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 ENV = "HIRED_FAULTS"
+HOLD_LIMIT_S = 600.0  # an ``until:`` hold whose test died goes on by itself
 _passes: Counter = Counter()
 
 
@@ -53,7 +56,8 @@ def parse(spec: str) -> list[Fault]:
         rest, _, once_file = rest.partition("#")
         action, _, when = rest.partition("@")
         first, _, every = (when or "1").partition("%")
-        if not name or not (action in ("kill", "oom", "raise") or _sleep_seconds(action) is not None):
+        known = action in ("kill", "oom", "raise") or _sleep_seconds(action) is not None or _until_path(action)
+        if not name or not known:
             raise ValueError(f"bad {ENV} entry {part!r}")
         faults.append(Fault(name.strip(), action, int(first), int(every) if every else None, once_file or None))
     return faults
@@ -64,6 +68,12 @@ def _sleep_seconds(action: str) -> float | None:
         return float(action.removeprefix("sleep")) if action.startswith("sleep") else None
     except ValueError:
         return None
+
+
+def _until_path(action: str) -> str | None:
+    """The file an ``until:PATH`` action waits for; None for any other action."""
+    path = action.removeprefix("until:")
+    return path if path and path != action else None
 
 
 def _claim(path: str) -> bool:
@@ -89,6 +99,11 @@ def failpoint(name: str) -> None:
             os._exit(137)
         if fault.action.startswith("sleep"):
             time.sleep(_sleep_seconds(fault.action))
+            continue
+        if release := _until_path(fault.action):
+            deadline = time.monotonic() + HOLD_LIMIT_S
+            while not os.path.exists(release) and time.monotonic() < deadline:
+                time.sleep(0.05)
             continue
         if fault.action == "oom":
             import torch

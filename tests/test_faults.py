@@ -10,6 +10,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from collections import Counter
@@ -225,19 +226,23 @@ def flaky_input(fs, model) -> tuple[list[str], list[str]]:
     return args, sorted(f"{s}-{i}" for s in range(4) for i in range(2))
 
 
-PAUSE = {"HIRED_FAULTS": "shard_written=sleep6@1"}  # the driver waits 6 s after its first shard: S3 goes down then
+def held_after_first_shard(release: Path) -> dict:
+    """The driver stands still after writing its first shard until ``release`` exists: S3 goes down then."""
+    return {"HIRED_FAULTS": f"shard_written=until:{release}@1"}
 
 
-def test_a_long_s3_outage_stops_the_run_clearly_and_a_rerun_rides_out_a_short_one(own_s3, tiny_next_path):
+def test_a_long_s3_outage_stops_the_run_clearly_and_a_rerun_rides_out_a_short_one(own_s3, tiny_next_path, tmp_path):
     """S3 down for longer than the retries last: the run stops with a clear message, writing nothing
     partial. Once S3 is back the same command is rerun, and S3 goes down again for a few seconds
     after its first shard: retries carry it through, and the job ends with each row exactly once."""
     server, fs = own_s3
     args, all_ids = flaky_input(fs, tiny_next_path)
     args += ["--output", "s3://flaky/out"]
-    with background_caption(*args, env=job_env(**server.env, **FAIL_FAST, **PAUSE, HIRED_IO_RETRY_SECONDS="6")) as job:
+    held = held_after_first_shard(tmp_path / "go-1")
+    with background_caption(*args, env=job_env(**server.env, **FAIL_FAST, **held, HIRED_IO_RETRY_SECONDS="6")) as job:
         written = wait_for_outputs(fs, "flaky/out", 1, job)
         server.stop()
+        (tmp_path / "go-1").touch()
         log, _ = job.communicate(timeout=600)
     assert job.returncode == 4, log[-4000:]
     assert "storage unavailable" in log and "rerun the same command" in log
@@ -245,10 +250,12 @@ def test_a_long_s3_outage_stops_the_run_clearly_and_a_rerun_rides_out_a_short_on
     assert "Traceback" not in log.split("error: ")[-1]
 
     server.start()
-    with background_caption(*args, env=job_env(**server.env, **FAIL_FAST, **PAUSE, HIRED_IO_RETRY_SECONDS="120")) as job:
+    held = held_after_first_shard(tmp_path / "go-2")
+    with background_caption(*args, env=job_env(**server.env, **FAIL_FAST, **held, HIRED_IO_RETRY_SECONDS="120")) as job:
         wait_for_outputs(fs, "flaky/out", len(written) + 1, job)
         server.stop()
-        time.sleep(8)  # past the driver's pause: its next reads and writes meet the outage
+        (tmp_path / "go-2").touch()
+        time.sleep(8)  # the driver's next reads and writes meet the outage
         server.start()
         log, _ = job.communicate(timeout=600)
     assert job.returncode == 0, log[-4000:]
@@ -323,3 +330,11 @@ def test_failpoints_are_inert_unless_asked(monkeypatch, tmp_path):
     started = time.monotonic()
     faults.failpoint("pause")  # holds the process, raises nothing
     assert time.monotonic() - started >= 0.2
+    release = tmp_path / "go"
+    monkeypatch.setenv(faults.ENV, f"hold=until:{release}")
+    started = time.monotonic()
+    threading.Timer(0.3, release.touch).start()
+    faults.failpoint("hold")  # held until the file appears
+    assert release.exists() and time.monotonic() - started >= 0.3
+    with pytest.raises(ValueError, match="bad HIRED_FAULTS entry"):
+        faults.parse("hold=until:")
