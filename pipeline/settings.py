@@ -284,7 +284,7 @@ class JobSettings:
             return hired.Sampling(**{name: getattr(self, name) for name in SAMPLING_FIELDS})
         except ValueError as error:  # hired.Sampling names its fields; the user set them as flags
             flags = {f.name: f.metadata["knob"].flag for f in fields(self) if f.name in SAMPLING_FIELDS}
-            raise InputError(re.sub(r"\b(\w+)\b", lambda m: flags.get(m[1], m[1]), str(error))) from None
+            raise InputError(re.sub(r"\w+", lambda m: flags.get(m[0], m[0]), str(error))) from None
 
     @property
     def decode_options(self) -> hired.DecodeOptions:
