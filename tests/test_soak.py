@@ -84,7 +84,8 @@ def test_soak_a_thousand_rows_with_faults_killed_and_resumed(tmp_path):
     progress = json.loads((out / "_runs" / "first.json").read_text())["progress"]
     assert progress["shards_written"] == interrupted_at and progress["already_complete"] == 0
     assert progress["shards_to_write"] == SHARDS + 1 and progress["rows_to_generate"] == ROWS  # the corrupt one unread
-    assert sum(pq.read_metadata(p).num_rows for p in survivors) <= progress["rows_generated"] < ROWS
+    survived_rows = sum(pq.read_metadata(p).num_rows for p in survivors)
+    assert survived_rows <= progress["rows_generated"] < ROWS
     status = subprocess.run([sys.executable, "-m", "pipeline.summary", str(out)], capture_output=True, text=True,
                             timeout=120, cwd=REPO)
     assert status.returncode == 0, status.stderr
@@ -98,7 +99,7 @@ def test_soak_a_thousand_rows_with_faults_killed_and_resumed(tmp_path):
     assert second.returncode == 3, second.stderr[-3000:]  # 3: a shard failed (the corrupt one)
     assert (tmp_path / "killed").exists(), "the injected actor kill never happened"
     left = SHARDS + 1 - interrupted_at
-    left_rows = ROWS - sum(pq.read_metadata(p).num_rows for p in survivors)
+    left_rows = ROWS - survived_rows
     assert (f"progress: {left}/{left} shards written ({interrupted_at} already complete), "
             f"{left_rows:,}/{left_rows:,} rows (100%)") in second.stderr
 
